@@ -1,0 +1,239 @@
+//! Catalog queries: which tables are included, their schemas, and the
+//! publication and slot Sluice manages.
+
+use sluice_core::config::TablesConfig;
+use sluice_core::error::{ErrorKind, SourceError};
+use sluice_core::schema::quote_ident;
+use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
+use tokio_postgres::Client;
+
+use crate::conn::sql_error;
+
+/// Marks publications Sluice created (and may alter or drop).
+pub const PUBLICATION_COMMENT_PREFIX: &str = "created by sluice for pipeline ";
+
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub id: TableId,
+    pub replica_identity: ReplicaIdentity,
+    pub has_primary_key: bool,
+    pub estimated_rows: u64,
+    /// Columns that can be TOASTed (varlena with non-plain storage).
+    pub toastable: Vec<String>,
+}
+
+/// Ordinary tables (and partitions) matching the include/exclude globs.
+pub async fn included_tables(client: &Client, tables: &TablesConfig) -> Result<Vec<TableInfo>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    GREATEST(c.reltuples, 0)::float8,
+                    COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                      JOIN pg_type t ON t.oid = a.atttypid
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                        AND t.typlen = -1 AND a.attstorage <> 'p'), '{}')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| sql_error("listing tables", e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let schema: String = r.get(0);
+        let name: String = r.get(1);
+        if !tables.matches(&schema, &name) {
+            continue;
+        }
+        let ident: String = r.get(2);
+        out.push(TableInfo {
+            id: TableId::new(schema, name),
+            replica_identity: match ident.as_str() {
+                "f" => ReplicaIdentity::Full,
+                "i" => ReplicaIdentity::Index,
+                "n" => ReplicaIdentity::Nothing,
+                _ => ReplicaIdentity::Default,
+            },
+            has_primary_key: r.get(3),
+            estimated_rows: r.get::<_, f64>(4) as u64,
+            toastable: r.get(5),
+        });
+    }
+    Ok(out)
+}
+
+/// The current schema of a table, with key flags as pgoutput sets them
+/// (replica identity columns; all columns for FULL).
+pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Result<TableSchema, SourceError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::oid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    c.relreplident::text,
+                    COALESCE(a.attnum = ANY (COALESCE(
+                      (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid AND
+                         ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)) LIMIT 1),
+                      '{}'::int2[])), false)
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&id.schema, &id.name],
+        )
+        .await
+        .map_err(|e| sql_error(&format!("reading the columns of {id}"), e))?;
+    if rows.is_empty() {
+        return Err(SourceError::new(ErrorKind::Table, format!("table {id} does not exist or has no columns")));
+    }
+    let ident: String = rows[0].get(5);
+    let replica_identity = match ident.as_str() {
+        "f" => ReplicaIdentity::Full,
+        "i" => ReplicaIdentity::Index,
+        "n" => ReplicaIdentity::Nothing,
+        _ => ReplicaIdentity::Default,
+    };
+    let columns = rows
+        .iter()
+        .map(|r| {
+            let oid: u32 = r.get(1);
+            let typmod: i32 = r.get(2);
+            let (ty, builtin_name) = sluice_schemas::postgres::column_type(oid, typmod);
+            let formatted: String = r.get(3);
+            Column {
+                name: r.get(0),
+                ty,
+                source_type: if builtin_name.starts_with("oid:") { formatted } else { builtin_name },
+                type_id: oid,
+                type_modifier: typmod,
+                key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(6),
+                nullable: !r.get::<_, bool>(4),
+            }
+        })
+        .collect();
+    Ok(TableSchema { database: database.to_string(), id: id.clone(), columns, replica_identity, version: 0 })
+}
+
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub confirmed_flush: Option<u64>,
+    pub active_pid: Option<i32>,
+    pub wal_status: Option<String>,
+}
+
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, confirmed_flush_lsn::text, active_pid, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_error("reading pg_replication_slots", e))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        confirmed_flush: r.get::<_, Option<String>>(2).and_then(|s| sluice_core::event::parse_lsn(&s)),
+        active_pid: r.get(3),
+        wal_status: r.get(4),
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct PublicationInfo {
+    pub all_tables: bool,
+    pub ours: bool,
+    pub tables: Vec<TableId>,
+}
+
+pub async fn publication_info(client: &Client, name: &str) -> Result<Option<PublicationInfo>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT p.puballtables, COALESCE(obj_description(p.oid, 'pg_publication'), '') FROM pg_publication p WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| sql_error("reading pg_publication", e))?;
+    let Some(row) = row else { return Ok(None) };
+    let comment: String = row.get(1);
+    let rows = client
+        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
+        .await
+        .map_err(|e| sql_error("reading pg_publication_tables", e))?;
+    Ok(Some(PublicationInfo {
+        all_tables: row.get(0),
+        ours: comment.starts_with(PUBLICATION_COMMENT_PREFIX),
+        tables: rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect(),
+    }))
+}
+
+/// Create the publication for `tables`, or bring one Sluice created up to date.
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    pipeline: &str,
+    tables: &[TableId],
+) -> Result<(), SourceError> {
+    if tables.is_empty() {
+        return Err(SourceError::new(
+            ErrorKind::Config,
+            "no tables match tables.include/exclude; check the globs (schema.table) against the source database",
+        ));
+    }
+    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    match publication_info(client, name).await? {
+        None => {
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {list}; COMMENT ON PUBLICATION {} IS {}",
+                quote_ident(name),
+                quote_ident(name),
+                sluice_core::schema::quote_literal(&format!("{PUBLICATION_COMMENT_PREFIX}{pipeline}"))
+            );
+            client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("creating publication {name}"), e))?;
+            tracing::info!(publication = name, tables = tables.len(), "created publication");
+        }
+        Some(p) => {
+            let mut have = p.tables.clone();
+            have.sort();
+            let mut want = tables.to_vec();
+            want.sort();
+            if p.all_tables || have == want {
+                return Ok(());
+            }
+            if p.ours {
+                let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+                client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("updating publication {name}"), e))?;
+                tracing::info!(publication = name, tables = tables.len(), "updated publication's table list");
+            } else {
+                let missing: Vec<String> = want.iter().filter(|t| !have.contains(t)).map(|t| t.to_string()).collect();
+                if !missing.is_empty() {
+                    return Err(SourceError::new(
+                        ErrorKind::Config,
+                        format!(
+                            "publication {name} exists, was not created by Sluice, and lacks included tables: {}; add them (ALTER PUBLICATION {name} ADD TABLE ...) or use another publication name",
+                            missing.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pg_current_wal_insert_lsn()`: the end of WAL including records not yet
+/// flushed (acknowledged commits under `synchronous_commit=off` may lie past
+/// `pg_current_wal_lsn()`).
+pub async fn current_wal_insert_lsn(client: &Client) -> Result<u64, SourceError> {
+    let row = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|e| sql_error("reading pg_current_wal_insert_lsn()", e))?;
+    let s: String = row.get(0);
+    sluice_core::event::parse_lsn(&s).ok_or_else(|| SourceError::fatal(format!("bad LSN {s:?}")))
+}

@@ -1,0 +1,569 @@
+//! Connections: ordinary SQL sessions (tokio-postgres) and our own
+//! replication-protocol client.
+//!
+//! `tokio-postgres` does not speak the streaming replication sub-protocol,
+//! so [`ReplicationConn`] implements the startup/authentication handshake
+//! (trust, cleartext, MD5, SCRAM-SHA-256), simple queries (replication
+//! commands) and CopyBoth streaming directly on a socket. Reading goes into
+//! one large buffer; each message is split off without copying, which keeps
+//! the hot path free of per-message allocations.
+//!
+//! Invariant: every session runs with the settings in
+//! [`sluice_schemas::postgres::SESSION_SETTINGS`], so values arrive in one
+//! canonical text form.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use sluice_core::error::{ErrorKind, SourceError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Where and as whom to connect, parsed from `source.url`.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub host: Host,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Vec<u8>>,
+    pub dbname: String,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Host {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Host::Tcp(h) => write!(f, "{}@{}:{}/{}", self.user, h, self.port, self.dbname),
+            Host::Unix(p) => write!(f, "{}@{}:{}/{}", self.user, p.display(), self.port, self.dbname),
+        }
+    }
+}
+
+impl ConnInfo {
+    /// Parse a `postgres://` URL or `key=value` string.
+    pub fn parse(url: &str) -> Result<ConnInfo, SourceError> {
+        let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+            SourceError::new(ErrorKind::Config, "source.url is not a valid Postgres connection string").with_source(e)
+        })?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
+            None => Host::Tcp("localhost".into()),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg
+            .get_user()
+            .map(str::to_string)
+            .or_else(|| std::env::var("PGUSER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "postgres".into());
+        let password =
+            cfg.get_password().map(|p| p.to_vec()).or_else(|| std::env::var("PGPASSWORD").ok().map(String::into_bytes));
+        let dbname = cfg.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
+        let connect_timeout = cfg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+        if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+            return Err(SourceError::new(
+                ErrorKind::Config,
+                "source.url: sslmode=require is not supported by this build (TLS is not compiled in); use sslmode=disable or prefer",
+            ));
+        }
+        Ok(ConnInfo { host, port, user, password, dbname, connect_timeout })
+    }
+
+    /// A tokio-postgres config for ordinary SQL sessions.
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        match &self.host {
+            Host::Tcp(h) => c.host(h),
+            Host::Unix(p) => c.host_path(p),
+        };
+        c.port(self.port).user(&self.user).dbname(&self.dbname).application_name("sluice");
+        c.connect_timeout(self.connect_timeout);
+        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c.options(&session_options());
+        c
+    }
+}
+
+/// `-c k=v` options applied to every session.
+pub fn session_options() -> String {
+    sluice_schemas::postgres::SESSION_SETTINGS.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Classify a tokio-postgres error.
+pub fn sql_error(context: &str, e: tokio_postgres::Error) -> SourceError {
+    let kind = match e.as_db_error() {
+        Some(db) => classify_sqlstate(db.code().code()),
+        None if e.is_closed() => ErrorKind::Transient,
+        None => {
+            // Connection-level failures (refused, reset, timeout) are transient.
+            let s = e.to_string();
+            if s.contains("password") || s.contains("authentication") {
+                ErrorKind::Fatal
+            } else {
+                ErrorKind::Transient
+            }
+        }
+    };
+    let msg = match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{context}: {}", db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!("; hint: {h}"));
+            }
+            return SourceError::new(kind, m);
+        }
+        None => context.to_string(),
+    };
+    SourceError::new(kind, msg).with_source(e)
+}
+
+/// Transient SQLSTATE classes: connection exceptions, admin shutdown, and
+/// "object in use" (a slot still held by a dying walsender).
+pub fn classify_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        c if c.starts_with("08") => ErrorKind::Transient,
+        "57P01" | "57P02" | "57P03" | "55006" | "53300" | "40001" | "40P01" => ErrorKind::Transient,
+        c if c.starts_with("28") => ErrorKind::Fatal,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+/// Open an SQL session.
+pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, SourceError> {
+    let cfg = info.sql_config();
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| connect_error(info, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn connect_error(info: &ConnInfo, e: tokio_postgres::Error) -> SourceError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let hint = match code {
+            "28P01" | "28000" => "; check the user and password in source.url",
+            "3D000" => "; check the database name in source.url",
+            _ => "",
+        };
+        return SourceError::new(
+            classify_sqlstate(code),
+            format!("cannot connect to Postgres at {info}: {}{hint}", db.message()),
+        );
+    }
+    let text = e.to_string();
+    let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+    SourceError::new(
+        ErrorKind::Transient,
+        format!(
+            "cannot connect to Postgres at {info}: {text}{}",
+            if detail.is_empty() { String::new() } else { format!(": {detail}") }
+        ),
+    )
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A server error or notice.
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    fn parse(mut body: Bytes) -> ServerError {
+        let mut e = ServerError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        };
+        while body.has_remaining() {
+            let t = body.get_u8();
+            if t == 0 {
+                break;
+            }
+            let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+            let v = String::from_utf8_lossy(&body[..end]).into_owned();
+            body.advance((end + 1).min(body.len()));
+            match t {
+                b'S' => e.severity = v,
+                b'C' => e.code = v,
+                b'M' => e.message = v,
+                b'D' => e.detail = Some(v),
+                b'H' => e.hint = Some(v),
+                _ => {}
+            }
+        }
+        e
+    }
+    pub fn into_source_error(self, context: &str) -> SourceError {
+        let mut m = format!("{context}: {}", self.message);
+        if let Some(d) = &self.detail {
+            m.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = &self.hint {
+            m.push_str(&format!("; hint: {h}"));
+        }
+        SourceError::new(classify_sqlstate(&self.code), m)
+    }
+}
+
+/// Messages of the replication stream.
+#[derive(Debug)]
+pub enum ReplMessage {
+    /// `XLogData`: one pgoutput message starting at `start`.
+    XLogData { start: u64, data: Bytes },
+    /// Primary keepalive: the server has sent everything before `wal_end`.
+    Keepalive { wal_end: u64, reply: bool },
+}
+
+/// A replication-protocol session (`replication=database`).
+pub struct ReplicationConn {
+    io: Box<dyn Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    pub server_version: u32,
+}
+
+fn io_err(context: &str, e: io::Error) -> SourceError {
+    SourceError::transient(format!("{context}: {e}")).with_source(e)
+}
+
+/// Microseconds since 2000-01-01 (Postgres epoch).
+pub fn pg_now() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.as_micros() as i64 - 946_684_800_000_000
+}
+
+impl ReplicationConn {
+    pub async fn connect(info: &ConnInfo) -> Result<ReplicationConn, SourceError> {
+        let io: Box<dyn Stream> = match &info.host {
+            Host::Tcp(h) => {
+                let fut = tokio::net::TcpStream::connect((h.as_str(), info.port));
+                let s = tokio::time::timeout(info.connect_timeout, fut)
+                    .await
+                    .map_err(|_| SourceError::transient(format!("cannot connect to Postgres at {info}: timed out")))?
+                    .map_err(|e| SourceError::transient(format!("cannot connect to Postgres at {info}: {e}")))?;
+                s.set_nodelay(true).ok();
+                Box::new(s)
+            }
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", info.port));
+                let s = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| SourceError::transient(format!("cannot connect to Postgres at {info}: {e}")))?;
+                Box::new(s)
+            }
+        };
+        let mut c =
+            ReplicationConn { io, rbuf: BytesMut::with_capacity(1 << 20), wbuf: BytesMut::new(), server_version: 0 };
+        c.startup(info).await?;
+        Ok(c)
+    }
+
+    async fn startup(&mut self, info: &ConnInfo) -> Result<(), SourceError> {
+        let options = session_options();
+        let params = [
+            ("user", info.user.as_str()),
+            ("database", info.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", "sluice"),
+            ("options", options.as_str()),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| io_err("startup", e))?;
+        self.flush().await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, mut body) = self.read_message().await?;
+            match tag {
+                b'R' => {
+                    let code = body.get_i32();
+                    let password = || {
+                        info.password.clone().ok_or_else(|| {
+                            SourceError::fatal(format!(
+                                "Postgres at {info} asks for a password but source.url has none (add it to the URL, e.g. via ${{PGPASSWORD}})"
+                            ))
+                        })
+                    };
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = password()?;
+                            frontend::password_message(&pw, &mut self.wbuf).map_err(|e| io_err("auth", e))?;
+                            self.flush().await?;
+                        }
+                        5 => {
+                            let mut salt = [0u8; 4];
+                            body.copy_to_slice(&mut salt);
+                            let pw = password()?;
+                            let hash = postgres_protocol::authentication::md5_hash(info.user.as_bytes(), &pw, salt);
+                            frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                                .map_err(|e| io_err("auth", e))?;
+                            self.flush().await?;
+                        }
+                        10 => {
+                            let mechs = String::from_utf8_lossy(&body).to_string();
+                            if !mechs.split('\0').any(|m| m == SCRAM_SHA_256) {
+                                return Err(SourceError::fatal(format!(
+                                    "unsupported SASL mechanisms offered: {mechs:?}"
+                                )));
+                            }
+                            let pw = password()?;
+                            let s = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                                .map_err(|e| io_err("auth", e))?;
+                            self.flush().await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| SourceError::fatal("unexpected SASL continue"))?;
+                            s.update(&body)
+                                .map_err(|e| SourceError::fatal(format!("SCRAM authentication failed: {e}")))?;
+                            frontend::sasl_response(s.message(), &mut self.wbuf).map_err(|e| io_err("auth", e))?;
+                            self.flush().await?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| SourceError::fatal("unexpected SASL final"))?;
+                            s.finish(&body)
+                                .map_err(|e| SourceError::fatal(format!("SCRAM authentication failed: {e}")))?;
+                        }
+                        other => {
+                            return Err(SourceError::fatal(format!(
+                                "unsupported authentication method {other} requested by {info}"
+                            )))
+                        }
+                    }
+                }
+                b'E' => {
+                    let e = ServerError::parse(body);
+                    let hint = match e.code.as_str() {
+                        "28P01" | "28000" => "; check the user and password in source.url, and that pg_hba.conf allows replication connections for this user",
+                        "3D000" => "; check the database name in source.url",
+                        _ => "",
+                    };
+                    return Err(SourceError::new(
+                        classify_sqlstate(&e.code),
+                        format!("cannot open a replication connection to {info}: {}{hint}", e.message),
+                    ));
+                }
+                b'S' => {
+                    let s = String::from_utf8_lossy(&body).to_string();
+                    let mut parts = s.split('\0');
+                    if parts.next() == Some("server_version_num") {
+                        // Not reported by all servers; `server_version` below is.
+                    }
+                    let mut parts2 = s.split('\0');
+                    if parts2.next() == Some("server_version") {
+                        let v = parts2.next().unwrap_or("");
+                        let major: u32 =
+                            v.split(|c: char| !c.is_ascii_digit()).next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                        self.server_version = major;
+                    }
+                }
+                b'K' | b'N' => {}
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(SourceError::fatal(format!("unexpected message {:?} during startup", other as char)))
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await.map_err(|e| io_err("write to Postgres", e))?;
+            self.wbuf.clear();
+        }
+        self.io.flush().await.map_err(|e| io_err("write to Postgres", e))
+    }
+
+    /// A complete message from the buffer, if there is one.
+    pub fn try_message(&mut self) -> Option<(u8, Bytes)> {
+        if self.rbuf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        if self.rbuf.len() < 1 + len {
+            self.rbuf.reserve(1 + len - self.rbuf.len());
+            return None;
+        }
+        let mut m = self.rbuf.split_to(1 + len);
+        let tag = m[0];
+        m.advance(5);
+        Some((tag, m.freeze()))
+    }
+
+    pub fn has_buffered_message(&self) -> bool {
+        self.rbuf.len() >= 5
+            && self.rbuf.len()
+                >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
+    }
+
+    /// Read more bytes from the socket (cancel-safe).
+    pub async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+            self.rbuf.reserve(1 << 20);
+        }
+        let n = self.io.read_buf(&mut self.rbuf).await.map_err(|e| io_err("read from Postgres", e))?;
+        if n == 0 {
+            return Err(SourceError::transient("Postgres closed the replication connection"));
+        }
+        Ok(())
+    }
+
+    async fn read_message(&mut self) -> Result<(u8, Bytes), SourceError> {
+        loop {
+            if let Some(m) = self.try_message() {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Run a replication command or SQL query with the simple protocol;
+    /// returns the rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| io_err("query", e))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error: Option<ServerError> = None;
+        loop {
+            let (tag, mut body) = self.read_message().await?;
+            match tag {
+                b'D' => {
+                    let n = body.get_u16();
+                    let mut row = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        let len = body.get_i32();
+                        if len < 0 {
+                            row.push(None);
+                        } else {
+                            let v = body.split_to(len as usize);
+                            row.push(Some(String::from_utf8_lossy(&v).into_owned()));
+                        }
+                    }
+                    rows.push(row);
+                }
+                b'E' => error = Some(ServerError::parse(body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e.into_source_error(&format!(
+                "`{}` failed",
+                sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            ))),
+            None => Ok(rows),
+        }
+    }
+
+    /// Issue `START_REPLICATION`; the connection then streams.
+    pub async fn start_replication(&mut self, sql: &str) -> Result<(), SourceError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| io_err("query", e))?;
+        self.flush().await?;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'W' => return Ok(()),
+                b'E' => {
+                    let e = ServerError::parse(body);
+                    // Drain to ReadyForQuery is unnecessary: the caller drops the connection.
+                    return Err(e.into_source_error("START_REPLICATION failed"));
+                }
+                b'N' => {}
+                other => {
+                    return Err(SourceError::fatal(format!(
+                        "unexpected message {:?} after START_REPLICATION",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Parse one streaming message that is already buffered.
+    pub fn try_repl_message(&mut self) -> Result<Option<ReplMessage>, SourceError> {
+        loop {
+            let Some((tag, mut body)) = self.try_message() else { return Ok(None) };
+            match tag {
+                b'd' => {
+                    if body.is_empty() {
+                        continue;
+                    }
+                    match body.get_u8() {
+                        b'w' => {
+                            if body.len() < 24 {
+                                return Err(SourceError::fatal("short XLogData message"));
+                            }
+                            let start = body.get_u64();
+                            let _wal_end = body.get_u64();
+                            let _ts = body.get_i64();
+                            return Ok(Some(ReplMessage::XLogData { start, data: body }));
+                        }
+                        b'k' => {
+                            let wal_end = body.get_u64();
+                            let _ts = body.get_i64();
+                            let reply = body.get_u8() == 1;
+                            return Ok(Some(ReplMessage::Keepalive { wal_end, reply }));
+                        }
+                        _ => continue,
+                    }
+                }
+                b'E' => {
+                    let e = ServerError::parse(body);
+                    return Err(e.into_source_error("replication stream failed"));
+                }
+                b'c' => return Err(SourceError::transient("the server ended the replication stream")),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Standby status update: `flush` is what Sluice has made durable.
+    pub async fn send_status(&mut self, write: u64, flush: u64, reply: bool) -> Result<(), SourceError> {
+        let mut payload = BytesMut::with_capacity(34);
+        payload.put_u8(b'r');
+        payload.put_u64(write);
+        payload.put_u64(flush);
+        payload.put_u64(flush);
+        payload.put_i64(pg_now());
+        payload.put_u8(reply as u8);
+        self.wbuf.put_u8(b'd');
+        self.wbuf.put_u32(4 + payload.len() as u32);
+        self.wbuf.extend_from_slice(&payload);
+        self.flush().await
+    }
+
+    /// End the session politely.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.flush().await;
+    }
+}

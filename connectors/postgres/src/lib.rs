@@ -1,0 +1,265 @@
+//! The Postgres source: consistent snapshot + pgoutput stream through a
+//! replication slot.
+//!
+//! ```text
+//!  catalog ── included tables ──▶ publication (created / kept in sync)
+//!     │
+//!  slot ──(created now: exported snapshot)──┐
+//!     │  (exists: temporary slot's snapshot) ┴─▶ snapshot (parallel COPY) ─┐
+//!     │                                                                    ▼
+//!     └──▶ START_REPLICATION (pgoutput) ─▶ decoding ─▶ stream ─▶ runtime channel
+//!                           ▲                                        │
+//!                           └────── standby status (confirmed) ◀─────┘
+//! ```
+//!
+//! # Snapshot
+//! A table is copied in a snapshot consistent with some LSN `C`: the
+//! exported snapshot of the main slot when it is created by this run, or the
+//! snapshot of a temporary slot when the main slot already exists (a restart
+//! during the snapshot, a table added later). Its stream changes are then
+//! taken only from transactions committing at or after `C`. Tables whose
+//! snapshot is `done` in the checkpoint are never copied again.
+//!
+//! # Replication
+//! Streaming starts at the checkpoint position; transactions committing
+//! before it are dropped whole (the server may resend them when a
+//! confirmation did not reach it). See [`stream`] and [`decoding`].
+//!
+//! # Error handling
+//! Connection losses and server restarts are transient: the runtime restarts
+//! the source from the checkpoint. A slot that is missing or has moved past
+//! the checkpoint, missing privileges and bad settings are fatal with a
+//! message saying what to do.
+
+pub mod admin;
+pub mod catalog;
+pub mod conn;
+pub mod decoding;
+pub mod preflight;
+pub mod snapshot;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_core::config::{PipelineConfig, SnapshotMode};
+use sluice_core::error::{ErrorKind, SourceError};
+use sluice_core::event::format_lsn;
+use sluice_core::schema::quote_ident;
+use sluice_core::{SnapshotState, Source, SourceContext, SourceMessage, TableId};
+
+use crate::conn::{connect_sql, ConnInfo, ReplicationConn};
+use crate::decoding::{Decoder, TableFilter};
+
+pub struct PostgresSource {
+    cfg: PipelineConfig,
+}
+
+impl PostgresSource {
+    pub fn new(cfg: PipelineConfig) -> Self {
+        PostgresSource { cfg }
+    }
+}
+
+impl Source for PostgresSource {
+    async fn run(self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        run_source(&self.cfg, &mut ctx).await
+    }
+}
+
+struct Filter {
+    tables: sluice_core::config::TablesConfig,
+    snapshot_lsn: HashMap<TableId, u64>,
+}
+
+impl TableFilter for Filter {
+    fn admit(&self, table: &TableId) -> Option<u64> {
+        if !self.tables.matches(&table.schema, &table.name) {
+            return None;
+        }
+        Some(self.snapshot_lsn.get(table).copied().unwrap_or(0))
+    }
+}
+
+fn parse_created_slot(rows: &[Vec<Option<String>>]) -> Result<(u64, String), SourceError> {
+    let row = rows.first().ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
+    let lsn = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|s| sluice_core::event::parse_lsn(&s))
+        .ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
+    let snap = row
+        .get(2)
+        .cloned()
+        .flatten()
+        .ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT exported no snapshot"))?;
+    Ok((lsn, snap))
+}
+
+async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
+    let pg = cfg.postgres();
+    let info = ConnInfo::parse(&pg.url)?;
+    let slot_name = cfg.slot_name();
+    let pub_name = cfg.publication_name();
+    let client = connect_sql(&info).await?;
+
+    let tables = catalog::included_tables(&client, &cfg.tables).await?;
+    let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
+    catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids).await?;
+    let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
+
+    let cp = ctx.checkpoint.clone();
+    let mut repl = ReplicationConn::connect(&info).await?;
+    let slot = catalog::slot_info(&client, &slot_name).await?;
+    let mut base;
+    let mut created: Option<(u64, String)> = None;
+    match &slot {
+        None => {
+            if let Some(p) = cp.position {
+                return Err(SourceError::fatal(format!(
+                    "replication slot {slot_name} no longer exists, but the checkpoint is at {}: changes since then are lost. \
+                     Run `sluice teardown` and start again (the snapshot is taken anew)",
+                    format_lsn(p.lsn())
+                )));
+            }
+            let rows = repl
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                    quote_ident(&slot_name)
+                ))
+                .await?;
+            let (lsn, snap) = parse_created_slot(&rows)?;
+            tracing::info!(slot = %slot_name, consistent_point = %format_lsn(lsn), "created replication slot");
+            base = lsn;
+            created = Some((lsn, snap));
+        }
+        Some(s) => {
+            if s.plugin.as_deref() != Some("pgoutput") {
+                return Err(SourceError::new(
+                    ErrorKind::Config,
+                    format!("replication slot {slot_name} exists but uses plugin {:?}, not pgoutput; choose another source.slot", s.plugin),
+                ));
+            }
+            if s.database.as_deref() != Some(info.dbname.as_str()) {
+                return Err(SourceError::new(
+                    ErrorKind::Config,
+                    format!("replication slot {slot_name} belongs to database {:?}, not {:?}", s.database, info.dbname),
+                ));
+            }
+            if s.wal_status.as_deref() == Some("lost") {
+                return Err(SourceError::fatal(format!(
+                    "replication slot {slot_name} has lost required WAL (max_slot_wal_keep_size); run `sluice teardown` and start again"
+                )));
+            }
+            if let Some(pid) = s.active_pid {
+                return Err(SourceError::transient(format!(
+                    "replication slot {slot_name} is in use by server process {pid} (another Sluice running, or a connection not yet closed)"
+                )));
+            }
+            let confirmed = s.confirmed_flush.unwrap_or(0);
+            if let Some(p) = cp.position {
+                if confirmed > p.lsn() {
+                    return Err(SourceError::fatal(format!(
+                        "replication slot {slot_name} has been advanced to {} past the checkpoint at {} by another consumer: \
+                         changes in between are lost. Run `sluice teardown` and start again",
+                        format_lsn(confirmed),
+                        format_lsn(p.lsn())
+                    )));
+                }
+            }
+            base = confirmed;
+        }
+    }
+    if let Some(p) = cp.position {
+        base = base.max(p.lsn());
+    }
+
+    // Which tables need a copy, and from which LSN each table's stream starts.
+    let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
+    let mut jobs = Vec::new();
+    for t in &tables {
+        let state = cp.tables.get(&t.id.to_string());
+        match state {
+            Some(s) if s.snapshot == SnapshotState::Done => {
+                snapshot_lsn.insert(t.id.clone(), s.snapshot_position.map(|p| p.lsn()).unwrap_or(0));
+            }
+            _ if cfg.snapshot.mode == SnapshotMode::Never => {}
+            _ => jobs.push(t.clone()),
+        }
+    }
+    if !jobs.is_empty() {
+        let mut schemas = Vec::new();
+        // The temporary slot (if any) must outlive the copy.
+        let mut temp_conn = None;
+        let (lsn, snap) = match created.take() {
+            Some(c) => c,
+            None => {
+                let mut c = ReplicationConn::connect(&info).await?;
+                let name = format!("sluice_tmp_{}_{}", std::process::id(), rand_suffix());
+                let rows = c
+                    .simple_query(&format!(
+                        "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                        quote_ident(&name)
+                    ))
+                    .await?;
+                let r = parse_created_slot(&rows)?;
+                tracing::info!(tables = jobs.len(), consistent_point = %format_lsn(r.0), "snapshot through a temporary slot");
+                temp_conn = Some(c);
+                r
+            }
+        };
+        for t in &jobs {
+            schemas.push(snapshot::SnapshotJob {
+                schema: Arc::new(catalog::table_schema(&client, &info.dbname, &t.id).await?),
+                estimated_rows: t.estimated_rows,
+            });
+        }
+        snapshot::copy_tables(&info, &snap, lsn, schemas, cfg.snapshot.parallelism, &ctx.tx).await?;
+        for t in &jobs {
+            snapshot_lsn.insert(t.id.clone(), lsn);
+        }
+        if let Some(c) = temp_conn {
+            c.terminate().await;
+        }
+        // Everything before the snapshot point is in the copy.
+        if let Some(t) = target {
+            if t <= lsn && cp.position.is_none() {
+                base = base.max(lsn);
+            }
+        }
+    }
+    drop(client);
+
+    if let Some(t) = target {
+        if base >= t {
+            let msgs = vec![
+                SourceMessage::Progress { position: sluice_core::Position::Postgres { lsn: base } },
+                SourceMessage::CaughtUp,
+            ];
+            if ctx.tx.send(msgs).await.is_err() {
+                return Ok(());
+            }
+            let mut st = stream::StreamState { confirmed: base, server_end: 0, last_status: std::time::Instant::now() };
+            return stream::finish(&mut repl, ctx, &mut st, base).await;
+        }
+    }
+
+    let start = cp.position.map(|p| p.lsn()).unwrap_or(0);
+    let sql = format!(
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        quote_ident(&slot_name),
+        format_lsn(start),
+        sluice_core::schema::quote_literal(&quote_ident(&pub_name)),
+    );
+    repl.start_replication(&sql).await?;
+    tracing::info!(slot = %slot_name, from = %format_lsn(start.max(base)), "streaming");
+    let filter = Filter { tables: cfg.tables.clone(), snapshot_lsn };
+    let mut decoder = Decoder::new(info.dbname.clone(), filter, start);
+    stream::run_stream(&mut repl, &mut decoder, ctx, base, target).await
+}
+
+fn rand_suffix() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.subsec_nanos() % 1_000_000
+}

@@ -1,0 +1,191 @@
+//! Initial snapshot: copy tables consistently with a replication slot.
+//!
+//! Invariants:
+//! - Every table is read inside a transaction that imported the snapshot
+//!   exported when the slot (or a temporary slot) was created, so the copy
+//!   holds exactly the transactions that committed before that slot's
+//!   consistent point; the stream supplies the rest.
+//! - Rows are streamed from `COPY ... TO STDOUT` in batches; a table is never
+//!   held in memory.
+//! - A table's rows are bracketed by `TableSnapshotStarted`/`Done`; the
+//!   runtime keeps them unpublished until `Done`, so a crash mid-table means
+//!   the table is copied again, not duplicated.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use sluice_core::error::SourceError;
+use sluice_core::schema::quote_ident;
+use sluice_core::{ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
+use tokio::sync::mpsc;
+
+use crate::conn::{connect_sql, sql_error, ConnInfo};
+
+pub struct SnapshotJob {
+    pub schema: Arc<TableSchema>,
+    pub estimated_rows: u64,
+}
+
+const BATCH: usize = 1024;
+
+/// Copy `jobs` with up to `parallelism` sessions, all in snapshot `snapshot_name`.
+pub async fn copy_tables(
+    info: &ConnInfo,
+    snapshot_name: &str,
+    consistent_lsn: u64,
+    mut jobs: Vec<SnapshotJob>,
+    parallelism: usize,
+    tx: &mpsc::Sender<Vec<SourceMessage>>,
+) -> Result<(), SourceError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    // Largest first, so the long tail is short.
+    jobs.sort_by(|a, b| b.estimated_rows.cmp(&a.estimated_rows));
+    let workers = parallelism.clamp(1, jobs.len());
+    let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
+    // Every worker imports the snapshot before any copies, while the exporting
+    // session is still idle.
+    let mut clients = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let client = connect_sql(info).await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                sluice_core::schema::quote_literal(snapshot_name)
+            ))
+            .await
+            .map_err(|e| sql_error("importing the slot's snapshot", e))?;
+        clients.push(client);
+    }
+    let mut tasks = Vec::new();
+    for client in clients {
+        let queue = queue.clone();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let job = queue.lock().unwrap().pop_front();
+                let Some(job) = job else { break };
+                copy_one(&client, &job, consistent_lsn, &tx).await?;
+            }
+            client.batch_execute("COMMIT").await.map_err(|e| sql_error("ending the snapshot transaction", e))?;
+            Ok::<(), SourceError>(())
+        }));
+    }
+    let mut first_err = None;
+    for t in tasks {
+        let r = t.await.map_err(|e| SourceError::fatal(format!("snapshot worker failed: {e}")))?;
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+async fn send(tx: &mpsc::Sender<Vec<SourceMessage>>, batch: Vec<SourceMessage>) -> Result<(), SourceError> {
+    tx.send(batch).await.map_err(|_| SourceError::transient("pipeline stopped"))
+}
+
+async fn copy_one(
+    client: &tokio_postgres::Client,
+    job: &SnapshotJob,
+    consistent_lsn: u64,
+    tx: &mpsc::Sender<Vec<SourceMessage>>,
+) -> Result<(), SourceError> {
+    let schema = &job.schema;
+    let id = schema.id.clone();
+    tracing::info!(table = %id, estimated_rows = job.estimated_rows, "snapshot: copying");
+    send(
+        tx,
+        vec![SourceMessage::TableSnapshotStarted {
+            table: id.clone(),
+            position: Position::Postgres { lsn: consistent_lsn },
+            estimated_rows: job.estimated_rows,
+        }],
+    )
+    .await?;
+    let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let sql = format!("COPY {} ({cols}) TO STDOUT", id.quoted());
+    let stream = client.copy_out(&sql).await.map_err(|e| sql_error(&format!("COPY of {id}"), e))?;
+    futures_util::pin_mut!(stream);
+    let ts = now_us();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut rows = 0u64;
+    let ncols = schema.columns.len();
+    let emit_line = |line: &[u8], batch: &mut Vec<SourceMessage>| -> Result<(), SourceError> {
+        let mut fields = Vec::with_capacity(ncols);
+        sluice_schemas::postgres::split_copy_line(line, &mut fields)
+            .map_err(|e| SourceError::fatal(format!("COPY of {id}: {e}")))?;
+        if fields.len() != ncols {
+            return Err(SourceError::fatal(format!(
+                "COPY of {id}: expected {ncols} columns, got {} (did the table change during the snapshot?)",
+                fields.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(ncols);
+        for (f, c) in fields.iter().zip(&schema.columns) {
+            values.push(match f {
+                None => Value::Null,
+                Some(s) => sluice_schemas::postgres::parse_text(&c.ty, s)
+                    .map_err(|e| SourceError::fatal(format!("COPY of {id}, column {}: {e}", c.name)))?,
+            });
+        }
+        batch.push(SourceMessage::Event(ChangeEvent {
+            op: Op::Read,
+            table: schema.clone(),
+            before: None,
+            after: Some(Row::new(values)),
+            commit_lsn: consistent_lsn,
+            lsn: consistent_lsn,
+            tx_id: None,
+            commit_ts_us: ts,
+            snapshot: true,
+        }));
+        Ok(())
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| sql_error(&format!("COPY of {id}"), e))?;
+        let mut data: &[u8] = &chunk;
+        if !carry.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    carry.extend_from_slice(&data[..nl]);
+                    let line = std::mem::take(&mut carry);
+                    emit_line(&line, &mut batch)?;
+                    rows += 1;
+                    data = &data[nl + 1..];
+                }
+                None => {
+                    carry.extend_from_slice(data);
+                    continue;
+                }
+            }
+        }
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            emit_line(&data[..nl], &mut batch)?;
+            rows += 1;
+            data = &data[nl + 1..];
+        }
+        carry.extend_from_slice(data);
+        if batch.len() >= BATCH {
+            send(tx, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await?;
+        }
+    }
+    if !carry.is_empty() {
+        emit_line(&carry, &mut batch)?;
+        rows += 1;
+    }
+    batch.push(SourceMessage::TableSnapshotDone { table: schema.id.clone(), rows });
+    send(tx, batch).await?;
+    tracing::info!(table = %schema.id, rows, "snapshot: table done");
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The replication stream: `START_REPLICATION` on the slot, pgoutput in,
+//! batches out, confirmations back.
+//!
+//! Invariants:
+//! - The flush position reported to the server is only ever one the runtime
+//!   has confirmed (sink durable + checkpoint written).
+//! - Idle progress (keepalive `wal_end`) is forwarded only outside
+//!   transactions, so the runtime can confirm it and an idle or filtered
+//!   database does not pin WAL.
+//! - Sending to a full channel keeps answering the server, so a slow sink
+//!   never trips `wal_sender_timeout`.
+
+use std::time::{Duration, Instant};
+
+use sluice_core::error::SourceError;
+use sluice_core::{Position, SourceContext, SourceMessage};
+
+use crate::conn::{ReplMessage, ReplicationConn};
+use crate::decoding::{Decoder, TableFilter};
+
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+const MAX_BATCH: usize = 4096;
+
+pub struct StreamState {
+    /// Flush position to report.
+    pub confirmed: u64,
+    pub server_end: u64,
+    pub last_status: Instant,
+}
+
+async fn status(conn: &mut ReplicationConn, st: &mut StreamState) -> Result<(), SourceError> {
+    st.last_status = Instant::now();
+    conn.send_status(st.confirmed, st.confirmed, false).await
+}
+
+fn update_confirmed(ctx: &SourceContext, st: &mut StreamState) {
+    if let Some(p) = *ctx.confirmed.borrow() {
+        st.confirmed = st.confirmed.max(p.lsn());
+    }
+}
+
+/// Send a batch; while the channel is full, keep the server happy.
+async fn send_batch(
+    conn: &mut ReplicationConn,
+    ctx: &SourceContext,
+    st: &mut StreamState,
+    batch: Vec<SourceMessage>,
+) -> Result<bool, SourceError> {
+    let reserve = ctx.tx.reserve();
+    tokio::pin!(reserve);
+    loop {
+        tokio::select! {
+            permit = &mut reserve => {
+                return match permit {
+                    Ok(p) => {
+                        p.send(batch);
+                        Ok(true)
+                    }
+                    Err(_) => Ok(false),
+                };
+            }
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {
+                update_confirmed(ctx, st);
+                status(conn, st).await?;
+            }
+        }
+    }
+}
+
+/// Stream until the runtime goes away, an error occurs, or (with `target`)
+/// everything before `target` has been sent and confirmed.
+pub async fn run_stream<F: TableFilter>(
+    conn: &mut ReplicationConn,
+    decoder: &mut Decoder<F>,
+    ctx: &mut SourceContext,
+    base: u64,
+    target: Option<u64>,
+) -> Result<(), SourceError> {
+    let mut st = StreamState { confirmed: base, server_end: 0, last_status: Instant::now() };
+    update_confirmed(ctx, &mut st);
+    let mut last_end = base;
+    let mut pushed = base;
+    let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
+    let mut caught_up = false;
+    loop {
+        let mut reply = false;
+        while batch.len() < MAX_BATCH {
+            match conn.try_repl_message()? {
+                None => break,
+                Some(ReplMessage::XLogData { start, data }) => {
+                    decoder.decode(start, data, &mut batch)?;
+                    if let Some(end) = decoder.take_commit_end() {
+                        last_end = last_end.max(end);
+                    }
+                }
+                Some(ReplMessage::Keepalive { wal_end, reply: r }) => {
+                    st.server_end = st.server_end.max(wal_end);
+                    if !decoder.in_transaction() && wal_end > last_end {
+                        batch.push(SourceMessage::Progress { position: Position::Postgres { lsn: wal_end } });
+                        pushed = pushed.max(wal_end);
+                    }
+                    reply |= r;
+                }
+            }
+        }
+        if let Some(t) = target {
+            if !caught_up && !decoder.in_transaction() && (last_end >= t || st.server_end >= t) {
+                batch.push(SourceMessage::CaughtUp);
+                caught_up = true;
+            }
+        }
+        if !batch.is_empty() {
+            let b = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            if !send_batch(conn, ctx, &mut st, b).await? {
+                return Ok(());
+            }
+        }
+        if caught_up {
+            return finish(conn, ctx, &mut st, last_end.max(pushed)).await;
+        }
+        update_confirmed(ctx, &mut st);
+        if reply || st.last_status.elapsed() >= STATUS_INTERVAL {
+            status(conn, &mut st).await?;
+        }
+        if batch.is_empty() && conn_has_message(conn) {
+            continue;
+        }
+        tokio::select! {
+            r = conn.fill() => r?,
+            r = ctx.confirmed.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                update_confirmed(ctx, &mut st);
+                status(conn, &mut st).await?;
+            }
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {
+                update_confirmed(ctx, &mut st);
+                status(conn, &mut st).await?;
+            }
+        }
+    }
+}
+
+fn conn_has_message(conn: &mut ReplicationConn) -> bool {
+    conn.has_buffered_message()
+}
+
+/// After `CaughtUp`: wait for the runtime's final confirmation and report it.
+pub async fn finish(
+    conn: &mut ReplicationConn,
+    ctx: &mut SourceContext,
+    st: &mut StreamState,
+    expected: u64,
+) -> Result<(), SourceError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        update_confirmed(ctx, st);
+        if st.confirmed >= expected {
+            status(conn, st).await?;
+            break;
+        }
+        tokio::select! {
+            r = ctx.confirmed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                update_confirmed(ctx, st);
+                status(conn, st).await?;
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! The pipeline file: parsing, `${VAR}` substitution and validation.
+//!
+//! Parsing and validation are pure (no I/O beyond reading the file) and
+//! report every problem at once; connecting happens later, in the
+//! components. Unknown keys are errors that name the key and its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// All configuration problems found in a pipeline file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    pub file: String,
+    pub errors: Vec<String>,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        if self.errors.len() == 1 {
+            format!("invalid pipeline {}: {}", self.file, self.errors[0])
+        } else {
+            let mut s = format!("invalid pipeline {} ({} problems):", self.file, self.errors.len());
+            for e in &self.errors {
+                s.push_str("\n  - ");
+                s.push_str(e);
+            }
+            s
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub version: u32,
+    pub name: String,
+    pub source: SourceConfig,
+    pub tables: TablesConfig,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    Postgres(PostgresSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:password@host:port/db?sslmode=...` or `key=value` pairs.
+    pub url: String,
+    /// Replication slot; default `sluice_<name>`. Created if missing.
+    pub slot: Option<String>,
+    /// Publication; default `sluice_<name>`. Created if missing.
+    pub publication: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Ask for protocol v2 `streaming` of in-progress transactions when the
+    /// server supports it (default true).
+    #[serde(default)]
+    pub streaming: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM file with the CA certificate(s) to trust (verify-ca/verify-full).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl TablesConfig {
+    /// Does `schema.table` pass the include/exclude globs?
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        let full = format!("{schema}.{table}");
+        self.include.iter().any(|g| glob_match(g, &full)) && !self.exclude.iter().any(|g| glob_match(g, &full))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    #[serde(default)]
+    pub mode: SnapshotMode,
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { mode: SnapshotMode::Initial, parallelism: default_parallelism() }
+    }
+}
+
+fn default_parallelism() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Files(FilesSinkConfig),
+    Blackhole {},
+    Stdout {},
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Jsonl,
+    Parquet,
+    Arrow,
+}
+
+impl FileFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Jsonl => "jsonl",
+            FileFormat::Parquet => "parquet",
+            FileFormat::Arrow => "arrow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSinkConfig {
+    pub format: FileFormat,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub roll: RollConfig,
+}
+
+/// When a file is completed and a new one started.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollConfig {
+    #[serde(default = "default_roll_rows")]
+    pub rows: u64,
+    #[serde(default = "default_roll_bytes")]
+    pub bytes: u64,
+    #[serde(default = "default_roll_seconds")]
+    pub seconds: u64,
+}
+
+impl Default for RollConfig {
+    fn default() -> Self {
+        RollConfig { rows: default_roll_rows(), bytes: default_roll_bytes(), seconds: default_roll_seconds() }
+    }
+}
+
+fn default_roll_rows() -> u64 {
+    1_000_000
+}
+fn default_roll_bytes() -> u64 {
+    128 << 20
+}
+fn default_roll_seconds() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the checkpoint file; default `.sluice/<name>`.
+    pub path: Option<PathBuf>,
+}
+
+impl PipelineConfig {
+    /// Default slot/publication name: `sluice_<name>` with the name lowered
+    /// and anything but `[a-z0-9_]` turned into `_`.
+    pub fn default_object_name(&self) -> String {
+        let n: String =
+            self.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        format!("sluice_{n}")
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint.path.clone().unwrap_or_else(|| PathBuf::from(".sluice").join(&self.name))
+    }
+
+    pub fn postgres(&self) -> &PostgresSourceConfig {
+        match &self.source {
+            SourceConfig::Postgres(p) => p,
+        }
+    }
+
+    pub fn slot_name(&self) -> String {
+        self.postgres().slot.clone().unwrap_or_else(|| self.default_object_name())
+    }
+
+    pub fn publication_name(&self) -> String {
+        self.postgres().publication.clone().unwrap_or_else(|| self.default_object_name())
+    }
+
+    /// Pure validation: every problem, at once.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.version != 1 {
+            errs.push(format!("version: unsupported version {} (this Sluice reads version 1)", self.version));
+        }
+        if self.name.is_empty() || self.name.len() > 50 {
+            errs.push("name: must be 1 to 50 characters".into());
+        } else if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            errs.push(format!("name: {:?} may only contain letters, digits, '_' and '-'", self.name));
+        }
+        match &self.source {
+            SourceConfig::Postgres(pg) => {
+                let url = pg.url.trim();
+                if url.is_empty() {
+                    errs.push("source.url: must not be empty".into());
+                } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+                    errs.push(format!(
+                        "source.url: {:?} is not a Postgres connection string (postgres://user:password@host:port/db)",
+                        redact_url(url)
+                    ));
+                }
+                for (key, v) in [("slot", &pg.slot), ("publication", &pg.publication)] {
+                    if let Some(v) = v {
+                        if !valid_slot_name(v) {
+                            errs.push(format!(
+                                "source.{key}: {v:?} must be 1-63 characters of lower-case letters, digits and '_'"
+                            ));
+                        }
+                    }
+                }
+                if let Some(tls) = &pg.tls {
+                    if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
+                        errs.push("source.tls.ca_file: required for verify-ca and verify-full".into());
+                    }
+                }
+            }
+        }
+        if self.tables.include.is_empty() {
+            errs.push("tables.include: list at least one table glob (e.g. \"public.*\")".into());
+        }
+        for (key, globs) in [("include", &self.tables.include), ("exclude", &self.tables.exclude)] {
+            for g in globs.iter() {
+                if !g.contains('.') {
+                    errs.push(format!("tables.{key}: {g:?} must be schema.table (globs allowed, e.g. \"public.*\")"));
+                }
+            }
+        }
+        if self.snapshot.parallelism == 0 || self.snapshot.parallelism > 64 {
+            errs.push(format!("snapshot.parallelism: {} must be between 1 and 64", self.snapshot.parallelism));
+        }
+        if let SinkConfig::Files(f) = &self.sink {
+            if f.path.as_os_str().is_empty() {
+                errs.push("sink.path: must not be empty".into());
+            }
+            if f.roll.rows == 0 || f.roll.bytes == 0 || f.roll.seconds == 0 {
+                errs.push("sink.roll: rows, bytes and seconds must be positive".into());
+            }
+        }
+        errs
+    }
+}
+
+fn valid_slot_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Hide the password in a connection URL for messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        if let Some(at) = rest.find('@') {
+            let creds = &rest[..at];
+            if let Some(colon) = creds.find(':') {
+                return format!("{}://{}:***{}", &url[..scheme_end], &creds[..colon], &rest[at..]);
+            }
+        }
+    }
+    url.to_string()
+}
+
+/// `*` matches any run of characters, `?` one character; nothing else is special.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Replace `${VAR}` (and `${VAR:-default}`) with environment values; `$$`
+/// is a literal `$`. Returns every unset variable as an error.
+pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+    let mut out = String::with_capacity(text.len());
+    let mut errs = Vec::new();
+    let mut rest = text;
+    let line_of = |offset: usize| text[..offset].matches('\n').count() + 1;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            match body.find('}') {
+                Some(end) => {
+                    let expr = &body[..end];
+                    let (name, default) = match expr.split_once(":-") {
+                        Some((n, d)) => (n, Some(d)),
+                        None => (expr, None),
+                    };
+                    let offset = text.len() - rest.len() + i;
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        errs.push(format!("line {}: ${{{expr}}} is not a valid variable reference", line_of(offset)));
+                    } else {
+                        match lookup(name).or_else(|| default.map(str::to_string)) {
+                            Some(v) => out.push_str(&v),
+                            None => errs.push(format!(
+                                "line {}: environment variable {name} is not set (referenced as ${{{name}}})",
+                                line_of(offset)
+                            )),
+                        }
+                    }
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    let offset = text.len() - rest.len() + i;
+                    errs.push(format!("line {}: unterminated ${{ (missing '}}')", line_of(offset)));
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Find the line of `key:` below the top-level `section:` (for messages).
+fn locate_key(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
+    let mut in_section = section.is_none();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(sec) = section {
+            if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                in_section = trimmed.starts_with(&format!("{sec}:"));
+                continue;
+            }
+        }
+        if in_section {
+            let t = trimmed.trim_start_matches("- ");
+            if t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":")) {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_yaml::Error) -> String {
+    let mut msg = e.to_string();
+    // serde_yaml only knows locations when parsing text; add the line of an
+    // unknown key ourselves when we parsed a section from a Value.
+    if e.location().is_none() {
+        if let Some(start) = msg.find("unknown field `") {
+            let rest = &msg[start + 15..];
+            if let Some(end) = rest.find('`') {
+                let key = rest[..end].to_string();
+                if let Some(line) = locate_key(text, section, &key) {
+                    msg = format!("{msg} (line {line})");
+                }
+            }
+        }
+    }
+    match section {
+        Some(s) => format!("{s}: {msg}"),
+        None => msg,
+    }
+}
+
+/// Parse pipeline text (after substitution) into a config, reporting every
+/// structural and semantic problem at once.
+pub fn parse_pipeline_text(text: &str, file: &str) -> Result<PipelineConfig, ConfigError> {
+    let err = |errors: Vec<String>| ConfigError { file: file.to_string(), errors };
+    let substituted = substitute_env(text, |k| std::env::var(k).ok()).map_err(err)?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&substituted).map_err(|e| err(vec![format!("YAML syntax: {e}")]))?;
+    let map = match doc {
+        serde_yaml::Value::Mapping(m) => m,
+        serde_yaml::Value::Null => return Err(err(vec!["the file is empty".into()])),
+        _ => return Err(err(vec!["the top level must be a mapping of keys (version, name, source, ...)".into()])),
+    };
+    // Section by section, so that one bad section doesn't hide the others.
+    let mut errors = Vec::new();
+    const KNOWN: [&str; 7] = ["version", "name", "source", "tables", "snapshot", "sink", "checkpoint"];
+    for k in map.keys() {
+        let key = k.as_str().unwrap_or("?");
+        if !KNOWN.contains(&key) {
+            let line = locate_key(&substituted, None, key).map(|l| format!(" (line {l})")).unwrap_or_default();
+            errors.push(format!("unknown key `{key}`{line}; expected one of {}", KNOWN.join(", ")));
+        }
+    }
+    for required in ["version", "name", "source", "tables", "sink"] {
+        if !map.contains_key(required) {
+            errors.push(format!("missing required key `{required}`"));
+        }
+    }
+    fn section<T: serde::de::DeserializeOwned>(
+        map: &serde_yaml::Mapping,
+        key: &str,
+        text: &str,
+        errors: &mut Vec<String>,
+    ) -> Option<T> {
+        let v = map.get(key)?;
+        match serde_yaml::from_value::<T>(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(describe_serde_error(text, Some(key), &e));
+                None
+            }
+        }
+    }
+    let version: Option<u32> = section(&map, "version", &substituted, &mut errors);
+    let name: Option<String> = section(&map, "name", &substituted, &mut errors);
+    let source: Option<SourceConfig> = section(&map, "source", &substituted, &mut errors);
+    let tables: Option<TablesConfig> = section(&map, "tables", &substituted, &mut errors);
+    let snapshot: Option<SnapshotConfig> = section(&map, "snapshot", &substituted, &mut errors);
+    let sink: Option<SinkConfig> = section(&map, "sink", &substituted, &mut errors);
+    let checkpoint: Option<CheckpointConfig> = section(&map, "checkpoint", &substituted, &mut errors);
+    if !errors.is_empty() {
+        return Err(err(errors));
+    }
+    let cfg = PipelineConfig {
+        version: version.expect("checked"),
+        name: name.expect("checked"),
+        source: source.expect("checked"),
+        tables: tables.expect("checked"),
+        snapshot: snapshot.unwrap_or_default(),
+        sink: sink.expect("checked"),
+        checkpoint: checkpoint.unwrap_or_default(),
+    };
+    let errors = cfg.validate();
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(err(errors))
+    }
+}
+
+/// Read and parse a pipeline file.
+pub fn load_pipeline(path: &Path) -> Result<PipelineConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: file.clone(), errors: vec![format!("cannot read the file: {e}")] })?;
+    parse_pipeline_text(&text, &file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version: 1
+name: orders
+source:
+  type: postgres
+  url: postgres://u:${SLUICE_TEST_PW}@localhost:5432/db
+tables:
+  include: ["shop.*", "public.Odd Table"]
+  exclude: ["shop.audit_*"]
+sink:
+  type: files
+  format: jsonl
+  path: ./out
+"#;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("shop.*", "shop.orders"));
+        assert!(glob_match("shop.audit_*", "shop.audit_log"));
+        assert!(!glob_match("shop.audit_*", "shop.orders"));
+        assert!(glob_match("public.Odd Table", "public.Odd Table"));
+        assert!(glob_match("*.t?", "a.tx"));
+        assert!(!glob_match("*.t?", "a.txy"));
+    }
+
+    #[test]
+    fn parses_good_file() {
+        std::env::set_var("SLUICE_TEST_PW", "secret");
+        let cfg = parse_pipeline_text(GOOD, "good.yaml").unwrap();
+        assert_eq!(cfg.slot_name(), "sluice_orders");
+        assert_eq!(cfg.postgres().url, "postgres://u:secret@localhost:5432/db");
+        assert!(cfg.tables.matches("shop", "orders"));
+        assert!(!cfg.tables.matches("shop", "audit_x"));
+        assert!(cfg.tables.matches("public", "Odd Table"));
+        assert_eq!(cfg.snapshot.parallelism, 4);
+    }
+
+    #[test]
+    fn reports_every_error_with_lines() {
+        let text = "version: 2\nname: x\nsource:\n  type: postgres\n  url: postgres://h/db\n  slott: a\ntables:\n  include: []\nsink:\n  type: files\n  format: csv\n  path: o\nextra: 1\n";
+        let e = parse_pipeline_text(text, "bad.yaml").unwrap_err();
+        let all = e.errors.join("\n");
+        assert!(all.contains("unknown key `extra` (line 13)"), "{all}");
+        assert!(all.contains("slott") && all.contains("line 6"), "{all}");
+        assert!(all.contains("csv"), "{all}");
+        assert!(e.errors.len() >= 3);
+    }
+
+    #[test]
+    fn unset_variables_are_errors() {
+        let e = substitute_env("a: ${NOPE_NOT_SET_X}\nb: ${ALSO_NOT_SET_Y}", |_| None).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert!(e[1].contains("line 2") && e[1].contains("ALSO_NOT_SET_Y"));
+        assert_eq!(substitute_env("$${X} ${Y:-d}", |_| None).unwrap(), "${X} d");
+    }
+}

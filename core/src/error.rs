@@ -1,0 +1,69 @@
+//! Error kinds shared by sources and sinks.
+//!
+//! Every error says what to do about it: retry ([`ErrorKind::Transient`]),
+//! stop one table ([`ErrorKind::Table`]), or stop the pipeline
+//! ([`ErrorKind::Fatal`], including configuration problems found late).
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Lost connection, server restart, timeout: restart from the checkpoint.
+    Transient,
+    /// Tied to one table's data; other tables could go on.
+    Table,
+    /// Needs a human: bad credentials, missing privilege, purged WAL, ...
+    Fatal,
+    /// The configuration is wrong (exit code 2).
+    Config,
+}
+
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SourceError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        SourceError { kind, message: message.into(), source: None }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fatal, message)
+    }
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        SinkError { kind, message: message.into(), source: None }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fatal, message)
+    }
+    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+        SinkError { kind: ErrorKind::Fatal, message: context.into(), source: Some(Box::new(e)) }
+    }
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+}

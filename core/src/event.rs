@@ -1,0 +1,94 @@
+//! Change events and positions.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::TableSchema;
+use crate::value::Row;
+
+/// Debezium's operation codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Snapshot read (`r`).
+    Read,
+    /// Insert (`c`).
+    Create,
+    /// Update (`u`).
+    Update,
+    /// Delete (`d`).
+    Delete,
+    /// Truncate (`t`).
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// A source position. Exact and wide; ordered within one engine.
+///
+/// For Postgres the position is an LSN with the meaning "every transaction
+/// whose commit record lies before this LSN has been handled"; a transaction
+/// is therefore already delivered iff its commit LSN is `< lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Position {
+    Postgres { lsn: u64 },
+}
+
+impl Position {
+    pub fn lsn(&self) -> u64 {
+        match self {
+            Position::Postgres { lsn } => *lsn,
+        }
+    }
+}
+
+/// Render a Postgres LSN as `X/Y`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parse a Postgres LSN from `X/Y`.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+        return None;
+    }
+    Some((hi << 32) | lo)
+}
+
+/// One change to one row (or, for TRUNCATE, to one table).
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub op: Op,
+    pub table: Arc<TableSchema>,
+    /// Old row image, as far as the source provides it (key columns for
+    /// replica identity DEFAULT, all columns for FULL). Columns the source
+    /// did not send are [`crate::Value::Unchanged`].
+    pub before: Option<Row>,
+    /// New row image. Unchanged TOASTed columns are [`crate::Value::Unchanged`].
+    pub after: Option<Row>,
+    /// Commit position of the transaction holding this change (for snapshot
+    /// rows: the snapshot's consistent point).
+    pub commit_lsn: u64,
+    /// The change's own position (Postgres: the WAL record's LSN).
+    pub lsn: u64,
+    /// Transaction id, when the source has one.
+    pub tx_id: Option<u64>,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_ts_us: i64,
+    /// True for snapshot rows.
+    pub snapshot: bool,
+}

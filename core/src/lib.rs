@@ -1,0 +1,36 @@
+//! Sluice core: the types every connector and sink shares, the component
+//! traits with their contracts, the pipeline runtime and the pipeline config.
+//!
+//! ```text
+//! pipelines/*.yaml ─▶ config (parse, validate: all errors at once)
+//!                          │
+//!  connectors/postgres ─┐  ▼
+//!                       └▶ SourceMessage batches ─▶ transforms ─▶ sinks
+//!         ▲                                                        │ flush → state
+//!         └──── confirm(position) ◀── checkpoint (atomic file) ◀───┘
+//! ```
+//!
+//! The ordering rule that makes resume exact: a position is confirmed to the
+//! source only after every change before it has been made durable by the sink
+//! *and* the checkpoint naming it has been written. The checkpoint therefore
+//! always names the lowest position not yet acknowledged.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod runtime;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod transform;
+pub mod value;
+
+pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
+pub use error::{ErrorKind, SinkError, SourceError};
+pub use event::{ChangeEvent, Op, Position};
+pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
+pub use sink::Sink;
+pub use source::{Source, SourceContext, SourceMessage};
+pub use transform::Transform;
+pub use value::{Row, Value};

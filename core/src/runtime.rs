@@ -1,0 +1,435 @@
+//! The pipeline runtime: source → transforms → sink → checkpoint → confirm.
+//!
+//! # Progress tracking
+//! The source runs in its own task and sends batches over a bounded channel.
+//! This loop writes events to the sink and remembers the position of the last
+//! *boundary* it has seen (a commit, or idle progress outside transactions).
+//! At a boundary — never inside a transaction — when the sink asks for it, a
+//! timer has run out, a table's snapshot is complete, or the run is ending,
+//! it flushes the sink, writes the checkpoint with that position, tells the
+//! sink the checkpoint is durable, and only then confirms the position to the
+//! source. The checkpoint is thus always the lowest position not yet
+//! acknowledged.
+//!
+//! # Error handling
+//! Transient errors (lost connections, server restarts) restart source and
+//! sink from the last checkpoint with exponential backoff; the sink's `open`
+//! discards whatever was not checkpointed, the source replays it. Anything
+//! else stops the pipeline.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SnapshotState, TableState};
+use crate::error::{ErrorKind, SinkError, SourceError};
+use crate::event::{ChangeEvent, Op, Position};
+use crate::schema::TableId;
+use crate::sink::Sink;
+use crate::source::{Source, SourceContext, SourceMessage};
+use crate::transform::Transform;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source failed: {0}")]
+    Source(#[from] SourceError),
+    #[error("sink failed: {0}")]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("checkpoint belongs to pipeline {found:?}, not {expected:?}")]
+    ForeignCheckpoint { expected: String, found: String },
+}
+
+impl PipelineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PipelineError::Source(e) => e.kind,
+            PipelineError::Sink(e) => e.kind,
+            PipelineError::Checkpoint(_) => ErrorKind::Fatal,
+            PipelineError::ForeignCheckpoint { .. } => ErrorKind::Config,
+        }
+    }
+}
+
+/// Live counters, shared with progress displays.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events: AtomicU64,
+    pub snapshot_rows: AtomicU64,
+    pub inserts: AtomicU64,
+    pub updates: AtomicU64,
+    pub deletes: AtomicU64,
+    pub truncates: AtomicU64,
+    pub transactions: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub restarts: AtomicU64,
+    pub checkpoint_lsn: AtomicU64,
+    pub caught_up: AtomicBool,
+    /// Per-table snapshot progress.
+    pub snapshot_tables: Mutex<Vec<TableProgress>>,
+}
+
+impl Stats {
+    fn count(&self, ev: &ChangeEvent) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        let c = match ev.op {
+            Op::Read => &self.snapshot_rows,
+            Op::Create => &self.inserts,
+            Op::Update => &self.updates,
+            Op::Delete => &self.deletes,
+            Op::Truncate => &self.truncates,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn snapshot_progress(&self, table: &TableId, add: u64, done: bool, estimate: Option<u64>) {
+        let name = table.to_string();
+        let mut t = self.snapshot_tables.lock().unwrap();
+        let idx = match t.iter().position(|p| p.table == name) {
+            Some(i) => i,
+            None => {
+                t.push(TableProgress {
+                    table: name,
+                    rows: 0,
+                    estimated: 0,
+                    done: false,
+                    started: Instant::now(),
+                    finished: None,
+                });
+                t.len() - 1
+            }
+        };
+        let e = &mut t[idx];
+        e.rows += add;
+        if let Some(est) = estimate {
+            e.estimated = est;
+            e.started = Instant::now();
+            e.rows = 0;
+            e.done = false;
+        }
+        if done && !e.done {
+            e.done = true;
+            e.finished = Some(Instant::now());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TableProgress {
+    pub table: String,
+    pub rows: u64,
+    pub estimated: u64,
+    pub done: bool,
+    pub started: Instant,
+    pub finished: Option<Instant>,
+}
+
+pub struct RuntimeOptions {
+    pub pipeline: String,
+    pub until_caught_up: bool,
+    /// How often an advanced position with nothing to flush is checkpointed.
+    pub checkpoint_interval: Duration,
+    /// Channel capacity in batches.
+    pub channel_batches: usize,
+    pub max_backoff: Duration,
+}
+
+impl RuntimeOptions {
+    pub fn new(pipeline: &str) -> Self {
+        RuntimeOptions {
+            pipeline: pipeline.to_string(),
+            until_caught_up: false,
+            checkpoint_interval: Duration::from_secs(1),
+            channel_batches: 8,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub position: Option<Position>,
+    pub caught_up: bool,
+    pub sink: String,
+}
+
+enum Ending {
+    CaughtUp,
+    Shutdown,
+}
+
+/// Run a pipeline until shutdown (or caught up), restarting after transient errors.
+pub async fn run_pipeline<S, K, FS, FK>(
+    opts: &RuntimeOptions,
+    mut make_source: FS,
+    mut make_sink: FK,
+    transforms: &[Box<dyn Transform>],
+    store: &mut dyn CheckpointStore,
+    mut shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<RunSummary, PipelineError>
+where
+    S: Source,
+    K: Sink,
+    FS: FnMut() -> S,
+    FK: FnMut() -> K,
+{
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let before = stats.checkpoints.load(Ordering::Relaxed);
+        let sink = make_sink();
+        match run_once(opts, make_source(), sink, transforms, store, &mut shutdown, &stats).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == ErrorKind::Transient && !*shutdown.borrow() => {
+                if stats.checkpoints.load(Ordering::Relaxed) > before {
+                    backoff = Duration::from_millis(500);
+                }
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %error_chain(&e), "transient failure; restarting from the checkpoint in {:?}", backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return Err(e);
+                }
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Render an error with its cause chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+struct Flusher<'a, K: Sink> {
+    sink: K,
+    store: &'a mut dyn CheckpointStore,
+    cp: Checkpoint,
+    confirm: watch::Sender<Option<Position>>,
+    stats: &'a Stats,
+    last_flush: Instant,
+}
+
+impl<K: Sink> Flusher<'_, K> {
+    async fn flush(&mut self, position: Option<Position>, held: &HashSet<TableId>) -> Result<(), PipelineError> {
+        let state = self.sink.flush(held).await?;
+        self.cp.sink = state;
+        if position.is_some() {
+            self.cp.position = position;
+        }
+        self.store.save(&self.cp)?;
+        self.sink.checkpointed().await?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = self.cp.position {
+            self.stats.checkpoint_lsn.store(p.lsn(), Ordering::Relaxed);
+        }
+        self.last_flush = Instant::now();
+        let _ = self.confirm.send(self.cp.position);
+        Ok(())
+    }
+}
+
+async fn run_once<S: Source, K: Sink>(
+    opts: &RuntimeOptions,
+    source: S,
+    mut sink: K,
+    transforms: &[Box<dyn Transform>],
+    store: &mut dyn CheckpointStore,
+    shutdown: &mut watch::Receiver<bool>,
+    stats: &Stats,
+) -> Result<RunSummary, PipelineError> {
+    let mut cp = store.load()?.unwrap_or_else(|| Checkpoint::new(&opts.pipeline));
+    if cp.pipeline != opts.pipeline {
+        return Err(PipelineError::ForeignCheckpoint { expected: opts.pipeline.clone(), found: cp.pipeline });
+    }
+    // Tables whose copy was interrupted are copied again from scratch.
+    for t in cp.tables.values_mut() {
+        if t.snapshot == SnapshotState::Copying {
+            t.snapshot = SnapshotState::Pending;
+            t.snapshot_rows = 0;
+        }
+    }
+    sink.open(if cp.sink.is_null() { None } else { Some(&cp.sink) }).await?;
+    if let Some(p) = cp.position {
+        stats.checkpoint_lsn.store(p.lsn(), Ordering::Relaxed);
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Vec<SourceMessage>>(opts.channel_batches);
+    let (confirm_tx, confirm_rx) = watch::channel(cp.position);
+    let ctx =
+        SourceContext { tx, confirmed: confirm_rx, checkpoint: cp.clone(), until_caught_up: opts.until_caught_up };
+    let mut source_task = tokio::spawn(source.run(ctx));
+    let mut f = Flusher { sink, store, cp, confirm: confirm_tx, stats, last_flush: Instant::now() };
+
+    let result = drive(opts, &mut rx, &mut f, transforms, shutdown, stats).await;
+    drop(rx);
+    let ending = match result {
+        Ok(Some(ending)) => {
+            // Give the source a moment to send the final confirmation to the server.
+            if tokio::time::timeout(Duration::from_secs(2), &mut source_task).await.is_err() {
+                source_task.abort();
+                let _ = source_task.await;
+            }
+            ending
+        }
+        Ok(None) => {
+            // The source ended on its own: with an error, or it must not have.
+            return match source_task.await {
+                Ok(Ok(())) => Err(SourceError::transient("source stopped unexpectedly").into()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(SourceError::fatal(format!("source task failed: {e}")).into()),
+            };
+        }
+        Err(e) => {
+            source_task.abort();
+            let _ = source_task.await;
+            return Err(e);
+        }
+    };
+    let caught_up = matches!(ending, Ending::CaughtUp);
+    stats.caught_up.store(caught_up, Ordering::Relaxed);
+    Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe() })
+}
+
+async fn drive<K: Sink>(
+    opts: &RuntimeOptions,
+    rx: &mut mpsc::Receiver<Vec<SourceMessage>>,
+    f: &mut Flusher<'_, K>,
+    transforms: &[Box<dyn Transform>],
+    shutdown: &mut watch::Receiver<bool>,
+    stats: &Stats,
+) -> Result<Option<Ending>, PipelineError> {
+    let mut in_tx = false;
+    let mut position: Option<Position> = f.cp.position;
+    let mut held: HashSet<TableId> = HashSet::new();
+    let mut force_flush = false;
+    let mut caught_up = false;
+    let mut stopping = *shutdown.borrow();
+    let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        if !in_tx {
+            let advanced = position != f.cp.position;
+            let elapsed = f.last_flush.elapsed();
+            let due = force_flush
+                || caught_up
+                || stopping
+                || f.sink.wants_flush()
+                || (f.sink.has_unflushed() && elapsed >= f.sink.max_flush_delay())
+                || (advanced && !f.sink.has_unflushed() && elapsed >= opts.checkpoint_interval);
+            if due && (advanced || f.sink.has_unflushed() || force_flush || f.cp.position.is_none()) {
+                f.flush(position, &held).await?;
+                force_flush = false;
+            }
+            if caught_up {
+                return Ok(Some(Ending::CaughtUp));
+            }
+            if stopping {
+                return Ok(Some(Ending::Shutdown));
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                if in_tx {
+                    tracing::info!("stopping after the current transaction commits");
+                }
+            }
+            batch = rx.recv() => {
+                let Some(batch) = batch else {
+                    return Ok(None);
+                };
+                for msg in batch {
+                    match msg {
+                        SourceMessage::Event(ev) => {
+                            stats.count(&ev);
+                            if ev.snapshot {
+                                stats.snapshot_progress(&ev.table.id, 1, false, None);
+                            }
+                            if transforms.is_empty() {
+                                buf.push(ev);
+                            } else {
+                                let mut evs = vec![ev];
+                                for t in transforms {
+                                    let mut next = Vec::new();
+                                    for e in evs {
+                                        t.apply(e, &mut next);
+                                    }
+                                    evs = next;
+                                }
+                                buf.extend(evs);
+                            }
+                            if buf.len() >= 4096 {
+                                f.sink.write(&buf).await?;
+                                buf.clear();
+                            }
+                        }
+                        other => {
+                            if !buf.is_empty() {
+                                f.sink.write(&buf).await?;
+                                buf.clear();
+                            }
+                            match other {
+                                SourceMessage::Event(_) => unreachable!(),
+                                SourceMessage::Begin { .. } => in_tx = true,
+                                SourceMessage::Commit { position: p } => {
+                                    in_tx = false;
+                                    stats.transactions.fetch_add(1, Ordering::Relaxed);
+                                    position = position.max(Some(p));
+                                }
+                                SourceMessage::Progress { position: p } => {
+                                    if !in_tx {
+                                        position = position.max(Some(p));
+                                    }
+                                }
+                                SourceMessage::TableSnapshotStarted { table, position: p, estimated_rows } => {
+                                    f.cp.tables.insert(
+                                        table.to_string(),
+                                        TableState { snapshot: SnapshotState::Copying, snapshot_position: Some(p), snapshot_rows: 0 },
+                                    );
+                                    stats.snapshot_progress(&table, 0, false, Some(estimated_rows));
+                                    held.insert(table);
+                                }
+                                SourceMessage::TableSnapshotDone { table, rows } => {
+                                    if let Some(t) = f.cp.tables.get_mut(&table.to_string()) {
+                                        t.snapshot = SnapshotState::Done;
+                                        t.snapshot_rows = rows;
+                                    }
+                                    stats.snapshot_progress(&table, 0, true, None);
+                                    held.remove(&table);
+                                    force_flush = true;
+                                }
+                                SourceMessage::CaughtUp => caught_up = true,
+                            }
+                        }
+                    }
+                }
+                if !buf.is_empty() {
+                    f.sink.write(&buf).await?;
+                    buf.clear();
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+    }
+}

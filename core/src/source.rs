@@ -1,0 +1,63 @@
+//! The `Source` trait: what a connector promises the runtime.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::SourceError;
+use crate::event::{ChangeEvent, Position};
+use crate::schema::TableId;
+
+/// What a source sends to the runtime, in order, in batches.
+#[derive(Debug)]
+pub enum SourceMessage {
+    /// A change. Stream changes arrive between `Begin` and `Commit`.
+    Event(ChangeEvent),
+    /// A stream transaction starts; no checkpoint may be taken until its `Commit`.
+    Begin { commit_lsn: u64 },
+    /// The transaction is complete. Everything before `position` has now been sent.
+    Commit { position: Position },
+    /// Outside any transaction: everything before `position` has been sent
+    /// (keepalives on an idle or filtered database). Lets the runtime confirm
+    /// positions so the source does not pin its log.
+    Progress { position: Position },
+    /// A table's snapshot copy begins, in a snapshot consistent with `position`.
+    TableSnapshotStarted { table: TableId, position: Position, estimated_rows: u64 },
+    /// All of the table's snapshot rows have been sent.
+    TableSnapshotDone { table: TableId, rows: u64 },
+    /// `--until-caught-up`: the end position noted at start has been reached
+    /// (every change before it has been sent).
+    CaughtUp,
+}
+
+/// What the runtime gives a source.
+pub struct SourceContext {
+    /// Bounded: a slow sink slows the source down instead of growing memory.
+    pub tx: mpsc::Sender<Vec<SourceMessage>>,
+    /// Positions the runtime has made durable (sink flushed *and* checkpoint
+    /// written). Only these may be confirmed to the server.
+    pub confirmed: watch::Receiver<Option<Position>>,
+    /// The checkpoint this run starts from.
+    pub checkpoint: Checkpoint,
+    /// Stop with `CaughtUp` once the source's current end (noted at start) is reached.
+    pub until_caught_up: bool,
+}
+
+/// A change source.
+///
+/// Contract:
+/// - Resume from `ctx.checkpoint`: never send a change of a transaction the
+///   checkpoint position already covers, never skip one it does not cover.
+/// - For each table whose snapshot is not `done`, copy it in a snapshot
+///   consistent with a position `P` (announced in `TableSnapshotStarted`),
+///   then send that table's stream changes only for transactions committing
+///   at or after `P`.
+/// - Stream changes arrive in commit order, bracketed by `Begin`/`Commit`;
+///   rolled-back transactions never appear.
+/// - Confirm to the server only positions received on `ctx.confirmed`.
+/// - Return `Err` with [`crate::ErrorKind::Transient`] for problems that a
+///   restart from the checkpoint may fix; the runtime then restarts it.
+pub trait Source: Send + 'static {
+    fn run(self, ctx: SourceContext) -> impl Future<Output = Result<(), SourceError>> + Send;
+}

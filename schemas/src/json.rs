@@ -1,0 +1,232 @@
+//! JSON encoding of values and change events (Debezium value payload).
+//!
+//! Values: integers → numbers; numeric → string with exact digits; floats →
+//! numbers, NaN/±Infinity → `"NaN"`, `"Infinity"`, `"-Infinity"`; bytea →
+//! base64; date → `YYYY-MM-DD`; time → `HH:MM:SS[.ffffff]`; timestamp → ISO
+//! 8601 without zone; timestamptz → ISO 8601 UTC with `Z`; json → the JSON
+//! value itself; arrays → JSON arrays; anything else → its text form.
+//! Unchanged (TOAST) columns are left out of the image.
+
+use base64::Engine;
+use sluice_core::value::{format_date, format_time, format_timestamp};
+use sluice_core::{ChangeEvent, Row, TableSchema, Value};
+
+/// Append `s` as a JSON string literal.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(v).as_bytes());
+}
+
+/// Append one value as JSON. `Unchanged` must be handled by the caller.
+pub fn write_value(out: &mut Vec<u8>, v: &Value, scratch: &mut String) {
+    match v {
+        Value::Null | Value::Unchanged => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => write_int(out, *i),
+        Value::UInt(u) => write_int(out, *u),
+        Value::Float(f) => {
+            if f.is_nan() {
+                out.extend_from_slice(b"\"NaN\"");
+            } else if f.is_infinite() {
+                out.extend_from_slice(if *f > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
+            } else {
+                let mut b = ryu::Buffer::new();
+                out.extend_from_slice(b.format_finite(*f).as_bytes());
+            }
+        }
+        Value::Numeric(s) | Value::Text(s) | Value::Uuid(s) => write_str(out, s),
+        Value::Bytes(b) => {
+            scratch.clear();
+            base64::engine::general_purpose::STANDARD.encode_string(b, scratch);
+            write_str(out, scratch);
+        }
+        Value::Date(d) => {
+            scratch.clear();
+            format_date(*d, scratch);
+            write_str(out, scratch);
+        }
+        Value::Time(t) => {
+            scratch.clear();
+            format_time(*t, scratch);
+            write_str(out, scratch);
+        }
+        Value::Timestamp(t) => {
+            scratch.clear();
+            format_timestamp(*t, false, scratch);
+            write_str(out, scratch);
+        }
+        Value::TimestampTz(t) => {
+            scratch.clear();
+            format_timestamp(*t, true, scratch);
+            write_str(out, scratch);
+        }
+        Value::Json(j) => out.extend_from_slice(j.as_bytes()),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, it, scratch);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// Append a row image as a JSON object; unchanged columns are left out.
+pub fn write_row(out: &mut Vec<u8>, schema: &TableSchema, row: &Row, scratch: &mut String) {
+    out.push(b'{');
+    let mut first = true;
+    for (col, v) in schema.columns.iter().zip(&row.values) {
+        if matches!(v, Value::Unchanged) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(out, &col.name);
+        out.push(b':');
+        write_value(out, v, scratch);
+    }
+    out.push(b'}');
+}
+
+/// Append one change event as a Debezium-style JSON object (no newline).
+pub fn write_event(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratch: &mut String) {
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(ev.op.code().as_bytes());
+    out.extend_from_slice(b"\",\"before\":");
+    match &ev.before {
+        Some(r) => write_row(out, &ev.table, r, scratch),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"after\":");
+    match &ev.after {
+        Some(r) => write_row(out, &ev.table, r, scratch),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"source\":{\"version\":\"");
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"db\":");
+    write_str(out, &ev.table.database);
+    out.extend_from_slice(b",\"schema\":");
+    write_str(out, &ev.table.id.schema);
+    out.extend_from_slice(b",\"table\":");
+    write_str(out, &ev.table.id.name);
+    out.extend_from_slice(b",\"lsn\":");
+    write_int(out, ev.lsn);
+    out.extend_from_slice(b",\"txId\":");
+    match ev.tx_id {
+        Some(x) => write_int(out, x),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"ts_ms\":");
+    write_int(out, ev.commit_ts_us.div_euclid(1000));
+    out.extend_from_slice(b",\"snapshot\":");
+    out.extend_from_slice(if ev.snapshot { b"\"true\"" } else { b"\"false\"" });
+    out.extend_from_slice(b",\"sequence\":\"[\\\"");
+    write_int(out, ev.commit_lsn);
+    out.extend_from_slice(b"\\\",\\\"");
+    write_int(out, ev.lsn);
+    out.extend_from_slice(b"\\\"]\"},\"ts_ms\":");
+    write_int(out, now_ms);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{Column, ColumnType, ReplicaIdentity, TableId};
+
+    fn col(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            source_type: String::new(),
+            type_id: 0,
+            type_modifier: -1,
+            key: false,
+            nullable: true,
+        }
+    }
+
+    #[test]
+    fn event_json_parses_back() {
+        let schema = std::sync::Arc::new(TableSchema {
+            database: "db".into(),
+            id: TableId::new("s", "t\"q"),
+            columns: vec![
+                col("a", ColumnType::Int64),
+                col("b\n", ColumnType::Text),
+                col("c", ColumnType::Float64),
+                col("d", ColumnType::Bytes),
+                col("e", ColumnType::Json),
+                col("f", ColumnType::Text),
+            ],
+            replica_identity: ReplicaIdentity::Default,
+            version: 0,
+        });
+        let ev = ChangeEvent {
+            op: sluice_core::Op::Update,
+            table: schema,
+            before: None,
+            after: Some(Row::new(vec![
+                Value::Int(-5),
+                Value::Text("x\"\\\u{1}é".into()),
+                Value::Float(f64::NAN),
+                Value::Bytes(vec![1, 2, 3]),
+                Value::Json("{\"k\": [1, 2]}".into()),
+                Value::Unchanged,
+            ])),
+            commit_lsn: 100,
+            lsn: 90,
+            tx_id: Some(7),
+            commit_ts_us: 1_500_000,
+            snapshot: false,
+        };
+        let mut out = Vec::new();
+        write_event(&mut out, &ev, 42, &mut String::new());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["after"]["a"], -5);
+        assert_eq!(v["after"]["b\n"], "x\"\\\u{1}é");
+        assert_eq!(v["after"]["c"], "NaN");
+        assert_eq!(v["after"]["d"], "AQID");
+        assert_eq!(v["after"]["e"]["k"][1], 2);
+        assert!(v["after"].get("f").is_none());
+        assert_eq!(v["source"]["table"], "t\"q");
+        assert_eq!(v["source"]["lsn"], 90);
+        assert_eq!(v["source"]["ts_ms"], 1500);
+        assert_eq!(v["source"]["snapshot"], "false");
+        assert_eq!(v["source"]["sequence"], "[\"100\",\"90\"]");
+    }
+}

@@ -1,0 +1,465 @@
+//! File sinks (JSONL, Parquet, Arrow IPC) and the small `blackhole` and
+//! `stdout` sinks.
+//!
+//! # Layout
+//! `PATH/<schema>.<table>/<10-digit sequence>.<ext>`. Within a table, files
+//! in name order and rows in order are commit order.
+//!
+//! # Exactly once
+//! Files are written hidden (`.0000000042.jsonl`) and closed (fsync) when
+//! they roll (rows, bytes, schema change) or at a flush. A flush returns the
+//! list of closed hidden files with their final names as sink state; the
+//! runtime writes it into the checkpoint; only then are they renamed into
+//! place (`checkpointed`). On `open`, renames recorded in the checkpoint are
+//! completed and every other hidden file — written after the checkpoint, so
+//! the source will send its rows again — is deleted, and sequence numbers
+//! resume from the checkpoint. Every committed change thus ends up in exactly
+//! one completed file, once. One output directory belongs to one pipeline.
+
+mod columnar;
+mod small;
+
+pub use columnar::{parse_decimal128, parse_decimal256, BatchBuilder};
+pub use small::{BlackholeSink, StdoutSink};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::Schema;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sluice_core::checkpoint::sync_dir;
+use sluice_core::config::{FileFormat, FilesSinkConfig};
+use sluice_core::error::SinkError;
+use sluice_core::{ChangeEvent, Sink, TableId, TableSchema};
+
+const COLUMNAR_BATCH_ROWS: usize = 8192;
+
+enum Writer {
+    Jsonl(BufWriter<File>),
+    Parquet(Box<ArrowWriter<File>>, BatchBuilder),
+    Arrow(Box<arrow_ipc::writer::FileWriter<BufWriter<File>>>, BatchBuilder),
+}
+
+struct OpenFile {
+    writer: Writer,
+    /// Handle kept for fsync after the writer is finished.
+    sync: File,
+    hidden: PathBuf,
+    final_name: PathBuf,
+    rows: u64,
+    bytes: u64,
+    /// The source schema version the file was opened for (columnar formats).
+    schema_version: u64,
+    arrow_schema: Option<Arc<Schema>>,
+}
+
+struct TableFiles {
+    dir: PathBuf,
+    next_seq: u64,
+    /// First sequence number not yet handed to the checkpoint.
+    committed_seq: u64,
+    open: Option<OpenFile>,
+    /// Closed hidden files not yet in a checkpoint.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Next sequence number per table directory.
+    tables: BTreeMap<String, u64>,
+    /// Hidden files to rename into place (relative to the sink path).
+    pending: Vec<(String, String)>,
+}
+
+pub struct FilesSink {
+    cfg: FilesSinkConfig,
+    tables: HashMap<TableId, TableFiles>,
+    state: State,
+    /// Renames recorded by the last flush, done in `checkpointed`.
+    to_publish: Vec<(PathBuf, PathBuf)>,
+    unflushed: bool,
+    line: Vec<u8>,
+    scratch: String,
+    pub files_written: u64,
+    pub rows_written: u64,
+    lossy_warned: bool,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SinkError {
+    let c = context.into();
+    move |e| SinkError::io(c, e)
+}
+
+/// Directory name for a table: `schema.table`, with `/` escaped.
+pub fn table_dir_name(id: &TableId) -> String {
+    let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
+    let name = format!("{}.{}", esc(&id.schema), esc(&id.name));
+    if name.starts_with('.') {
+        format!("%2E{}", &name[1..])
+    } else {
+        name
+    }
+}
+
+fn seq_of(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    if stem.len() == 10 && stem.bytes().all(|b| b.is_ascii_digit()) {
+        stem.parse().ok()
+    } else {
+        None
+    }
+}
+
+impl FilesSink {
+    pub fn new(cfg: FilesSinkConfig) -> Self {
+        FilesSink {
+            cfg,
+            tables: HashMap::new(),
+            state: State::default(),
+            to_publish: Vec::new(),
+            unflushed: false,
+            line: Vec::with_capacity(4096),
+            scratch: String::new(),
+            files_written: 0,
+            rows_written: 0,
+            lossy_warned: false,
+        }
+    }
+
+    fn ext(&self) -> &'static str {
+        self.cfg.format.extension()
+    }
+
+    fn recover(&mut self, state: Option<&serde_json::Value>) -> Result<(), SinkError> {
+        let base = self.cfg.path.clone();
+        fs::create_dir_all(&base).map_err(io(format!("creating output directory {}", base.display())))?;
+        self.state = match state {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| SinkError::fatal(format!("checkpoint holds unreadable files-sink state: {e}")))?,
+            None => State::default(),
+        };
+        // Finish renames the checkpoint recorded.
+        let mut dirs = HashSet::new();
+        for (hidden, fin) in &self.state.pending {
+            let (h, f) = (base.join(hidden), base.join(fin));
+            if h.exists() {
+                fs::rename(&h, &f).map_err(io(format!("publishing {}", f.display())))?;
+            } else if !f.exists() {
+                return Err(SinkError::fatal(format!(
+                    "output file {} recorded in the checkpoint is missing (was the output directory changed by hand?)",
+                    f.display()
+                )));
+            }
+            if let Some(d) = f.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        // Remove everything written after the checkpoint; sequence numbers resume.
+        let ext = self.ext();
+        for entry in fs::read_dir(&base).map_err(io(format!("reading {}", base.display())))? {
+            let entry = entry.map_err(io("reading output directory"))?;
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let dir = entry.path();
+            let dname = entry.file_name().to_string_lossy().to_string();
+            let mut max_seq = None;
+            for f in fs::read_dir(&dir).map_err(io(format!("reading {}", dir.display())))? {
+                let f = f.map_err(io("reading output directory"))?;
+                let name = f.file_name().to_string_lossy().to_string();
+                if let Some(hidden) = name.strip_prefix('.') {
+                    if seq_of(hidden, ext).is_some() {
+                        fs::remove_file(f.path()).map_err(io(format!("removing {}", f.path().display())))?;
+                        dirs.insert(dir.clone());
+                    }
+                } else if let Some(s) = seq_of(&name, ext) {
+                    max_seq = max_seq.max(Some(s));
+                }
+            }
+            let next = self.state.tables.entry(dname).or_insert(0);
+            if let Some(m) = max_seq {
+                *next = (*next).max(m + 1);
+            }
+        }
+        for d in dirs {
+            sync_dir(&d).map_err(io(format!("syncing {}", d.display())))?;
+        }
+        self.state.pending.clear();
+        Ok(())
+    }
+
+    fn table_mut(&mut self, id: &TableId) -> Result<&mut TableFiles, SinkError> {
+        if !self.tables.contains_key(id) {
+            let dname = table_dir_name(id);
+            let dir = self.cfg.path.join(&dname);
+            if !dir.exists() {
+                fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                sync_dir(&self.cfg.path).map_err(io("syncing output directory"))?;
+            }
+            let seq = self.state.tables.get(&dname).copied().unwrap_or(0);
+            self.tables.insert(
+                id.clone(),
+                TableFiles { dir, next_seq: seq, committed_seq: seq, open: None, staged: Vec::new() },
+            );
+        }
+        Ok(self.tables.get_mut(id).expect("inserted"))
+    }
+
+    fn open_file(
+        format: FileFormat,
+        t: &mut TableFiles,
+        schema: &TableSchema,
+        ext: &str,
+    ) -> Result<OpenFile, SinkError> {
+        let seq = t.next_seq;
+        t.next_seq += 1;
+        let hidden = t.dir.join(format!(".{seq:010}.{ext}"));
+        let final_name = t.dir.join(format!("{seq:010}.{ext}"));
+        let file = File::create(&hidden).map_err(io(format!("creating {}", hidden.display())))?;
+        let sync = file.try_clone().map_err(io("cloning file handle"))?;
+        let (writer, arrow_schema) = match format {
+            FileFormat::Jsonl => (Writer::Jsonl(BufWriter::with_capacity(1 << 20, file)), None),
+            FileFormat::Parquet => {
+                let aschema = sluice_schemas::arrow::table_schema(schema);
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(128 * 1024))
+                    .build();
+                let w = ArrowWriter::try_new(file, aschema.clone(), Some(props)).map_err(|e| {
+                    SinkError::fatal(format!("creating Parquet writer for {}", hidden.display())).with_source(e)
+                })?;
+                (Writer::Parquet(Box::new(w), BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
+            }
+            FileFormat::Arrow => {
+                let aschema = sluice_schemas::arrow::table_schema(schema);
+                let w = arrow_ipc::writer::FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &aschema)
+                    .map_err(|e| {
+                        SinkError::fatal(format!("creating Arrow writer for {}", hidden.display())).with_source(e)
+                    })?;
+                (Writer::Arrow(Box::new(w), BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
+            }
+        };
+        Ok(OpenFile {
+            writer,
+            sync,
+            hidden,
+            final_name,
+            rows: 0,
+            bytes: 0,
+            schema_version: schema.version,
+            arrow_schema,
+        })
+    }
+
+    /// Finish and fsync a file; returns (hidden, final).
+    fn close_file(mut f: OpenFile) -> Result<(PathBuf, PathBuf), SinkError> {
+        let ctx = format!("finishing {}", f.hidden.display());
+        match &mut f.writer {
+            Writer::Jsonl(w) => w.flush().map_err(io(ctx.clone()))?,
+            Writer::Parquet(w, b) => {
+                if b.rows() > 0 {
+                    let batch = b.finish();
+                    w.write(&batch).map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
+                }
+            }
+            Writer::Arrow(w, b) => {
+                if b.rows() > 0 {
+                    let batch = b.finish();
+                    w.write(&batch).map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
+                }
+            }
+        }
+        match f.writer {
+            Writer::Jsonl(w) => drop(w),
+            Writer::Parquet(w, _) => {
+                w.close().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
+            }
+            Writer::Arrow(mut w, _) => {
+                w.finish().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
+                let mut inner = w.into_inner().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
+                inner.flush().map_err(io(ctx.clone()))?;
+            }
+        }
+        f.sync.sync_all().map_err(io(ctx))?;
+        Ok((f.hidden, f.final_name))
+    }
+
+    fn write_one(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
+        let format = self.cfg.format;
+        let ext = self.ext();
+        let roll_rows = self.cfg.roll.rows;
+        let roll_bytes = self.cfg.roll.bytes;
+        if format == FileFormat::Jsonl {
+            self.line.clear();
+            let now = now_ms();
+            sluice_schemas::json::write_event(&mut self.line, ev, now, &mut self.scratch);
+            self.line.push(b'\n');
+        }
+        let line = std::mem::take(&mut self.line);
+        let t = self.table_mut(&ev.table.id)?;
+        // A schema change starts a new file for columnar formats.
+        if let Some(open) = &t.open {
+            if open.arrow_schema.is_some() && open.schema_version != ev.table.version {
+                let new_schema = sluice_schemas::arrow::table_schema(&ev.table);
+                if open.arrow_schema.as_ref() != Some(&new_schema) {
+                    let f = t.open.take().expect("open");
+                    let closed = Self::close_file(f)?;
+                    t.staged.push(closed);
+                } else if let Some(o) = t.open.as_mut() {
+                    o.schema_version = ev.table.version;
+                }
+            }
+        }
+        if t.open.is_none() {
+            t.open = Some(Self::open_file(format, t, &ev.table, ext)?);
+        }
+        let f = t.open.as_mut().expect("open");
+        let mut lossy = 0;
+        match &mut f.writer {
+            Writer::Jsonl(w) => {
+                w.write_all(&line).map_err(io(format!("writing {}", f.hidden.display())))?;
+                f.bytes += line.len() as u64;
+            }
+            Writer::Parquet(w, b) => {
+                b.append(ev);
+                if b.rows() >= COLUMNAR_BATCH_ROWS {
+                    lossy = std::mem::take(&mut b.lossy);
+                    let batch = b.finish();
+                    w.write(&batch)
+                        .map_err(|e| SinkError::fatal(format!("writing {}", f.hidden.display())).with_source(e))?;
+                    f.bytes = (w.bytes_written() + w.in_progress_size()) as u64;
+                }
+            }
+            Writer::Arrow(w, b) => {
+                b.append(ev);
+                if b.rows() >= COLUMNAR_BATCH_ROWS {
+                    lossy = std::mem::take(&mut b.lossy);
+                    let batch = b.finish();
+                    f.bytes += batch.get_array_memory_size() as u64;
+                    w.write(&batch)
+                        .map_err(|e| SinkError::fatal(format!("writing {}", f.hidden.display())).with_source(e))?;
+                }
+            }
+        }
+        f.rows += 1;
+        if f.rows >= roll_rows || f.bytes >= roll_bytes {
+            let f = t.open.take().expect("open");
+            let closed = Self::close_file(f)?;
+            t.staged.push(closed);
+        }
+        self.line = line;
+        if lossy > 0 && !self.lossy_warned {
+            self.lossy_warned = true;
+            tracing::warn!(
+                table = %ev.table.id,
+                "some values cannot be represented in the column's Arrow type (e.g. NaN in a decimal column) and were written as null; use the jsonl format to keep them"
+            );
+        }
+        self.rows_written += 1;
+        self.unflushed = true;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn rel(base: &Path, p: &Path) -> String {
+    p.strip_prefix(base).unwrap_or(p).to_string_lossy().to_string()
+}
+
+impl Sink for FilesSink {
+    async fn open(&mut self, state: Option<&serde_json::Value>) -> Result<(), SinkError> {
+        self.tables.clear();
+        self.to_publish.clear();
+        tokio::task::block_in_place(|| self.recover(state))
+    }
+
+    async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+        tokio::task::block_in_place(|| {
+            for ev in events {
+                self.write_one(ev)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.tables.values().any(|t| !t.staged.is_empty())
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    fn max_flush_delay(&self) -> Duration {
+        Duration::from_secs(self.cfg.roll.seconds)
+    }
+
+    async fn flush(&mut self, hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
+        let base = self.cfg.path.clone();
+        tokio::task::block_in_place(|| {
+            let mut publish = Vec::new();
+            let mut any_held = false;
+            for (id, t) in self.tables.iter_mut() {
+                if hold.contains(id) {
+                    any_held |= t.open.is_some() || !t.staged.is_empty();
+                    continue;
+                }
+                if let Some(f) = t.open.take() {
+                    if f.rows > 0 {
+                        let closed = Self::close_file(f)?;
+                        t.staged.push(closed);
+                    } else {
+                        let _ = fs::remove_file(&f.hidden);
+                        t.next_seq -= 1;
+                    }
+                }
+                publish.append(&mut t.staged);
+                t.committed_seq = t.next_seq;
+            }
+            for t in self.tables.values() {
+                let dname = t.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                self.state.tables.insert(dname, t.committed_seq);
+            }
+            self.state.pending = publish.iter().map(|(h, f)| (rel(&base, h), rel(&base, f))).collect();
+            self.files_written += publish.len() as u64;
+            self.to_publish = publish;
+            self.unflushed = any_held;
+            Ok(())
+        })?;
+        let v = serde_json::to_value(&self.state).expect("state serializes");
+        Ok(v)
+    }
+
+    async fn checkpointed(&mut self) -> Result<(), SinkError> {
+        let publish = std::mem::take(&mut self.to_publish);
+        tokio::task::block_in_place(|| {
+            let mut dirs = HashSet::new();
+            for (h, f) in &publish {
+                fs::rename(h, f).map_err(io(format!("publishing {}", f.display())))?;
+                if let Some(d) = f.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+            }
+            for d in dirs {
+                sync_dir(&d).map_err(io(format!("syncing {}", d.display())))?;
+            }
+            Ok::<(), SinkError>(())
+        })?;
+        self.state.pending.clear();
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("{} files under {}", self.cfg.format.extension(), self.cfg.path.display())
+    }
+}

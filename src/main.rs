@@ -1,0 +1,391 @@
+//! `sluice`: a thin command line over the Sluice crates.
+
+mod demo;
+mod pgcluster;
+mod progress;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_core::config::{load_pipeline, ConfigError, PipelineConfig, SinkConfig};
+use sluice_core::error::{ErrorKind, SinkError, SourceError};
+use sluice_core::event::format_lsn;
+use sluice_core::runtime::{run_pipeline, PipelineError, RunSummary, RuntimeOptions, Stats};
+use sluice_core::{ChangeEvent, CheckpointStore, FileCheckpointStore, Sink, TableId};
+use sluice_files::{BlackholeSink, FilesSink, StdoutSink};
+use sluice_postgres::PostgresSource;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Change data capture: Postgres → files, exactly once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGINT/SIGTERM (or until caught up).
+    Run {
+        pipeline: PathBuf,
+        /// Stop once everything up to the source's current end is durable.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Validate the pipeline file and run preflight checks against the source.
+    Check { pipeline: PathBuf },
+    /// Show the checkpoint, per-table snapshot state and the source's lag.
+    Status {
+        pipeline: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the slot and publication Sluice created, and the checkpoint.
+    Teardown {
+        pipeline: PathBuf,
+        /// Confirm the teardown.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Quickstart: throwaway Postgres, sample data and writes, Parquet output.
+    Demo {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error: anyhow::Error = e.into();
+        let code = exit_code(&error);
+        Failure { code, error }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return 2;
+        }
+        if let Some(s) = cause.downcast_ref::<SourceError>() {
+            return if s.kind == ErrorKind::Config { 2 } else { 1 };
+        }
+        if let Some(s) = cause.downcast_ref::<SinkError>() {
+            return if s.kind == ErrorKind::Config { 2 } else { 1 };
+        }
+        if let Some(p) = cause.downcast_ref::<PipelineError>() {
+            return if p.kind() == ErrorKind::Config { 2 } else { 1 };
+        }
+    }
+    1
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure { code: 2, error: anyhow::anyhow!(msg.into()) }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    init_logging(quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(dispatch(cli.command));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {}", f.error);
+            let mut seen = f.error.to_string();
+            for cause in f.error.chain().skip(1) {
+                let c = cause.to_string();
+                if !seen.contains(&c) {
+                    eprintln!("  caused by: {c}");
+                    seen.push_str(&c);
+                }
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(progress::stderr_is_tty())
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cmd: Command) -> Result<u8, Failure> {
+    match cmd {
+        Command::Run { pipeline, until_caught_up } => cmd_run(&pipeline, until_caught_up).await,
+        Command::Check { pipeline } => cmd_check(&pipeline).await,
+        Command::Status { pipeline, json } => cmd_status(&pipeline, json).await,
+        Command::Teardown { pipeline, yes } => cmd_teardown(&pipeline, yes).await,
+        Command::Demo { seconds, dir } => demo::run(seconds, dir).await,
+    }
+}
+
+fn load(path: &Path) -> Result<PipelineConfig, Failure> {
+    let cfg = load_pipeline(path)?;
+    // Connector-level validation that needs no I/O.
+    sluice_postgres::conn::ConnInfo::parse(&cfg.postgres().url)?;
+    Ok(cfg)
+}
+
+/// The sinks compiled in, as one type (closed dispatch from YAML).
+pub(crate) enum AnySink {
+    Files(Box<FilesSink>),
+    Blackhole(BlackholeSink),
+    Stdout(StdoutSink),
+}
+
+impl AnySink {
+    pub fn from_config(cfg: &SinkConfig) -> AnySink {
+        match cfg {
+            SinkConfig::Files(f) => AnySink::Files(Box::new(FilesSink::new(f.clone()))),
+            SinkConfig::Blackhole {} => AnySink::Blackhole(BlackholeSink::default()),
+            SinkConfig::Stdout {} => AnySink::Stdout(StdoutSink::default()),
+        }
+    }
+}
+
+macro_rules! each_sink {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnySink::Files($s) => $e,
+            AnySink::Blackhole($s) => $e,
+            AnySink::Stdout($s) => $e,
+        }
+    };
+}
+
+impl Sink for AnySink {
+    async fn open(&mut self, state: Option<&serde_json::Value>) -> Result<(), SinkError> {
+        each_sink!(self, s => s.open(state).await)
+    }
+    async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+        each_sink!(self, s => s.write(events).await)
+    }
+    fn wants_flush(&self) -> bool {
+        each_sink!(self, s => s.wants_flush())
+    }
+    fn has_unflushed(&self) -> bool {
+        each_sink!(self, s => s.has_unflushed())
+    }
+    fn max_flush_delay(&self) -> Duration {
+        each_sink!(self, s => s.max_flush_delay())
+    }
+    async fn flush(&mut self, hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
+        each_sink!(self, s => s.flush(hold).await)
+    }
+    async fn checkpointed(&mut self) -> Result<(), SinkError> {
+        each_sink!(self, s => s.checkpointed().await)
+    }
+    fn describe(&self) -> String {
+        each_sink!(self, s => s.describe())
+    }
+}
+
+/// Shutdown on SIGINT/SIGTERM; a second signal exits at once (nothing is
+/// lost: the checkpoint is only ever written at consistent points).
+pub(crate) fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::info!("stopping: flushing and checkpointing (signal again to exit at once)");
+        let _ = tx.send(true);
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        eprintln!("exiting without a final checkpoint; the next run resumes from the last one");
+        std::process::exit(130);
+    });
+    rx
+}
+
+/// Run a pipeline in-process (also used by the demo).
+pub(crate) async fn run_config(
+    cfg: &PipelineConfig,
+    until_caught_up: bool,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<RunSummary, Failure> {
+    // Fail fast with a clear message when the source is unreachable or
+    // misconfigured; later connection losses are retried.
+    let info = sluice_postgres::conn::ConnInfo::parse(&cfg.postgres().url)?;
+    let client = sluice_postgres::conn::connect_sql(&info).await.context("cannot start the pipeline")?;
+    let wal_level: String =
+        client.query_one("SELECT current_setting('wal_level')", &[]).await.map(|r| r.get(0)).unwrap_or_default();
+    if wal_level != "logical" {
+        return Err(anyhow::anyhow!(
+            "the source has wal_level = {wal_level}; set wal_level = logical and restart it (`sluice check` lists all requirements)"
+        )
+        .into());
+    }
+    drop(client);
+    let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
+    let mut opts = RuntimeOptions::new(&cfg.name);
+    opts.until_caught_up = until_caught_up;
+    let cfg_src = cfg.clone();
+    let sink_cfg = cfg.sink.clone();
+    let summary = run_pipeline(
+        &opts,
+        move || PostgresSource::new(cfg_src.clone()),
+        move || AnySink::from_config(&sink_cfg),
+        &[],
+        &mut store,
+        shutdown,
+        stats,
+    )
+    .await?;
+    Ok(summary)
+}
+
+async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Failure> {
+    let cfg = load(path)?;
+    let stats = Arc::new(Stats::default());
+    let shutdown = shutdown_signal();
+    let prog = progress::spawn(stats.clone());
+    let started = std::time::Instant::now();
+    let res = run_config(&cfg, until_caught_up, shutdown, stats.clone()).await;
+    prog.abort();
+    progress::clear_line();
+    let summary = res?;
+    let secs = started.elapsed().as_secs_f64();
+    let events = stats.events.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{}: {events} events in {secs:.1}s ({:.0}/s); checkpoint at {}; {}",
+        if summary.caught_up { "caught up" } else { "stopped" },
+        events as f64 / secs.max(0.001),
+        summary.position.map(|p| format_lsn(p.lsn())).unwrap_or_else(|| "-".into()),
+        summary.sink
+    );
+    Ok(0)
+}
+
+async fn cmd_check(path: &Path) -> Result<u8, Failure> {
+    let cfg = load(path)?;
+    println!("pipeline {} ({}): configuration is valid", cfg.name, path.display());
+    let report = sluice_postgres::preflight::check(&cfg).await;
+    for f in &report.findings {
+        let tag = match f.status {
+            sluice_postgres::preflight::Status::Ok => "ok  ",
+            sluice_postgres::preflight::Status::Warn => "WARN",
+            sluice_postgres::preflight::Status::Fail => "FAIL",
+        };
+        println!("  {tag}  {:<24} {}", f.check, f.message);
+    }
+    if report.failed() {
+        println!("not ready: fix the FAIL items above");
+        Ok(1)
+    } else {
+        println!("ready");
+        Ok(0)
+    }
+}
+
+async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
+    let cfg = load(path)?;
+    let store = FileCheckpointStore::new(cfg.checkpoint_dir());
+    let cp = store.load()?;
+    let src = sluice_postgres::admin::status(&cfg).await;
+    if json {
+        let v = serde_json::json!({
+            "pipeline": cfg.name,
+            "checkpoint_file": store.describe(),
+            "checkpoint": cp.as_ref().map(|c| serde_json::json!({
+                "position": c.position.map(|p| p.lsn()),
+                "position_text": c.position.map(|p| format_lsn(p.lsn())),
+                "updated_ms": c.updated_ms,
+                "tables": c.tables,
+            })),
+            "source": src,
+            "lag_bytes": src.lag_bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    println!("pipeline {}", cfg.name);
+    match &cp {
+        None => println!("  checkpoint: none yet ({})", store.describe()),
+        Some(c) => {
+            println!(
+                "  checkpoint: {} ({})",
+                c.position.map(|p| format_lsn(p.lsn())).unwrap_or_else(|| "snapshot in progress".into()),
+                store.describe()
+            );
+            for (t, s) in &c.tables {
+                println!("    {t:<40} snapshot {:?} ({} rows)", s.snapshot, s.snapshot_rows);
+            }
+        }
+    }
+    if src.reachable {
+        println!(
+            "  source: slot {} {}; lag {}",
+            cfg.slot_name(),
+            if src.slot_exists {
+                if src.slot_active {
+                    "active"
+                } else {
+                    "inactive"
+                }
+            } else {
+                "missing"
+            },
+            src.lag_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "-".into())
+        );
+    } else {
+        println!("  source: unreachable ({})", src.error.unwrap_or_default());
+    }
+    Ok(0)
+}
+
+async fn cmd_teardown(path: &Path, yes: bool) -> Result<u8, Failure> {
+    let cfg = load(path)?;
+    if !yes {
+        return Err(usage(format!(
+            "teardown drops replication slot {} and the checkpoint in {}; pass --yes to confirm",
+            cfg.slot_name(),
+            cfg.checkpoint_dir().display()
+        )));
+    }
+    for line in sluice_postgres::admin::teardown(&cfg).await? {
+        println!("{line}");
+    }
+    let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
+    store.clear()?;
+    println!("removed checkpoint {}", store.describe());
+    Ok(0)
+}
