@@ -286,13 +286,25 @@ async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Failure> {
     let secs = started.elapsed().as_secs_f64();
     let events = stats.events.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "{}: {events} events in {secs:.1}s ({:.0}/s); checkpoint at {}; {}",
+        "{}: {events} events in {secs:.1}s ({:.0}/s); checkpoint at {}; {}; peak RSS {} MB",
         if summary.caught_up { "caught up" } else { "stopped" },
         events as f64 / secs.max(0.001),
         summary.position.map(|p| format_lsn(p.lsn())).unwrap_or_else(|| "-".into()),
-        summary.sink
+        summary.sink,
+        peak_rss_mb()
     );
     Ok(0)
+}
+
+/// Peak resident set size of this process, in MiB.
+fn peak_rss_mb() -> u64 {
+    // SAFETY: getrusage fills the struct we pass; no other preconditions.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        (ru.ru_maxrss as u64) / 1024
+    } else {
+        0
+    }
 }
 
 async fn cmd_check(path: &Path) -> Result<u8, Failure> {

@@ -19,7 +19,7 @@
 //! | arrays | Utf8 (the JSON array, as in JSONL) |
 //!
 //! Every file also carries `__op` (Utf8), `__position` (UInt64, the commit
-//! LSN), `__commit_ts` (Timestamp(µs, UTC)) and `__unchanged` (List<Utf8>, the
+//! LSN), `__commit_ts` (Timestamp(µs, "UTC")) and `__unchanged` (List<Utf8>, the
 //! columns left out of the row because the source did not send them).
 
 use std::sync::Arc;

@@ -254,7 +254,18 @@ async fn ensure_tables(cfg: &PipelineConfig, client: &Client, r: &mut Report) {
                 .map(|row| row.get::<_, i64>(0))
                 .unwrap_or(0);
             let superuser = setting(client, "is_superuser").await.as_deref() == Some("on");
-            if own > 0 && !superuser {
+            let can_create: bool = client
+                .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+                .await
+                .map(|row| row.get(0))
+                .unwrap_or(false);
+            if !can_create {
+                r.push(
+                    Status::Fail,
+                    "publication",
+                    format!("publication {pubname} must be created, but the role may not create objects in this database; GRANT CREATE ON DATABASE {} TO <role>, or create the publication yourself", crate::conn::ConnInfo::parse(&cfg.postgres().url).map(|i| i.dbname).unwrap_or_default()),
+                );
+            } else if own > 0 && !superuser {
                 r.push(Status::Fail, "publication", format!("publication {pubname} must be created, but the role does not own {own} included table(s); create it as their owner"));
             } else {
                 r.push(

@@ -1,0 +1,73 @@
+//! `check`, `status`, `teardown` and `run` shutdown behaviour.
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_status_teardown() {
+    let env = Env::new("cli");
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE good (id int PRIMARY KEY, body text);
+         CREATE TABLE nokey (a int);
+         INSERT INTO good SELECT g, 'x' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let p = env.pipeline("cli", &["public.*"], &env.files_sink("cli", "jsonl"), "");
+    let ps = p.to_str().unwrap();
+    let r = sluice(&["check", ps]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("table public.nokey") && r.stdout.contains("REPLICA IDENTITY FULL"), "{}", r.stdout);
+    assert!(r.stdout.contains("WARN") && r.stdout.contains("body"), "TOAST warning expected:\n{}", r.stdout);
+    c.batch_execute("ALTER TABLE nokey REPLICA IDENTITY FULL").await.unwrap();
+    let r = sluice(&["check", ps]).await;
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("ready"));
+
+    catch_up(&p).await;
+    c.batch_execute("INSERT INTO good VALUES (1000, 'later')").await.unwrap();
+    let r = sluice(&["status", ps, "--json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["checkpoint"]["position"].as_u64().unwrap() > 0);
+    assert_eq!(v["checkpoint"]["tables"]["public.good"]["snapshot"], "done");
+    assert_eq!(v["checkpoint"]["tables"]["public.good"]["snapshot_rows"], 100);
+    assert_eq!(v["source"]["slot_exists"], true);
+    assert!(v["lag_bytes"].as_u64().unwrap() > 0, "an insert after the checkpoint is lag: {v}");
+    let r = sluice(&["status", ps]).await;
+    assert!(r.stdout.contains("public.good") && r.stdout.contains("lag"), "{}", r.stdout);
+
+    let r = sluice(&["teardown", ps, "--yes"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("dropped replication slot sluice_cli"));
+    assert!(r.stdout.contains("dropped publication sluice_cli"));
+    let n: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    let n: i64 = c.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    let r = sluice(&["status", ps, "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["checkpoint"].is_null());
+}
+
+/// The slot's confirmed position follows the checkpoint, also when the
+/// changes are in tables the pipeline does not include (no WAL pinned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_filtered_changes_advance_the_slot() {
+    let env = Env::new("idle");
+    let c = env.client().await;
+    c.batch_execute("CREATE TABLE mine (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY);").await.unwrap();
+    let p = env.pipeline("idle", &["public.mine"], &env.files_sink("idle", "jsonl"), "");
+    catch_up(&p).await;
+    c.batch_execute("INSERT INTO other SELECT generate_series(1, 10000)").await.unwrap();
+    let before: String =
+        c.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    let end: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    catch_up(&p).await;
+    let after: String =
+        c.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    let lsn = |s: &str| sluice_core::event::parse_lsn(s).unwrap();
+    assert!(lsn(&after) > lsn(&before), "slot did not advance: {before} -> {after}");
+    assert!(lsn(&after) >= lsn(&end), "slot {after} behind the end {end} noted before catching up");
+    assert!(completed_files(&env.out("idle").join("public.mine"), "jsonl").is_empty());
+}

@@ -1,0 +1,152 @@
+//! Crash tests: SIGKILL the pipeline at random moments (during the snapshot
+//! and the stream, inside large transactions) while a workload runs, then
+//! catch up and prove every committed change arrived exactly once.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use crate::harness::*;
+
+const SETUP: &str = "
+CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2));
+CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);
+INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 150000) g;
+";
+
+/// Random transactions: inserts, updates, deletes, a few large ones.
+async fn workload(url: String, seed: u64, rounds: usize) {
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut next_id: i64 = 1_000_000 + seed as i64 % 1000 * 10_000_000;
+    for round in 0..rounds {
+        let mut sql = String::from("BEGIN;");
+        let big = round % 25 == 10;
+        let n = if big { 20_000 } else { rng.gen_range(1..60) };
+        sql.push_str(&format!(
+            "INSERT INTO acct SELECT g, 'w' || g, g % 1000 + 0.5 FROM generate_series({next_id}, {}) g;",
+            next_id + n - 1
+        ));
+        next_id += n;
+        for _ in 0..rng.gen_range(0..5) {
+            let id = rng.gen_range(1..150_000);
+            sql.push_str(&format!("UPDATE acct SET v = v || '+', n = n + 1 WHERE id = {id};"));
+        }
+        if rng.gen_bool(0.5) {
+            let id = rng.gen_range(1..150_000);
+            sql.push_str(&format!("DELETE FROM acct WHERE id = {id};"));
+        }
+        sql.push_str(&format!("INSERT INTO hist (acct, note) VALUES ({round}, 'round {round}');"));
+        if rng.gen_bool(0.1) {
+            sql.push_str("ROLLBACK;");
+        } else {
+            sql.push_str("COMMIT;");
+        }
+        c.batch_execute(&sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_is_exactly_once() {
+    let env = Env::new("crash");
+    let c = env.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("crash test seed {seed} (set SLUICE_CRASH_SEED to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let roll = "  roll:\n    rows: 5000\n    seconds: 1\n";
+    let pj = env.pipeline("cj", &["public.*"], &format!("{}{roll}", env.files_sink("cj", "jsonl")), "snapshot:\n  parallelism: 2\n");
+    let pp =
+        env.pipeline("cp", &["public.*"], &format!("{}{roll}", env.files_sink("cp", "parquet")), "snapshot:\n  parallelism: 2\n");
+
+    let work = tokio::spawn(workload(env.url(), seed, 250));
+    let mut kills = 0;
+    // The first kill lands early, inside the snapshot.
+    let mut first = true;
+    while !work.is_finished() || kills < 6 {
+        let mut a = spawn_run(&pj);
+        let mut b = spawn_run(&pp);
+        let ms = if first { rng.gen_range(150..700) } else { rng.gen_range(300..2500) };
+        first = false;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        a.start_kill().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+        b.start_kill().unwrap();
+        let _ = a.wait().await;
+        let _ = b.wait().await;
+        kills += 1;
+        if kills > 40 {
+            break;
+        }
+    }
+    work.await.unwrap();
+    eprintln!("killed each pipeline {kills} times");
+    catch_up(&pj).await;
+    catch_up(&pp).await;
+
+    let out = read_jsonl(&env.out("cj"));
+    let got = replay(&out["public.acct"], &["id"]).unwrap();
+    let want = source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    assert_same("jsonl acct", &got, &want);
+    let got = replay(&out["public.hist"], &["id"]).unwrap();
+    let want = source_rows(&c, "SELECT json_build_object('id', id, 'acct', acct, 'note', note) FROM hist", &["id"]).await;
+    assert_same("jsonl hist", &got, &want);
+
+    let out = read_parquet(&env.out("cp"));
+    let got = replay(&out["public.acct"], &["id"]).unwrap();
+    let want =
+        source_rows(&c, "SELECT json_build_object('id', id::text, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    assert_same("parquet acct", &got, &want);
+    let got = replay(&out["public.hist"], &["id"]).unwrap();
+    let want = source_rows(
+        &c,
+        "SELECT json_build_object('id', id::text, 'acct', acct::text, 'note', note) FROM hist",
+        &["id"],
+    )
+    .await;
+    assert_same("parquet hist", &got, &want);
+    // No leftovers of interrupted files.
+    for d in std::fs::read_dir(env.out("cj")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            assert!(!f.file_name().to_string_lossy().starts_with('.'), "hidden file left: {:?}", f.path());
+        }
+    }
+}
+
+/// A server restart while the pipeline streams: it reconnects and resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_stream() {
+    let env = Env::new("restart");
+    let c = env.client().await;
+    c.batch_execute("CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2)); CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);")
+        .await
+        .unwrap();
+    drop(c);
+    let p = env.pipeline("rs", &["public.*"], &env.files_sink("rs", "jsonl"), "");
+    let mut run = tokio::process::Command::new(SLUICE)
+        .args(["run", p.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    workload(env.url(), 7, 40).await;
+    env.pg.restart("fast").unwrap();
+    workload(env.url(), 8, 40).await;
+    // Let it reconnect and stream some more, then stop it gracefully.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();
+    assert!(status.success(), "sluice run exited with {status:?} after SIGTERM");
+    catch_up(&p).await;
+    let c = env.client().await;
+    let out = read_jsonl(&env.out("rs"));
+    let got = replay(&out["public.acct"], &["id"]).unwrap();
+    let want = source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    assert_same("acct", &got, &want);
+}

@@ -1,0 +1,7 @@
+mod big_tx;
+mod cli;
+mod config;
+mod crash;
+mod pipelines;
+mod stream;
+mod types;

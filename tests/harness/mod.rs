@@ -1,0 +1,401 @@
+//! Test harness: throwaway Postgres clusters (own data dir, free port,
+//! logical replication), pipeline files, running the `sluice` binary, and
+//! replaying its output to compare with the source.
+
+#![allow(dead_code)]
+
+#[path = "../../src/pgcluster.rs"]
+pub mod pgcluster;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+pub use pgcluster::PgCluster;
+use serde_json::{Map, Value};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A test's world: a Postgres cluster and a scratch directory, both removed on drop.
+pub struct Env {
+    pub pg: PgCluster,
+    pub dir: PathBuf,
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        Self::with_settings(name, &[])
+    }
+
+    pub fn with_settings(name: &str, extra: &[(&str, &str)]) -> Env {
+        let pg = PgCluster::start(extra).unwrap_or_else(|e| panic!("cannot start Postgres: {e}"));
+        let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}-{}", std::process::id(), pg.port));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Env { pg, dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url("postgres")
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        c.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await.unwrap();
+        c
+    }
+
+    /// Write a pipeline file; `sink` is the YAML body of the `sink:` mapping (indented by 2).
+    pub fn pipeline(&self, name: &str, include: &[&str], sink: &str, extra: &str) -> PathBuf {
+        let include = include.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let yaml = format!(
+            "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {}\ntables:\n  include: [{include}]\nsink:\n{sink}\ncheckpoint:\n  path: {}\n{extra}",
+            self.url(),
+            self.dir.join(format!("state-{name}")).display()
+        );
+        let p = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    pub fn out(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("out-{name}"))
+    }
+
+    /// A files sink body writing `format` under `out(name)`.
+    pub fn files_sink(&self, name: &str, format: &str) -> String {
+        format!("  type: files\n  format: {format}\n  path: {}\n", self.out(name).display())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test files kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `sluice ARGS` to completion (with a generous time limit).
+pub async fn sluice(args: &[&str]) -> Run {
+    let child = tokio::process::Command::new(SLUICE)
+        .args(args)
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice");
+    let out = tokio::time::timeout(Duration::from_secs(600), child.wait_with_output())
+        .await
+        .expect("sluice did not finish within 10 minutes")
+        .expect("wait");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    r
+}
+
+/// `sluice run P --until-caught-up`, asserting success.
+pub async fn catch_up(pipeline: &Path) -> Run {
+    let r = sluice(&["run", pipeline.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 0, "sluice run --until-caught-up failed:\n{}\n{}", r.stdout, r.stderr);
+    r
+}
+
+pub fn spawn_run(pipeline: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice")
+}
+
+/// One decoded output event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub table: String,
+    pub op: String,
+    pub before: Option<Map<String, Value>>,
+    pub after: Option<Map<String, Value>>,
+    pub raw: Value,
+}
+
+/// Completed output files of a table directory, in name order (hidden files excluded).
+pub fn completed_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy().to_string();
+                    !n.starts_with('.') && n.ends_with(&format!(".{ext}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// All events of a JSONL output directory, per table in file order.
+pub fn read_jsonl(out: &Path) -> BTreeMap<String, Vec<Event>> {
+    let mut res = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(out) else { return res };
+    for d in rd.flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        let table = d.file_name().to_string_lossy().to_string();
+        let mut evs = Vec::new();
+        for f in completed_files(&d.path(), "jsonl") {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON in {}: {e}: {line}", f.display()));
+                evs.push(Event {
+                    table: table.clone(),
+                    op: v["op"].as_str().unwrap().to_string(),
+                    before: v["before"].as_object().cloned(),
+                    after: v["after"].as_object().cloned(),
+                    raw: v,
+                });
+            }
+        }
+        res.insert(table, evs);
+    }
+    res
+}
+
+/// All rows of a Parquet output directory as events (values rendered as text).
+pub fn read_parquet(out: &Path) -> BTreeMap<String, Vec<Event>> {
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut res = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(out) else { return res };
+    for d in rd.flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        let table = d.file_name().to_string_lossy().to_string();
+        let mut evs = Vec::new();
+        for f in completed_files(&d.path(), "parquet") {
+            let file = std::fs::File::open(&f).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let schema = batch.schema();
+                let fmt = arrow_cast::display::FormatOptions::default();
+                // Zoned timestamps are rendered as UTC with a `Z` (arrow-cast
+                // needs chrono-tz for named zones).
+                let mut zoned = Vec::new();
+                let columns: Vec<arrow_array::ArrayRef> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| match c.data_type() {
+                        arrow_schema::DataType::Timestamp(u, Some(_)) => {
+                            zoned.push(true);
+                            arrow_cast::cast(c, &arrow_schema::DataType::Timestamp(*u, None)).unwrap()
+                        }
+                        _ => {
+                            zoned.push(false);
+                            c.clone()
+                        }
+                    })
+                    .collect();
+                let formatters: Vec<_> = columns
+                    .iter()
+                    .map(|c| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &fmt).unwrap())
+                    .collect();
+                for row in 0..batch.num_rows() {
+                    let mut m = Map::new();
+                    let mut op = String::new();
+                    let mut unchanged: Vec<String> = Vec::new();
+                    for (i, field) in schema.fields().iter().enumerate() {
+                        let col = batch.column(i);
+                        let name = field.name().as_str();
+                        match name {
+                            "__op" => op = formatters[i].value(row).to_string(),
+                            "__unchanged" => {
+                                let s = formatters[i].value(row).to_string();
+                                let s = s.trim_matches(|c| c == '[' || c == ']');
+                                unchanged = s.split(", ").filter(|x| !x.is_empty()).map(str::to_string).collect();
+                            }
+                            "__position" | "__commit_ts" => {}
+                            _ => {
+                                let v = if col.is_null(row) {
+                                    Value::Null
+                                } else {
+                                    let mut s = formatters[i].value(row).to_string();
+                                    if zoned[i] {
+                                        s.push('Z');
+                                    }
+                                    Value::String(s)
+                                };
+                                m.insert(name.to_string(), v);
+                            }
+                        }
+                    }
+                    for u in unchanged {
+                        m.remove(&u);
+                    }
+                    let (before, after) = if op == "d" { (Some(m), None) } else { (None, Some(m)) };
+                    evs.push(Event { table: table.clone(), op, before, after, raw: Value::Null });
+                }
+            }
+        }
+        res.insert(table, evs);
+    }
+    res
+}
+
+fn key_of(row: &Map<String, Value>, key: &[&str]) -> String {
+    if key.is_empty() {
+        return serde_json::to_string(row).unwrap();
+    }
+    key.iter().map(|k| row.get(*k).map(|v| v.to_string()).unwrap_or_default()).collect::<Vec<_>>().join("|")
+}
+
+/// Apply events to an empty table, strictly: an insert of an existing key, or
+/// an update/delete of a missing one, is an error (duplicate or lost change).
+/// `key` empty means rows are identified by their full content (no primary key).
+pub fn replay(events: &[Event], key: &[&str]) -> Result<BTreeMap<String, Map<String, Value>>, String> {
+    let mut rows: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut multi: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        match e.op.as_str() {
+            "r" | "c" => {
+                let a = e.after.clone().ok_or(format!("event {i}: {} without after", e.op))?;
+                let k = key_of(&a, key);
+                if key.is_empty() {
+                    *multi.entry(k.clone()).or_default() += 1;
+                    rows.insert(k, a);
+                } else if rows.insert(k.clone(), a).is_some() {
+                    return Err(format!("event {i}: duplicate insert of key {k} in {}", e.table));
+                }
+            }
+            "u" => {
+                let a = e.after.clone().ok_or(format!("event {i}: u without after"))?;
+                let old_key = match &e.before {
+                    Some(b) if key.is_empty() || key.iter().all(|k| b.contains_key(*k)) => key_of(b, key),
+                    _ => key_of(&a, key),
+                };
+                let mut old = if key.is_empty() {
+                    let n = multi.get_mut(&old_key).ok_or(format!("event {i}: update of missing row {old_key}"))?;
+                    *n -= 1;
+                    let r = rows.get(&old_key).cloned().unwrap();
+                    if *n == 0 {
+                        multi.remove(&old_key);
+                        rows.remove(&old_key);
+                    }
+                    r
+                } else {
+                    rows.remove(&old_key).ok_or(format!("event {i}: update of missing key {old_key} in {}", e.table))?
+                };
+                for (k, v) in a {
+                    old.insert(k, v);
+                }
+                let nk = key_of(&old, key);
+                if key.is_empty() {
+                    *multi.entry(nk.clone()).or_default() += 1;
+                    rows.insert(nk, old);
+                } else if rows.insert(nk.clone(), old).is_some() {
+                    return Err(format!("event {i}: update onto existing key {nk}"));
+                }
+            }
+            "d" => {
+                let b = e.before.clone().ok_or(format!("event {i}: d without before"))?;
+                let k = key_of(&b, key);
+                if key.is_empty() {
+                    let n = multi.get_mut(&k).ok_or(format!("event {i}: delete of missing row {k}"))?;
+                    *n -= 1;
+                    if *n == 0 {
+                        multi.remove(&k);
+                        rows.remove(&k);
+                    }
+                } else if rows.remove(&k).is_none() {
+                    return Err(format!("event {i}: delete of missing key {k} in {}", e.table));
+                }
+            }
+            "t" => {
+                rows.clear();
+                multi.clear();
+            }
+            other => return Err(format!("event {i}: unknown op {other}")),
+        }
+    }
+    if key.is_empty() {
+        // Expand multiset counts into distinct entries.
+        let mut out = BTreeMap::new();
+        for (k, n) in multi {
+            for j in 0..n {
+                out.insert(format!("{k}#{j}"), rows[&k].clone());
+            }
+        }
+        return Ok(out);
+    }
+    Ok(rows)
+}
+
+/// Rows of a source query, each a JSON object (the query must return one json column).
+pub async fn source_rows(c: &tokio_postgres::Client, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
+    let wrapped = format!("SELECT j::text FROM ({sql}) AS q(j)");
+    let rows = c.query(&wrapped, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = BTreeMap::new();
+    let mut multi: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rows {
+        let v: Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+        let m = v.as_object().unwrap().clone();
+        let k = key_of(&m, key);
+        if key.is_empty() {
+            let n = multi.entry(k.clone()).or_default();
+            out.insert(format!("{k}#{n}"), m);
+            *n += 1;
+        } else {
+            out.insert(k, m);
+        }
+    }
+    out
+}
+
+/// Assert that replayed output equals the source rows, with a readable diff.
+pub fn assert_same(table: &str, got: &BTreeMap<String, Map<String, Value>>, want: &BTreeMap<String, Map<String, Value>>) {
+    let mut problems = Vec::new();
+    for (k, w) in want {
+        match got.get(k) {
+            None => problems.push(format!("missing {k}: {}", Value::Object(w.clone()))),
+            Some(g) if g != w => {
+                problems.push(format!("differs {k}:\n   got  {}\n   want {}", Value::Object(g.clone()), Value::Object(w.clone())))
+            }
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !want.contains_key(k) {
+            problems.push(format!("extra {k}: {}", Value::Object(got[k].clone())));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(10);
+        panic!("{table}: output differs from the source in {n} rows (got {}, want {}):\n{}", got.len(), want.len(), problems.join("\n"));
+    }
+}
