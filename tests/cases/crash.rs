@@ -11,7 +11,7 @@ use crate::harness::*;
 const SETUP: &str = "
 CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2));
 CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);
-INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 150000) g;
+INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 40000) g;
 ";
 
 /// Random transactions: inserts, updates, deletes, a few large ones.
@@ -66,7 +66,7 @@ async fn sigkill_at_random_points_is_exactly_once() {
     let mut kills = 0;
     // The first kill lands early, inside the snapshot.
     let mut first = true;
-    while !work.is_finished() || kills < 6 {
+    while !work.is_finished() || kills < 8 {
         let mut a = spawn_run(&pj);
         let mut b = spawn_run(&pp);
         let ms = if first { rng.gen_range(150..700) } else { rng.gen_range(300..2500) };
@@ -84,6 +84,14 @@ async fn sigkill_at_random_points_is_exactly_once() {
     }
     work.await.unwrap();
     eprintln!("killed each pipeline {kills} times");
+    // The kills must have hit the stream too, not only the snapshot.
+    for name in ["cj", "cp"] {
+        let cp: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(env.dir.join(format!("state-{name}/checkpoint.json"))).unwrap())
+                .unwrap();
+        assert_eq!(cp["tables"]["public.acct"]["snapshot"], "done", "{name}: snapshot never finished between kills");
+        assert!(cp["position"]["lsn"].as_u64().is_some(), "{name}: no stream checkpoint between kills");
+    }
     catch_up(&pj).await;
     catch_up(&pp).await;
 

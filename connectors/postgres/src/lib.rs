@@ -222,12 +222,12 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         if let Some(c) = temp_conn {
             c.terminate().await;
         }
-        // Everything before the snapshot point is in the copy.
-        if let Some(t) = target {
-            if t <= lsn && cp.position.is_none() {
-                base = base.max(lsn);
-            }
-        }
+    }
+    // Transactions committing before every table's snapshot point are in the
+    // copies: the stream need not go back further than the lowest of them.
+    if cfg.snapshot.mode == SnapshotMode::Initial && !tables.is_empty() {
+        let lowest = tables.iter().map(|t| snapshot_lsn.get(&t.id).copied().unwrap_or(0)).min().unwrap_or(0);
+        base = base.max(lowest);
     }
     drop(client);
 
