@@ -158,7 +158,7 @@ async fn dispatch(cmd: Command) -> Result<u8, Failure> {
 fn load(path: &Path) -> Result<PipelineConfig, Failure> {
     let cfg = load_pipeline(path)?;
     // Connector-level validation that needs no I/O.
-    sluice_postgres::conn::ConnInfo::parse(&cfg.postgres().url)?;
+    sluice_postgres::conn::ConnInfo::from_config(cfg.postgres())?;
     Ok(cfg)
 }
 
@@ -244,7 +244,7 @@ pub(crate) async fn run_config(
 ) -> Result<RunSummary, Failure> {
     // Fail fast with a clear message when the source is unreachable or
     // misconfigured; later connection losses are retried.
-    let info = sluice_postgres::conn::ConnInfo::parse(&cfg.postgres().url)?;
+    let info = sluice_postgres::conn::ConnInfo::from_config(cfg.postgres())?;
     let client = sluice_postgres::conn::connect_sql(&info).await.context("cannot start the pipeline")?;
     let wal_level: String =
         client.query_one("SELECT current_setting('wal_level')", &[]).await.map(|r| r.get(0)).unwrap_or_default();

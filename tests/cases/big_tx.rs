@@ -7,7 +7,12 @@ async fn million_row_transaction() {
     let env = Env::new("bigtx");
     let c = env.client().await;
     c.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)").await.unwrap();
-    let p = env.pipeline("bigtx", &["public.big"], &format!("{}  roll:\n    rows: 200000\n", env.files_sink("bigtx", "jsonl")), "");
+    let p = env.pipeline(
+        "bigtx",
+        &["public.big"],
+        &format!("{}  roll:\n    rows: 200000\n", env.files_sink("bigtx", "jsonl")),
+        "",
+    );
     catch_up(&p).await;
     c.batch_execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 1000000) g").await.unwrap();
     let r = catch_up(&p).await;

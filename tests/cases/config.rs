@@ -19,8 +19,16 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
         ("missing.yaml", String::new(), vec!["cannot read the file"]),
         ("syntax.yaml", "version: 1\nname: [unclosed\n".into(), vec!["YAML syntax"]),
         ("unknown_top.yaml", format!("{GOOD}colour: blue\n"), vec!["unknown key `colour`", "line 10"]),
-        ("unknown_nested.yaml", GOOD.replace("  type: blackhole\n", "  type: blackhole\n  speed: 11\n"), vec!["speed", "line 10"]),
-        ("unset_var.yaml", GOOD.replace("127.0.0.1:1", "${SLUICE_SURELY_UNSET_VAR}"), vec!["SLUICE_SURELY_UNSET_VAR", "not set"]),
+        (
+            "unknown_nested.yaml",
+            GOOD.replace("  type: blackhole\n", "  type: blackhole\n  speed: 11\n"),
+            vec!["speed", "line 10"],
+        ),
+        (
+            "unset_var.yaml",
+            GOOD.replace("127.0.0.1:1", "${SLUICE_SURELY_UNSET_VAR}"),
+            vec!["SLUICE_SURELY_UNSET_VAR", "not set"],
+        ),
         (
             "bad_format.yaml",
             GOOD.replace("  type: blackhole\n", "  type: files\n  format: csv\n  path: o\n"),
@@ -32,7 +40,11 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
         ("bad_version.yaml", GOOD.replace("version: 1", "version: 7"), vec!["version"]),
         ("bad_url.yaml", GOOD.replace("postgres://postgres@127.0.0.1:1/postgres", "mysql://x"), vec!["source.url"]),
         ("bad_slot.yaml", GOOD.replace("  url:", "  slot: Bad-Slot\n  url:"), vec!["source.slot"]),
-        ("many.yaml", GOOD.replace("version: 1", "version: 9").replace("[\"public.*\"]", "[]"), vec!["2 problems", "version", "tables.include"]),
+        (
+            "many.yaml",
+            GOOD.replace("version: 1", "version: 9").replace("[\"public.*\"]", "[]"),
+            vec!["2 problems", "version", "tables.include"],
+        ),
     ];
     for (file, body, needles) in cases {
         let path = if body.is_empty() { dir.join(file).display().to_string() } else { write(&dir, file, &body) };
@@ -77,7 +89,10 @@ async fn unreachable_host_and_wrong_password_fail_clearly() {
         .prepend_hba("host all app 127.0.0.1/32 scram-sha-256\nhost replication app 127.0.0.1/32 scram-sha-256")
         .unwrap();
     let body = |pw: &str| {
-        GOOD.replace("postgres://postgres@127.0.0.1:1/postgres", &format!("postgres://app:{pw}@127.0.0.1:{}/postgres", env.pg.port))
+        GOOD.replace(
+            "postgres://postgres@127.0.0.1:1/postgres",
+            &format!("postgres://app:{pw}@127.0.0.1:{}/postgres", env.pg.port),
+        )
     };
     let bad = write(&env.dir, "badpw.yaml", &body("wrong"));
     let r = sluice(&["run", &bad, "--until-caught-up"]).await;
@@ -86,7 +101,11 @@ async fn unreachable_host_and_wrong_password_fail_clearly() {
     assert!(r.stderr.contains("check the user and password"), "{}", r.stderr);
     // The right password works through SCRAM on both connection kinds; the
     // missing CREATE privilege for the publication is found by `check`.
-    let good = write(&env.dir, "goodpw.yaml", &format!("{}checkpoint:\n  path: {}\n", body("right"), env.dir.join("st").display()));
+    let good = write(
+        &env.dir,
+        "goodpw.yaml",
+        &format!("{}checkpoint:\n  path: {}\n", body("right"), env.dir.join("st").display()),
+    );
     let r = sluice(&["check", &good]).await;
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("GRANT CREATE ON DATABASE"), "{}", r.stdout);

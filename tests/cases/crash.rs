@@ -58,9 +58,18 @@ async fn sigkill_at_random_points_is_exactly_once() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let roll = "  roll:\n    rows: 5000\n    seconds: 1\n";
-    let pj = env.pipeline("cj", &["public.*"], &format!("{}{roll}", env.files_sink("cj", "jsonl")), "snapshot:\n  parallelism: 2\n");
-    let pp =
-        env.pipeline("cp", &["public.*"], &format!("{}{roll}", env.files_sink("cp", "parquet")), "snapshot:\n  parallelism: 2\n");
+    let pj = env.pipeline(
+        "cj",
+        &["public.*"],
+        &format!("{}{roll}", env.files_sink("cj", "jsonl")),
+        "snapshot:\n  parallelism: 2\n",
+    );
+    let pp = env.pipeline(
+        "cp",
+        &["public.*"],
+        &format!("{}{roll}", env.files_sink("cp", "parquet")),
+        "snapshot:\n  parallelism: 2\n",
+    );
 
     let work = tokio::spawn(workload(env.url(), seed, 250));
     let mut kills = 0;
@@ -86,9 +95,10 @@ async fn sigkill_at_random_points_is_exactly_once() {
     eprintln!("killed each pipeline {kills} times");
     // The kills must have hit the stream too, not only the snapshot.
     for name in ["cj", "cp"] {
-        let cp: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(env.dir.join(format!("state-{name}/checkpoint.json"))).unwrap())
-                .unwrap();
+        let cp: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(env.dir.join(format!("state-{name}/checkpoint.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(cp["tables"]["public.acct"]["snapshot"], "done", "{name}: snapshot never finished between kills");
         assert!(cp["position"]["lsn"].as_u64().is_some(), "{name}: no stream checkpoint between kills");
     }
@@ -100,7 +110,8 @@ async fn sigkill_at_random_points_is_exactly_once() {
     let want = source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
     assert_same("jsonl acct", &got, &want);
     let got = replay(&out["public.hist"], &["id"]).unwrap();
-    let want = source_rows(&c, "SELECT json_build_object('id', id, 'acct', acct, 'note', note) FROM hist", &["id"]).await;
+    let want =
+        source_rows(&c, "SELECT json_build_object('id', id, 'acct', acct, 'note', note) FROM hist", &["id"]).await;
     assert_same("jsonl hist", &got, &want);
 
     let out = read_parquet(&env.out("cp"));

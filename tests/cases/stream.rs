@@ -97,7 +97,11 @@ async fn stream_semantics_replay_to_source() {
     // TRUNCATE is an event.
     assert!(out["public.trunc_me"].iter().any(|e| e.op == "t"));
     // Mid-stream schema change shows up in the events.
-    assert!(items.iter().any(|e| e.after.as_ref().map(|a| a.get("extra") == Some(&Value::from("extra!"))).unwrap_or(false)));
+    assert!(items.iter().any(|e| e
+        .after
+        .as_ref()
+        .map(|a| a.get("extra") == Some(&Value::from("extra!")))
+        .unwrap_or(false)));
 
     // Replay each table and compare with the source.
     let keyed: [(&str, &str, &[&str]); 6] = [

@@ -30,9 +30,11 @@ fn expected(id: i64) -> Value {
             "n2": "-0.500", "t": "", "vc": "", "ch": "   ", "by": "", "d": "infinity", "tm": "00:00:00", "ts": "-infinity",
             "tz": "1970-01-01T00:00:00Z", "u": "00000000-0000-0000-0000-000000000000", "j": [], "jb": {}, "ai": [], "at": [],
             "e": "sad", "iv": "-1 mons", "o": 0, "bc": "+10000-01-01", "a2": []}),
-        _ => json!({"id": id, "b": null, "i2": null, "i4": null, "i8": null, "f4": null, "f8": null, "n": null, "n2": null,
+        _ => {
+            json!({"id": id, "b": null, "i2": null, "i4": null, "i8": null, "f4": null, "f8": null, "n": null, "n2": null,
             "t": null, "vc": null, "ch": null, "by": null, "d": null, "tm": null, "ts": null, "tz": null, "u": null, "j": null,
-            "jb": null, "ai": null, "at": null, "e": null, "iv": null, "o": null, "bc": null, "a2": null}),
+            "jb": null, "ai": null, "at": null, "e": null, "iv": null, "o": null, "bc": null, "a2": null})
+        }
     }
 }
 
@@ -118,7 +120,10 @@ async fn types_into_parquet_and_arrow() {
     let reader = arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&files[0]).unwrap(), None).unwrap();
     let schema = reader.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["id", "n", "big", "f", "ts", "d", "by", "tx", "ai", "__op", "__position", "__commit_ts", "__unchanged"]);
+    assert_eq!(
+        names,
+        ["id", "n", "big", "f", "ts", "d", "by", "tx", "ai", "__op", "__position", "__commit_ts", "__unchanged"]
+    );
     assert_eq!(format!("{:?}", schema.field(1).data_type()), "Decimal128(12, 2)");
     assert_eq!(format!("{:?}", schema.field(2).data_type()), "Decimal256(50, 5)");
     let total: usize = reader.map(|b| b.unwrap().num_rows()).sum();

@@ -170,7 +170,8 @@ pub fn read_jsonl(out: &Path) -> BTreeMap<String, Vec<Event>> {
         for f in completed_files(&d.path(), "jsonl") {
             let text = std::fs::read_to_string(&f).unwrap();
             for line in text.lines() {
-                let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON in {}: {e}: {line}", f.display()));
+                let v: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON in {}: {e}: {line}", f.display()));
                 evs.push(Event {
                     table: table.clone(),
                     op: v["op"].as_str().unwrap().to_string(),
@@ -377,14 +378,20 @@ pub async fn source_rows(c: &tokio_postgres::Client, sql: &str, key: &[&str]) ->
 }
 
 /// Assert that replayed output equals the source rows, with a readable diff.
-pub fn assert_same(table: &str, got: &BTreeMap<String, Map<String, Value>>, want: &BTreeMap<String, Map<String, Value>>) {
+pub fn assert_same(
+    table: &str,
+    got: &BTreeMap<String, Map<String, Value>>,
+    want: &BTreeMap<String, Map<String, Value>>,
+) {
     let mut problems = Vec::new();
     for (k, w) in want {
         match got.get(k) {
             None => problems.push(format!("missing {k}: {}", Value::Object(w.clone()))),
-            Some(g) if g != w => {
-                problems.push(format!("differs {k}:\n   got  {}\n   want {}", Value::Object(g.clone()), Value::Object(w.clone())))
-            }
+            Some(g) if g != w => problems.push(format!(
+                "differs {k}:\n   got  {}\n   want {}",
+                Value::Object(g.clone()),
+                Value::Object(w.clone())
+            )),
             _ => {}
         }
     }
@@ -396,6 +403,11 @@ pub fn assert_same(table: &str, got: &BTreeMap<String, Map<String, Value>>, want
     if !problems.is_empty() {
         let n = problems.len();
         problems.truncate(10);
-        panic!("{table}: output differs from the source in {n} rows (got {}, want {}):\n{}", got.len(), want.len(), problems.join("\n"));
+        panic!(
+            "{table}: output differs from the source in {n} rows (got {}, want {}):\n{}",
+            got.len(),
+            want.len(),
+            problems.join("\n")
+        );
     }
 }

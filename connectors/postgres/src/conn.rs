@@ -80,6 +80,20 @@ impl ConnInfo {
         Ok(ConnInfo { host, port, user, password, dbname, connect_timeout })
     }
 
+    /// Connection info from the source config: the URL plus the `tls` block.
+    pub fn from_config(pg: &sluice_core::config::PostgresSourceConfig) -> Result<ConnInfo, SourceError> {
+        use sluice_core::config::TlsMode;
+        if let Some(tls) = &pg.tls {
+            if matches!(tls.mode, TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull) {
+                return Err(SourceError::new(
+                    ErrorKind::Config,
+                    "source.tls.mode: TLS is not compiled into this build; use mode disable or prefer (prefer connects without TLS)",
+                ));
+            }
+        }
+        Self::parse(&pg.url)
+    }
+
     /// A tokio-postgres config for ordinary SQL sessions.
     pub fn sql_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
@@ -93,7 +107,7 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             c.password(p);
         }
-        c.options(&session_options());
+        c.options(session_options());
         c
     }
 }
@@ -421,8 +435,7 @@ impl ReplicationConn {
 
     pub fn has_buffered_message(&self) -> bool {
         self.rbuf.len() >= 5
-            && self.rbuf.len()
-                >= 1 + u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
+            && self.rbuf.len() > u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
     }
 
     /// Read more bytes from the socket (cancel-safe).

@@ -99,7 +99,7 @@ fn parse_created_slot(rows: &[Vec<Option<String>>]) -> Result<(u64, String), Sou
 
 async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
     let pg = cfg.postgres();
-    let info = ConnInfo::parse(&pg.url)?;
+    let info = ConnInfo::from_config(pg)?;
     let slot_name = cfg.slot_name();
     let pub_name = cfg.publication_name();
     let client = connect_sql(&info).await?;

@@ -43,7 +43,7 @@ async fn setting(client: &Client, name: &str) -> Option<String> {
 /// Run every check; connection failures end the report early.
 pub async fn check(cfg: &PipelineConfig) -> Report {
     let mut r = Report::default();
-    let info = match ConnInfo::parse(&cfg.postgres().url) {
+    let info = match ConnInfo::from_config(cfg.postgres()) {
         Ok(i) => i,
         Err(e) => {
             r.push(Status::Fail, "connection", e.message);
@@ -263,7 +263,7 @@ async fn ensure_tables(cfg: &PipelineConfig, client: &Client, r: &mut Report) {
                 r.push(
                     Status::Fail,
                     "publication",
-                    format!("publication {pubname} must be created, but the role may not create objects in this database; GRANT CREATE ON DATABASE {} TO <role>, or create the publication yourself", crate::conn::ConnInfo::parse(&cfg.postgres().url).map(|i| i.dbname).unwrap_or_default()),
+                    format!("publication {pubname} must be created, but the role may not create objects in this database; GRANT CREATE ON DATABASE {} TO <role>, or create the publication yourself", crate::conn::ConnInfo::from_config(cfg.postgres()).map(|i| i.dbname).unwrap_or_default()),
                 );
             } else if own > 0 && !superuser {
                 r.push(Status::Fail, "publication", format!("publication {pubname} must be created, but the role does not own {own} included table(s); create it as their owner"));

@@ -42,7 +42,7 @@ pub async fn copy_tables(
         return Ok(());
     }
     // Largest first, so the long tail is short.
-    jobs.sort_by(|a, b| b.estimated_rows.cmp(&a.estimated_rows));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.estimated_rows));
     let workers = parallelism.clamp(1, jobs.len());
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
     // Every worker imports the snapshot before any copies, while the exporting

@@ -101,10 +101,9 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SinkError {
 pub fn table_dir_name(id: &TableId) -> String {
     let esc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
     let name = format!("{}.{}", esc(&id.schema), esc(&id.name));
-    if name.starts_with('.') {
-        format!("%2E{}", &name[1..])
-    } else {
-        name
+    match name.strip_prefix('.') {
+        Some(rest) => format!("%2E{rest}"),
+        None => name,
     }
 }
 
