@@ -229,11 +229,45 @@ pub async fn ensure_publication(
 /// `pg_current_wal_insert_lsn()`: the end of WAL including records not yet
 /// flushed (acknowledged commits under `synchronous_commit=off` may lie past
 /// `pg_current_wal_lsn()`).
+///
+/// When the insert position sits just after a page header (after a WAL
+/// switch, or when the last record ended on a page boundary) no record ends
+/// there and the server never reports reaching it; the page boundary itself
+/// is the end of the last record, so that is returned instead.
 pub async fn current_wal_insert_lsn(client: &Client) -> Result<u64, SourceError> {
     let row = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int8,
+                    (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size')",
+            &[],
+        )
         .await
         .map_err(|e| sql_error("reading pg_current_wal_insert_lsn()", e))?;
     let s: String = row.get(0);
-    sluice_core::event::parse_lsn(&s).ok_or_else(|| SourceError::fatal(format!("bad LSN {s:?}")))
+    let lsn = sluice_core::event::parse_lsn(&s).ok_or_else(|| SourceError::fatal(format!("bad LSN {s:?}")))?;
+    Ok(record_end(lsn, row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64))
+}
+
+/// Map an insert position right after a page header back to the page boundary.
+pub fn record_end(lsn: u64, block: u64, segment: u64) -> u64 {
+    const SHORT_HEADER: u64 = 24;
+    const LONG_HEADER: u64 = 40;
+    if segment > 0 && lsn % segment == LONG_HEADER {
+        lsn - LONG_HEADER
+    } else if block > 0 && lsn % block == SHORT_HEADER {
+        lsn - SHORT_HEADER
+    } else {
+        lsn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn record_end_skips_page_headers() {
+        let seg = 16 << 20;
+        assert_eq!(super::record_end(3 * seg + 40, 8192, seg), 3 * seg);
+        assert_eq!(super::record_end(3 * seg + 8192 + 24, 8192, seg), 3 * seg + 8192);
+        assert_eq!(super::record_end(3 * seg + 8192 + 96, 8192, seg), 3 * seg + 8192 + 96);
+    }
 }
