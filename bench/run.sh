@@ -45,6 +45,7 @@ fsync = off
 full_page_writes = off
 wal_retrieve_retry_interval = '100ms'
 logical_decoding_work_mem = '64MB'
+autovacuum = off
 CONF
   as_pg "$BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
   eval "PORT_$name=$port"

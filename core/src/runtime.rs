@@ -323,6 +323,7 @@ async fn drive<K: Sink>(
     let mut caught_up = false;
     let mut stopping = *shutdown.borrow();
     let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
+    let mut snap_run: Option<(Arc<crate::schema::TableSchema>, u64)> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -364,7 +365,16 @@ async fn drive<K: Sink>(
                         SourceMessage::Event(ev) => {
                             stats.count(&ev);
                             if ev.snapshot {
-                                stats.snapshot_progress(&ev.table.id, 1, false, None);
+                                // Count per run of rows of one table, not per row.
+                                match &mut snap_run {
+                                    Some((t, n)) if Arc::ptr_eq(t, &ev.table) => *n += 1,
+                                    _ => {
+                                        if let Some((t, n)) = snap_run.take() {
+                                            stats.snapshot_progress(&t.id, n, false, None);
+                                        }
+                                        snap_run = Some((ev.table.clone(), 1));
+                                    }
+                                }
                             }
                             if transforms.is_empty() {
                                 buf.push(ev);
@@ -385,6 +395,9 @@ async fn drive<K: Sink>(
                             }
                         }
                         other => {
+                            if let Some((t, n)) = snap_run.take() {
+                                stats.snapshot_progress(&t.id, n, false, None);
+                            }
                             if !buf.is_empty() {
                                 f.sink.write(&buf).await?;
                                 buf.clear();
@@ -423,6 +436,9 @@ async fn drive<K: Sink>(
                             }
                         }
                     }
+                }
+                if let Some((t, n)) = snap_run.take() {
+                    stats.snapshot_progress(&t.id, n, false, None);
                 }
                 if !buf.is_empty() {
                     f.sink.write(&buf).await?;

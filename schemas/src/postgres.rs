@@ -415,20 +415,21 @@ fn parse_array_level(elem: &ColumnType, s: &str, b: &[u8], pos: &mut usize) -> O
 }
 
 /// Split one line of `COPY ... TO STDOUT` text output into fields, undoing
-/// its backslash escapes. `None` is SQL NULL (`\N`).
+/// its backslash escapes. `None` is SQL NULL (`\N`). `out` is cleared first.
 pub fn split_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<std::borrow::Cow<'a, str>>>) -> Result<(), ParseError> {
     use std::borrow::Cow;
     out.clear();
-    for field in line.split(|&c| c == b'\t') {
-        if field == b"\\N" {
+    let text = std::str::from_utf8(line).map_err(|_| ParseError("COPY data is not UTF-8".into()))?;
+    for field in text.split('\t') {
+        if field == "\\N" {
             out.push(None);
             continue;
         }
-        if !field.contains(&b'\\') {
-            let s = std::str::from_utf8(field).map_err(|_| ParseError("COPY data is not UTF-8".into()))?;
-            out.push(Some(Cow::Borrowed(s)));
+        if !field.contains('\\') {
+            out.push(Some(Cow::Borrowed(field)));
             continue;
         }
+        let field = field.as_bytes();
         let mut v = Vec::with_capacity(field.len());
         let mut i = 0;
         while i < field.len() {

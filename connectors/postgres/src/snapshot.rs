@@ -14,13 +14,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use sluice_core::error::SourceError;
 use sluice_core::schema::quote_ident;
 use sluice_core::{ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
 use tokio::sync::mpsc;
 
-use crate::conn::{connect_sql, sql_error, ConnInfo};
+use crate::conn::{ConnInfo, ReplicationConn};
 
 pub struct SnapshotJob {
     pub schema: Arc<TableSchema>,
@@ -49,27 +48,27 @@ pub async fn copy_tables(
     // session is still idle.
     let mut clients = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let client = connect_sql(info).await?;
+        let mut client = ReplicationConn::connect_plain(info).await?;
         client
-            .batch_execute(&format!(
+            .simple_query(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 sluice_core::schema::quote_literal(snapshot_name)
             ))
-            .await
-            .map_err(|e| sql_error("importing the slot's snapshot", e))?;
+            .await?;
         clients.push(client);
     }
     let mut tasks = Vec::new();
-    for client in clients {
+    for mut client in clients {
         let queue = queue.clone();
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let job = queue.lock().unwrap().pop_front();
                 let Some(job) = job else { break };
-                copy_one(&client, &job, consistent_lsn, &tx).await?;
+                copy_one(&mut client, &job, consistent_lsn, &tx).await?;
             }
-            client.batch_execute("COMMIT").await.map_err(|e| sql_error("ending the snapshot transaction", e))?;
+            client.simple_query("COMMIT").await?;
+            client.terminate().await;
             Ok::<(), SourceError>(())
         }));
     }
@@ -95,7 +94,7 @@ async fn send(tx: &mpsc::Sender<Vec<SourceMessage>>, batch: Vec<SourceMessage>) 
 }
 
 async fn copy_one(
-    client: &tokio_postgres::Client,
+    client: &mut ReplicationConn,
     job: &SnapshotJob,
     consistent_lsn: u64,
     tx: &mpsc::Sender<Vec<SourceMessage>>,
@@ -113,16 +112,18 @@ async fn copy_one(
     )
     .await?;
     let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-    let sql = format!("COPY {} ({cols}) TO STDOUT", id.quoted());
-    let stream = client.copy_out(&sql).await.map_err(|e| sql_error(&format!("COPY of {id}"), e))?;
-    futures_util::pin_mut!(stream);
+    client
+        .copy_out(&format!("COPY {} ({cols}) TO STDOUT", id.quoted()))
+        .await
+        .map_err(|e| SourceError::new(e.kind, format!("snapshot of {id}: {}", e.message)))?;
     let ts = now_us();
-    let mut carry: Vec<u8> = Vec::new();
+    let ncols = schema.columns.len();
     let mut batch = Vec::with_capacity(BATCH);
     let mut rows = 0u64;
-    let ncols = schema.columns.len();
-    let emit_line = |line: &[u8], batch: &mut Vec<SourceMessage>| -> Result<(), SourceError> {
+    while let Some(data) = client.copy_row().await? {
         let mut fields = Vec::with_capacity(ncols);
+        // One CopyData message holds one row and its newline.
+        let line = data.strip_suffix(b"\n").unwrap_or(&data);
         sluice_schemas::postgres::split_copy_line(line, &mut fields)
             .map_err(|e| SourceError::fatal(format!("COPY of {id}: {e}")))?;
         if fields.len() != ncols {
@@ -150,39 +151,10 @@ async fn copy_one(
             commit_ts_us: ts,
             snapshot: true,
         }));
-        Ok(())
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| sql_error(&format!("COPY of {id}"), e))?;
-        let mut data: &[u8] = &chunk;
-        if !carry.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    carry.extend_from_slice(&data[..nl]);
-                    let line = std::mem::take(&mut carry);
-                    emit_line(&line, &mut batch)?;
-                    rows += 1;
-                    data = &data[nl + 1..];
-                }
-                None => {
-                    carry.extend_from_slice(data);
-                    continue;
-                }
-            }
-        }
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
-            emit_line(&data[..nl], &mut batch)?;
-            rows += 1;
-            data = &data[nl + 1..];
-        }
-        carry.extend_from_slice(data);
+        rows += 1;
         if batch.len() >= BATCH {
             send(tx, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await?;
         }
-    }
-    if !carry.is_empty() {
-        emit_line(&carry, &mut batch)?;
-        rows += 1;
     }
     batch.push(SourceMessage::TableSnapshotDone { table: schema.id.clone(), rows });
     send(tx, batch).await?;

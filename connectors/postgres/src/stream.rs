@@ -20,6 +20,10 @@ use crate::decoding::{Decoder, TableFilter};
 
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 4096;
+/// Bytes that must be queued before a busy stream is read.
+const LOW_WATER: i32 = 64 * 1024;
+/// Quiet time after which any byte is read.
+const RELAX_AFTER: Duration = Duration::from_millis(2);
 
 pub struct StreamState {
     /// Flush position to report.
@@ -82,6 +86,8 @@ pub async fn run_stream<F: TableFilter>(
     let mut pushed = base;
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
     let mut caught_up = false;
+    let mut relaxed = false;
+    conn.set_read_low_water(LOW_WATER);
     loop {
         let mut reply = false;
         while batch.len() < MAX_BATCH {
@@ -125,8 +131,21 @@ pub async fn run_stream<F: TableFilter>(
         if batch.is_empty() && conn_has_message(conn) {
             continue;
         }
+        // Busy stream: wake only per LOW_WATER bytes; after a quiet spell,
+        // relax to one byte so small tails, keepalives and the end of a
+        // stream are read promptly.
         tokio::select! {
-            r = conn.fill() => r?,
+            r = conn.fill() => {
+                r?;
+                if relaxed {
+                    relaxed = false;
+                    conn.set_read_low_water(LOW_WATER);
+                }
+            }
+            _ = tokio::time::sleep(RELAX_AFTER), if !relaxed => {
+                relaxed = true;
+                conn.set_read_low_water(1);
+            }
             r = ctx.confirmed.changed() => {
                 if r.is_err() {
                     return Ok(());
