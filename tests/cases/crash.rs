@@ -50,7 +50,9 @@ async fn workload(url: String, seed: u64, rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_is_exactly_once() {
-    let env = Env::new("crash");
+    // A tiny decoding memory makes the server stream the large transactions
+    // (protocol 2), so kills also land while they are parked on disk.
+    let env = Env::with_settings("crash", &[("logical_decoding_work_mem", "'64kB'")]);
     let c = env.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);

@@ -4,4 +4,5 @@ mod config;
 mod crash;
 mod pipelines;
 mod stream;
+mod streaming;
 mod types;

@@ -1,4 +1,12 @@
-//! pgoutput decoding (protocol version 1, text values).
+//! pgoutput decoding (protocol versions 1 and 2, text values).
+//!
+//! With protocol 2 and `streaming`, large in-progress transactions arrive in
+//! stream blocks (`S` ... `E`) before they commit. Their messages are not
+//! decoded on arrival: [`Decoder::decode`] hands them back as
+//! [`StreamAction::Spool`] so the caller can park them on disk, and at the
+//! stream commit they are replayed through [`Decoder::decode_streamed`]
+//! between [`Decoder::begin_replay`] and [`Decoder::end_replay`] — so a
+//! transaction that aborts never reaches a sink, and memory stays bounded.
 //!
 //! Invariants:
 //! - A relation's schema is replaced only by a later `Relation` message; each
@@ -36,6 +44,21 @@ pub trait TableFilter: Send {
     fn admit(&self, table: &TableId) -> Option<u64>;
 }
 
+/// What the caller must do with a protocol-2 streaming message.
+#[derive(Debug)]
+pub enum StreamAction {
+    /// A stream block of top-level transaction `xid` begins.
+    Start { xid: u32, first_segment: bool },
+    /// The stream block ends.
+    Stop,
+    /// Park this message (of subtransaction `sub_xid`) with transaction `xid`.
+    Spool { xid: u32, sub_xid: u32, lsn: u64, message: Bytes },
+    /// Transaction `xid` committed: replay what was parked.
+    Commit { xid: u32, commit_lsn: u64, end_lsn: u64, ts_us: i64 },
+    /// `sub_xid == xid`: the whole transaction aborted; otherwise that subtransaction.
+    Abort { xid: u32, sub_xid: u32 },
+}
+
 pub struct Decoder<F: TableFilter> {
     database: String,
     filter: F,
@@ -46,6 +69,8 @@ pub struct Decoder<F: TableFilter> {
     tx: Option<TxState>,
     versions: u64,
     commit_end: Option<u64>,
+    /// Top-level transaction of the open stream block (protocol 2).
+    stream_xid: Option<u32>,
 }
 
 struct TxState {
@@ -85,6 +110,7 @@ impl<F: TableFilter> Decoder<F> {
             tx: None,
             versions: 0,
             commit_end: None,
+            stream_xid: None,
         }
     }
 
@@ -98,10 +124,117 @@ impl<F: TableFilter> Decoder<F> {
         self.tx.is_some()
     }
 
-    /// Decode one pgoutput message starting at WAL position `lsn`.
-    pub fn decode(&mut self, lsn: u64, mut b: Bytes, out: &mut Vec<SourceMessage>) -> Result<(), SourceError> {
+    /// Decode one pgoutput message starting at WAL position `lsn`. Streaming
+    /// messages (protocol 2) are returned as a [`StreamAction`] instead.
+    pub fn decode(
+        &mut self,
+        lsn: u64,
+        mut b: Bytes,
+        out: &mut Vec<SourceMessage>,
+    ) -> Result<Option<StreamAction>, SourceError> {
         need(&b, 1)?;
-        let tag = b.get_u8();
+        let tag = b[0];
+        if let Some(xid) = self.stream_xid {
+            match tag {
+                b'I' | b'U' | b'D' | b'T' | b'R' | b'M' => {
+                    need(&b, 5)?;
+                    let sub_xid = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+                    return Ok(Some(StreamAction::Spool { xid, sub_xid, lsn, message: b }));
+                }
+                b'Y' => {
+                    // Type names are harmless to learn at once.
+                    b.advance(5);
+                    self.type_message(&mut b)?;
+                    return Ok(None);
+                }
+                b'E' => {
+                    self.stream_xid = None;
+                    return Ok(Some(StreamAction::Stop));
+                }
+                other => {
+                    return Err(malformed(&format!("message {:?} inside a stream block", other as char)));
+                }
+            }
+        }
+        b.advance(1);
+        match tag {
+            b'S' => {
+                need(&b, 5)?;
+                let xid = b.get_u32();
+                let first_segment = b.get_u8() == 1;
+                self.stream_xid = Some(xid);
+                return Ok(Some(StreamAction::Start { xid, first_segment }));
+            }
+            b'c' => {
+                need(&b, 29)?;
+                let xid = b.get_u32();
+                let _flags = b.get_u8();
+                let commit_lsn = b.get_u64();
+                let end_lsn = b.get_u64();
+                let ts = b.get_i64();
+                return Ok(Some(StreamAction::Commit { xid, commit_lsn, end_lsn, ts_us: ts + PG_EPOCH_OFFSET_US }));
+            }
+            b'A' => {
+                need(&b, 8)?;
+                let xid = b.get_u32();
+                let sub_xid = b.get_u32();
+                return Ok(Some(StreamAction::Abort { xid, sub_xid }));
+            }
+            _ => {}
+        }
+        self.decode_body(tag, lsn, b, out)?;
+        Ok(None)
+    }
+
+    /// Start replaying streamed transaction `xid`, which committed at `commit_lsn`.
+    pub fn begin_replay(&mut self, xid: u32, commit_lsn: u64, ts_us: i64, out: &mut Vec<SourceMessage>) {
+        let skip = commit_lsn < self.resume_lsn;
+        self.tx = Some(TxState { commit_lsn, xid, ts_us, skip });
+        if !skip {
+            out.push(SourceMessage::Begin { commit_lsn });
+        }
+    }
+
+    /// True when the transaction being replayed is already delivered.
+    pub fn replay_skipped(&self) -> bool {
+        self.tx.as_ref().map(|t| t.skip).unwrap_or(false)
+    }
+
+    /// Decode one parked message (it still carries its xid field).
+    pub fn decode_streamed(&mut self, lsn: u64, mut b: Bytes, out: &mut Vec<SourceMessage>) -> Result<(), SourceError> {
+        need(&b, 5)?;
+        let tag = b[0];
+        b.advance(5);
+        self.decode_body(tag, lsn, b, out)
+    }
+
+    /// Finish replaying: the commit.
+    pub fn end_replay(&mut self, end_lsn: u64, out: &mut Vec<SourceMessage>) {
+        if let Some(tx) = self.tx.take() {
+            self.commit_end = Some(end_lsn);
+            if !tx.skip {
+                out.push(SourceMessage::Commit { position: Position::Postgres { lsn: end_lsn } });
+            }
+        }
+    }
+
+    fn type_message(&mut self, b: &mut Bytes) -> Result<(), SourceError> {
+        need(b, 4)?;
+        let oid = b.get_u32();
+        let ns = cstr(b)?;
+        let name = cstr(b)?;
+        let full = if ns == "pg_catalog" || ns == "public" { name } else { format!("{ns}.{name}") };
+        self.type_names.insert(oid, full);
+        Ok(())
+    }
+
+    fn decode_body(
+        &mut self,
+        tag: u8,
+        lsn: u64,
+        mut b: Bytes,
+        out: &mut Vec<SourceMessage>,
+    ) -> Result<(), SourceError> {
         match tag {
             b'B' => {
                 need(&b, 20)?;
@@ -126,14 +259,7 @@ impl<F: TableFilter> Decoder<F> {
                 }
             }
             b'R' => self.relation(&mut b)?,
-            b'Y' => {
-                need(&b, 4)?;
-                let oid = b.get_u32();
-                let ns = cstr(&mut b)?;
-                let name = cstr(&mut b)?;
-                let full = if ns == "pg_catalog" || ns == "public" { name } else { format!("{ns}.{name}") };
-                self.type_names.insert(oid, full);
-            }
+            b'Y' => self.type_message(&mut b)?,
             b'I' | b'U' | b'D' => self.change(tag, lsn, &mut b, out)?,
             b'T' => {
                 need(&b, 5)?;

@@ -37,6 +37,7 @@ pub mod conn;
 pub mod decoding;
 pub mod preflight;
 pub mod snapshot;
+pub mod spool;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -246,14 +247,18 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     }
 
     let start = cp.position.map(|p| p.lsn()).unwrap_or(0);
+    // Protocol 2 with `streaming` (Postgres 14+): big transactions arrive while
+    // they are decoded instead of being spilled and re-read by the server.
+    let streaming = pg.streaming.unwrap_or(true) && repl.server_version >= 14;
+    let options = if streaming { "proto_version '2', streaming 'on'" } else { "proto_version '1'" };
     let sql = format!(
-        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {} ({options}, publication_names {})",
         quote_ident(&slot_name),
         format_lsn(start),
         sluice_core::schema::quote_literal(&quote_ident(&pub_name)),
     );
     repl.start_replication(&sql).await?;
-    tracing::info!(slot = %slot_name, from = %format_lsn(start.max(base)), "streaming");
+    tracing::info!(slot = %slot_name, from = %format_lsn(start.max(base)), streaming, "replicating");
     let filter = Filter { tables: cfg.tables.clone(), snapshot_lsn };
     let mut decoder = Decoder::new(info.dbname.clone(), filter, start);
     stream::run_stream(&mut repl, &mut decoder, ctx, base, target).await

@@ -16,7 +16,8 @@ use sluice_core::error::SourceError;
 use sluice_core::{Position, SourceContext, SourceMessage};
 
 use crate::conn::{ReplMessage, ReplicationConn};
-use crate::decoding::{Decoder, TableFilter};
+use crate::decoding::{Decoder, StreamAction, TableFilter};
+use crate::spool::Spool;
 
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 4096;
@@ -87,6 +88,7 @@ pub async fn run_stream<F: TableFilter>(
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
     let mut caught_up = false;
     let mut relaxed = false;
+    let mut spool = Spool::new()?;
     conn.set_read_low_water(LOW_WATER);
     loop {
         let mut reply = false;
@@ -94,13 +96,50 @@ pub async fn run_stream<F: TableFilter>(
             match conn.try_repl_message()? {
                 None => break,
                 Some(ReplMessage::XLogData { start, data }) => {
-                    decoder.decode(start, data, &mut batch)?;
+                    if let Some(action) = decoder.decode(start, data, &mut batch)? {
+                        match action {
+                            StreamAction::Start { xid, first_segment } => spool.start(xid, first_segment)?,
+                            StreamAction::Stop => {}
+                            StreamAction::Spool { xid, sub_xid, lsn, message } => {
+                                spool.append(xid, sub_xid, lsn, &message)?
+                            }
+                            StreamAction::Abort { xid, sub_xid } => spool.abort(xid, sub_xid)?,
+                            StreamAction::Commit { xid, commit_lsn, end_lsn, ts_us } => {
+                                // Replay the parked transaction, sending as batches fill.
+                                decoder.begin_replay(xid, commit_lsn, ts_us, &mut batch);
+                                match spool.take(xid)? {
+                                    Some(mut reader) if !decoder.replay_skipped() => {
+                                        while let Some((lsn, msg)) = reader.next_message()? {
+                                            decoder.decode_streamed(lsn, msg, &mut batch)?;
+                                            if batch.len() >= MAX_BATCH {
+                                                let b = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+                                                if !send_batch(conn, ctx, &mut st, b).await? {
+                                                    return Ok(());
+                                                }
+                                            }
+                                        }
+                                    }
+                                    Some(_) => {}
+                                    None if decoder.replay_skipped() => {}
+                                    None => {
+                                        return Err(SourceError::fatal(format!(
+                                            "streamed transaction {xid} committed but none of its changes were received"
+                                        )))
+                                    }
+                                }
+                                decoder.end_replay(end_lsn, &mut batch);
+                            }
+                        }
+                    }
                     if let Some(end) = decoder.take_commit_end() {
                         last_end = last_end.max(end);
                     }
                 }
                 Some(ReplMessage::Keepalive { wal_end, reply: r }) => {
                     st.server_end = st.server_end.max(wal_end);
+                    // Outside transactions, the server's position is progress. (An
+                    // open streamed transaction commits after it and is resent
+                    // after a restart, so it does not hold this back.)
                     if !decoder.in_transaction() && wal_end > last_end {
                         batch.push(SourceMessage::Progress { position: Position::Postgres { lsn: wal_end } });
                         pushed = pushed.max(wal_end);
@@ -110,7 +149,10 @@ pub async fn run_stream<F: TableFilter>(
             }
         }
         if let Some(t) = target {
-            if !caught_up && !decoder.in_transaction() && (last_end >= t || st.server_end >= t) {
+            if !caught_up
+                && !decoder.in_transaction()
+                && (last_end >= t || (st.server_end >= t && spool.open_transactions() == 0))
+            {
                 batch.push(SourceMessage::CaughtUp);
                 caught_up = true;
             }
