@@ -40,7 +40,10 @@ pub fn line(stats: &Stats, rate: f64) -> String {
         stats.truncates.load(Ordering::Relaxed),
         stats.transactions.load(Ordering::Relaxed),
         rate,
-        sluice_core::event::format_lsn(stats.checkpoint_lsn.load(Ordering::Relaxed)),
+        match stats.checkpoint_lsn.load(Ordering::Relaxed) {
+            0 => "-".to_string(),
+            l => sluice_core::event::format_lsn(l),
+        },
     ));
     parts.join(" | ")
 }

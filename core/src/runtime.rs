@@ -433,6 +433,10 @@ async fn drive<K: Sink>(
                                     force_flush = true;
                                 }
                                 SourceMessage::CaughtUp => caught_up = true,
+                                SourceMessage::Tables { included } => {
+                                    let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
+                                    f.cp.tables.retain(|name, _| names.contains(name));
+                                }
                             }
                         }
                     }

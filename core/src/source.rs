@@ -22,6 +22,10 @@ pub enum SourceMessage {
     /// (keepalives on an idle or filtered database). Lets the runtime confirm
     /// positions so the source does not pin its log.
     Progress { position: Position },
+    /// The tables this run includes. Snapshot state of any other table is
+    /// forgotten with the next checkpoint, so a table dropped from the
+    /// configuration and added back later is copied again.
+    Tables { included: Vec<TableId> },
     /// A table's snapshot copy begins, in a snapshot consistent with `position`.
     TableSnapshotStarted { table: TableId, position: Position, estimated_rows: u64 },
     /// All of the table's snapshot rows have been sent.

@@ -227,6 +227,9 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
 /// kept there. `SLUICE_RCVBUF` overrides (0: kernel default).
 pub const LOOPBACK_RECV_BUFFER: u32 = 16 * 1024;
 
+/// Largest protocol message accepted (Postgres's own limit for a field is 1 GiB).
+const MAX_MESSAGE: usize = (1 << 30) + 1024;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -371,6 +374,9 @@ impl ReplicationConn {
             let (tag, mut body) = self.read_message().await?;
             match tag {
                 b'R' => {
+                    if body.len() < 4 {
+                        return Err(SourceError::fatal("protocol error: short authentication message"));
+                    }
                     let code = body.get_i32();
                     let password = || {
                         info.password.clone().ok_or_else(|| {
@@ -387,6 +393,9 @@ impl ReplicationConn {
                             self.flush().await?;
                         }
                         5 => {
+                            if body.len() < 4 {
+                                return Err(SourceError::fatal("protocol error: short MD5 salt"));
+                            }
                             let mut salt = [0u8; 4];
                             body.copy_to_slice(&mut salt);
                             let pw = password()?;
@@ -472,19 +481,22 @@ impl ReplicationConn {
     }
 
     /// A complete message from the buffer, if there is one.
-    pub fn try_message(&mut self) -> Option<(u8, Bytes)> {
+    pub fn try_message(&mut self) -> Result<Option<(u8, Bytes)>, SourceError> {
         if self.rbuf.len() < 5 {
-            return None;
+            return Ok(None);
         }
         let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        if !(4..=MAX_MESSAGE).contains(&len) {
+            return Err(SourceError::fatal(format!("protocol error: message length {len} from the server")));
+        }
         if self.rbuf.len() < 1 + len {
             self.rbuf.reserve(1 + len - self.rbuf.len());
-            return None;
+            return Ok(None);
         }
         let mut m = self.rbuf.split_to(1 + len);
         let tag = m[0];
         m.advance(5);
-        Some((tag, m.freeze()))
+        Ok(Some((tag, m.freeze())))
     }
 
     /// Ask the kernel to report the socket readable only once `bytes` are
@@ -506,9 +518,14 @@ impl ReplicationConn {
         }
     }
 
+    /// True when a complete message (or a malformed header, reported by the
+    /// next read) is buffered.
     pub fn has_buffered_message(&self) -> bool {
-        self.rbuf.len() >= 5
-            && self.rbuf.len() > u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize
+        if self.rbuf.len() < 5 {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        !(4..=MAX_MESSAGE).contains(&len) || self.rbuf.len() > len
     }
 
     /// Read more bytes from the socket (cancel-safe).
@@ -525,7 +542,7 @@ impl ReplicationConn {
 
     async fn read_message(&mut self) -> Result<(u8, Bytes), SourceError> {
         loop {
-            if let Some(m) = self.try_message() {
+            if let Some(m) = self.try_message()? {
                 return Ok(m);
             }
             self.fill().await?;
@@ -543,13 +560,23 @@ impl ReplicationConn {
             let (tag, mut body) = self.read_message().await?;
             match tag {
                 b'D' => {
+                    let bad = || SourceError::fatal("protocol error: malformed DataRow");
+                    if body.len() < 2 {
+                        return Err(bad());
+                    }
                     let n = body.get_u16();
                     let mut row = Vec::with_capacity(n as usize);
                     for _ in 0..n {
+                        if body.len() < 4 {
+                            return Err(bad());
+                        }
                         let len = body.get_i32();
                         if len < 0 {
                             row.push(None);
                         } else {
+                            if body.len() < len as usize {
+                                return Err(bad());
+                            }
                             let v = body.split_to(len as usize);
                             row.push(Some(String::from_utf8_lossy(&v).into_owned()));
                         }
@@ -647,7 +674,7 @@ impl ReplicationConn {
     /// Parse one streaming message that is already buffered.
     pub fn try_repl_message(&mut self) -> Result<Option<ReplMessage>, SourceError> {
         loop {
-            let Some((tag, mut body)) = self.try_message() else { return Ok(None) };
+            let Some((tag, mut body)) = self.try_message()? else { return Ok(None) };
             match tag {
                 b'd' => {
                     if body.is_empty() {
@@ -656,7 +683,7 @@ impl ReplicationConn {
                     match body.get_u8() {
                         b'w' => {
                             if body.len() < 24 {
-                                return Err(SourceError::fatal("short XLogData message"));
+                                return Err(SourceError::fatal("protocol error: short XLogData message"));
                             }
                             let start = body.get_u64();
                             let _wal_end = body.get_u64();
@@ -664,6 +691,9 @@ impl ReplicationConn {
                             return Ok(Some(ReplMessage::XLogData { start, data: body }));
                         }
                         b'k' => {
+                            if body.len() < 17 {
+                                return Err(SourceError::fatal("protocol error: short keepalive message"));
+                            }
                             let wal_end = body.get_u64();
                             let _ts = body.get_i64();
                             let reply = body.get_u8() == 1;

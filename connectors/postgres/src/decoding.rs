@@ -143,6 +143,7 @@ impl<F: TableFilter> Decoder<F> {
                 }
                 b'Y' => {
                     // Type names are harmless to learn at once.
+                    need(&b, 5)?;
                     b.advance(5);
                     self.type_message(&mut b)?;
                     return Ok(None);

@@ -110,6 +110,9 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids).await?;
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
 
+    if ctx.tx.send(vec![SourceMessage::Tables { included: ids.clone() }]).await.is_err() {
+        return Ok(());
+    }
     let cp = ctx.checkpoint.clone();
     let mut repl = ReplicationConn::connect(&info).await?;
     let slot = catalog::slot_info(&client, &slot_name).await?;
@@ -175,6 +178,8 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     if let Some(p) = cp.position {
         base = base.max(p.lsn());
     }
+    // What the server may be told is durable: its own slot position or the checkpoint's.
+    let durable = base;
 
     // Which tables need a copy, and from which LSN each table's stream starts.
     let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
@@ -232,20 +237,6 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     }
     drop(client);
 
-    if let Some(t) = target {
-        if base >= t {
-            let msgs = vec![
-                SourceMessage::Progress { position: sluice_core::Position::Postgres { lsn: base } },
-                SourceMessage::CaughtUp,
-            ];
-            if ctx.tx.send(msgs).await.is_err() {
-                return Ok(());
-            }
-            let mut st = stream::StreamState { confirmed: base, server_end: 0, last_status: std::time::Instant::now() };
-            return stream::finish(&mut repl, ctx, &mut st, base).await;
-        }
-    }
-
     let start = cp.position.map(|p| p.lsn()).unwrap_or(0);
     // Protocol 2 with `streaming` (Postgres 14+): big transactions arrive while
     // they are decoded instead of being spilled and re-read by the server.
@@ -261,7 +252,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     tracing::info!(slot = %slot_name, from = %format_lsn(start.max(base)), streaming, "replicating");
     let filter = Filter { tables: cfg.tables.clone(), snapshot_lsn };
     let mut decoder = Decoder::new(info.dbname.clone(), filter, start);
-    stream::run_stream(&mut repl, &mut decoder, ctx, base, target).await
+    stream::run_stream(&mut repl, &mut decoder, ctx, base, durable, target).await
 }
 
 fn rand_suffix() -> u32 {

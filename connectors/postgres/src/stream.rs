@@ -83,20 +83,23 @@ pub async fn run_stream<F: TableFilter>(
     decoder: &mut Decoder<F>,
     ctx: &mut SourceContext,
     base: u64,
+    durable: u64,
     target: Option<u64>,
 ) -> Result<(), SourceError> {
-    let mut st = StreamState { confirmed: base, server_end: 0, last_status: Instant::now() };
+    // Only a durable position is ever reported: the slot's own or the checkpoint's.
+    let mut st = StreamState { confirmed: durable, server_end: 0, last_status: Instant::now() };
     update_confirmed(ctx, &mut st);
+    // Every transaction committing before `last_end` has been handled.
     let mut last_end = base;
-    let mut pushed = base;
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(MAX_BATCH);
     let mut caught_up = false;
+    let mut expected = 0;
     let mut relaxed = false;
     let mut spool = Spool::new()?;
     let mut batch_started: Option<Instant> = None;
     conn.set_read_low_water(LOW_WATER);
+    let mut reply = false;
     loop {
-        let mut reply = false;
         while batch.len() < MAX_BATCH {
             match conn.try_repl_message()? {
                 None => break,
@@ -111,9 +114,11 @@ pub async fn run_stream<F: TableFilter>(
                             StreamAction::Abort { xid, sub_xid } => spool.abort(xid, sub_xid)?,
                             StreamAction::Commit { xid, commit_lsn, end_lsn, ts_us } => {
                                 // Replay the parked transaction, sending as batches fill.
+                                // A transaction already delivered is replayed too (its
+                                // changes are dropped): its RELATION messages still count.
                                 decoder.begin_replay(xid, commit_lsn, ts_us, &mut batch);
                                 match spool.take(xid)? {
-                                    Some(mut reader) if !decoder.replay_skipped() => {
+                                    Some(mut reader) => {
                                         while let Some((lsn, msg)) = reader.next_message()? {
                                             decoder.decode_streamed(lsn, msg, &mut batch)?;
                                             if batch.len() >= MAX_BATCH {
@@ -124,7 +129,6 @@ pub async fn run_stream<F: TableFilter>(
                                             }
                                         }
                                     }
-                                    Some(_) => {}
                                     None if decoder.replay_skipped() => {}
                                     None => {
                                         return Err(SourceError::fatal(format!(
@@ -147,7 +151,6 @@ pub async fn run_stream<F: TableFilter>(
                     // after a restart, so it does not hold this back.)
                     if !decoder.in_transaction() && wal_end > last_end {
                         batch.push(SourceMessage::Progress { position: Position::Postgres { lsn: wal_end } });
-                        pushed = pushed.max(wal_end);
                     }
                     reply |= r;
                 }
@@ -157,6 +160,9 @@ pub async fn run_stream<F: TableFilter>(
             // A streamed transaction still open commits after the server's
             // current position, so it does not hold this back.
             if !caught_up && !decoder.in_transaction() && (last_end >= t || st.server_end >= t) {
+                // Outside a transaction, everything before both is handled.
+                expected = last_end.max(st.server_end);
+                batch.push(SourceMessage::Progress { position: Position::Postgres { lsn: expected } });
                 batch.push(SourceMessage::CaughtUp);
                 caught_up = true;
             }
@@ -180,7 +186,7 @@ pub async fn run_stream<F: TableFilter>(
             }
         }
         if caught_up {
-            return finish(conn, ctx, &mut st, last_end.max(pushed)).await;
+            return finish(conn, ctx, &mut st, expected).await;
         }
         update_confirmed(ctx, &mut st);
         if reply || st.last_status.elapsed() >= STATUS_INTERVAL {

@@ -85,6 +85,8 @@ pub struct FilesSink {
     /// Renames recorded by the last flush, done in `checkpointed`.
     to_publish: Vec<(PathBuf, PathBuf)>,
     unflushed: bool,
+    /// Tables held back at the last flush (snapshot copy in progress).
+    held: HashSet<TableId>,
     line: Vec<u8>,
     scratch: String,
     pub files_written: u64,
@@ -124,6 +126,7 @@ impl FilesSink {
             state: State::default(),
             to_publish: Vec::new(),
             unflushed: false,
+            held: HashSet::new(),
             line: Vec::with_capacity(4096),
             scratch: String::new(),
             files_written: 0,
@@ -392,7 +395,9 @@ impl Sink for FilesSink {
     }
 
     fn wants_flush(&self) -> bool {
-        self.tables.values().any(|t| !t.staged.is_empty())
+        // Rolled files wait for the next checkpoint, except those of tables
+        // being copied (held until their copy is complete).
+        self.tables.iter().any(|(id, t)| !t.staged.is_empty() && !self.held.contains(id))
     }
 
     fn has_unflushed(&self) -> bool {
@@ -407,10 +412,9 @@ impl Sink for FilesSink {
         let base = self.cfg.path.clone();
         tokio::task::block_in_place(|| {
             let mut publish = Vec::new();
-            let mut any_held = false;
+            self.held = hold.clone();
             for (id, t) in self.tables.iter_mut() {
                 if hold.contains(id) {
-                    any_held |= t.open.is_some() || !t.staged.is_empty();
                     continue;
                 }
                 if let Some(f) = t.open.take() {
@@ -432,7 +436,7 @@ impl Sink for FilesSink {
             self.state.pending = publish.iter().map(|(h, f)| (rel(&base, h), rel(&base, f))).collect();
             self.files_written += publish.len() as u64;
             self.to_publish = publish;
-            self.unflushed = any_held;
+            self.unflushed = false;
             Ok(())
         })?;
         let v = serde_json::to_value(&self.state).expect("state serializes");
