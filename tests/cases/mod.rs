@@ -5,4 +5,5 @@ mod crash;
 mod pipelines;
 mod stream;
 mod streaming;
+mod tls;
 mod types;

@@ -31,6 +31,7 @@ pub struct ConnInfo {
     pub password: Option<Vec<u8>>,
     pub dbname: String,
     pub connect_timeout: Duration,
+    pub tls: crate::tls::Tls,
 }
 
 #[derive(Debug, Clone)]
@@ -49,8 +50,8 @@ impl std::fmt::Display for ConnInfo {
 }
 
 impl ConnInfo {
-    /// Parse a `postgres://` URL or `key=value` string.
-    pub fn parse(url: &str) -> Result<ConnInfo, SourceError> {
+    /// Parse a `postgres://` URL or `key=value` string (TLS from its `sslmode`).
+    fn parse(url: &str) -> Result<(ConnInfo, sluice_core::config::TlsMode), SourceError> {
         let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
             SourceError::new(ErrorKind::Config, "source.url is not a valid Postgres connection string").with_source(e)
         })?;
@@ -71,27 +72,19 @@ impl ConnInfo {
             cfg.get_password().map(|p| p.to_vec()).or_else(|| std::env::var("PGPASSWORD").ok().map(String::into_bytes));
         let dbname = cfg.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
         let connect_timeout = cfg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
-        if matches!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
-            return Err(SourceError::new(
-                ErrorKind::Config,
-                "source.url: sslmode=require is not supported by this build (TLS is not compiled in); use sslmode=disable or prefer",
-            ));
-        }
-        Ok(ConnInfo { host, port, user, password, dbname, connect_timeout })
+        let mode = match cfg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => sluice_core::config::TlsMode::Disable,
+            tokio_postgres::config::SslMode::Require => sluice_core::config::TlsMode::Require,
+            _ => sluice_core::config::TlsMode::Prefer,
+        };
+        Ok((ConnInfo { host, port, user, password, dbname, connect_timeout, tls: crate::tls::Tls::disabled() }, mode))
     }
 
     /// Connection info from the source config: the URL plus the `tls` block.
     pub fn from_config(pg: &sluice_core::config::PostgresSourceConfig) -> Result<ConnInfo, SourceError> {
-        use sluice_core::config::TlsMode;
-        if let Some(tls) = &pg.tls {
-            if matches!(tls.mode, TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull) {
-                return Err(SourceError::new(
-                    ErrorKind::Config,
-                    "source.tls.mode: TLS is not compiled into this build; use mode disable or prefer (prefer connects without TLS)",
-                ));
-            }
-        }
-        Self::parse(&pg.url)
+        let (mut info, url_mode) = Self::parse(&pg.url)?;
+        info.tls = crate::tls::Tls::from_config(pg, url_mode)?;
+        Ok(info)
     }
 
     /// A tokio-postgres config for ordinary SQL sessions.
@@ -103,7 +96,12 @@ impl ConnInfo {
         };
         c.port(self.port).user(&self.user).dbname(&self.dbname).application_name("sluice");
         c.connect_timeout(self.connect_timeout);
-        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        use sluice_core::config::TlsMode;
+        c.ssl_mode(match self.tls.mode {
+            TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+            TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -162,13 +160,27 @@ pub fn classify_sqlstate(code: &str) -> ErrorKind {
 /// Open an SQL session.
 pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, SourceError> {
     let cfg = info.sql_config();
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| connect_error(info, e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "postgres connection closed");
+    match &info.tls.config {
+        Some(tls) => {
+            let make = crate::tls::MakeRustls { config: tls.clone() };
+            let (client, conn) = cfg.connect(make).await.map_err(|e| connect_error(info, e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "postgres connection closed");
+                }
+            });
+            Ok(client)
         }
-    });
-    Ok(client)
+        None => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| connect_error(info, e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "postgres connection closed");
+                }
+            });
+            Ok(client)
+        }
+    }
 }
 
 fn connect_error(info: &ConnInfo, e: tokio_postgres::Error) -> SourceError {
@@ -226,6 +238,39 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
 /// window must cover the bandwidth-delay product, so the kernel default is
 /// kept there. `SLUICE_RCVBUF` overrides (0: kernel default).
 pub const LOOPBACK_RECV_BUFFER: u32 = 16 * 1024;
+
+/// SSLRequest, then the TLS handshake when the server agrees (libpq's
+/// `sslmode` semantics; see [`crate::tls`]).
+async fn negotiate_tls(
+    mut s: tokio::net::TcpStream,
+    host: &str,
+    info: &ConnInfo,
+) -> Result<Box<dyn Stream>, SourceError> {
+    use sluice_core::config::TlsMode;
+    let Some(config) = info.tls.config.clone() else { return Ok(Box::new(s)) };
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    s.write_all(&req).await.map_err(|e| io_err("TLS request", e))?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.map_err(|e| io_err("TLS request", e))?;
+    match answer[0] {
+        b'S' => {
+            let name = crate::tls::Tls::server_name(host)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, s).await.map_err(|e| {
+                SourceError::new(ErrorKind::Fatal, format!("TLS handshake with Postgres at {info} failed: {e}"))
+            })?;
+            Ok(Box::new(tls))
+        }
+        _ if info.tls.mode == TlsMode::Prefer => Ok(Box::new(s)),
+        _ => Err(SourceError::new(
+            ErrorKind::Fatal,
+            format!(
+                "Postgres at {info} does not accept TLS connections, but source.tls.mode asks for {:?}",
+                info.tls.mode
+            ),
+        )),
+    }
+}
 
 /// Largest protocol message accepted (Postgres's own limit for a field is 1 GiB).
 const MAX_MESSAGE: usize = (1 << 30) + 1024;
@@ -335,7 +380,7 @@ impl ReplicationConn {
                     .map_err(|e| SourceError::transient(format!("cannot connect to Postgres at {info}: {e}")))?;
                 s.set_nodelay(true).ok();
                 tcp_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&s));
-                Box::new(s)
+                negotiate_tls(s, h, info).await?
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", info.port));

@@ -39,6 +39,7 @@ pub mod preflight;
 pub mod snapshot;
 pub mod spool;
 pub mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
