@@ -125,3 +125,35 @@ async fn stream_semantics_replay_to_source() {
         assert_same(dir, &got, &want);
     }
 }
+
+/// A partitioned table is replicated as one table: its partitions' changes,
+/// including rows moving between partitions, arrive under the root's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_table_as_one() {
+    let env = Env::new("partitioned");
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+         CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+         INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let p = env.pipeline("part", &["public.*"], &env.files_sink("part", "jsonl"), "");
+    let r = sluice(&["check", p.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    catch_up(&p).await;
+    c.batch_execute(
+        "INSERT INTO m VALUES (1000, 'eu', 1); UPDATE m SET v = -v WHERE id <= 10;
+         UPDATE m SET region = 'us' WHERE id = 2; DELETE FROM m WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    catch_up(&p).await;
+    let out = read_jsonl(&env.out("part"));
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["public.m"], "partitions must not appear on their own");
+    let got = replay(&out["public.m"], &["id", "region"]).unwrap();
+    let want = source_rows(&c, "SELECT to_json(x) FROM m x", &["id", "region"]).await;
+    assert_same("m", &got, &want);
+}

@@ -20,21 +20,40 @@ pub struct TableInfo {
     pub estimated_rows: u64,
     /// Columns that can be TOASTed (varlena with non-plain storage).
     pub toastable: Vec<String>,
+    /// A partitioned table (copied with `COPY (SELECT ...)`).
+    pub partitioned: bool,
 }
 
-/// Ordinary tables (and partitions) matching the include/exclude globs.
+/// `pg_class.relreplident` → [`ReplicaIdentity`].
+fn replica_identity(code: &str) -> ReplicaIdentity {
+    match code {
+        "f" => ReplicaIdentity::Full,
+        "i" => ReplicaIdentity::Index,
+        "n" => ReplicaIdentity::Nothing,
+        _ => ReplicaIdentity::Default,
+    }
+}
+
+/// Tables matching the include/exclude globs: ordinary tables and
+/// partitioned tables (as a whole: their partitions are not listed, changes
+/// to them are published as the root table's through
+/// `publish_via_partition_root`).
 pub async fn included_tables(client: &Client, tables: &TablesConfig) -> Result<Vec<TableInfo>, SourceError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, c.relreplident::text,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                    GREATEST(c.reltuples, 0)::float8,
+                    CASE WHEN c.relkind = 'p' THEN
+                      COALESCE((SELECT sum(GREATEST(p.reltuples, 0)) FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhrelid
+                                WHERE h.inhparent = c.oid), 0)::float8
+                    ELSE GREATEST(c.reltuples, 0)::float8 END,
                     COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
                       JOIN pg_type t ON t.oid = a.atttypid
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                        AND t.typlen = -1 AND a.attstorage <> 'p'), '{}')
+                        AND t.typlen = -1 AND a.attstorage <> 'p'), '{}'),
+                    c.relkind = 'p'
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND NOT c.relispartition
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
              ORDER BY 1, 2",
@@ -52,15 +71,11 @@ pub async fn included_tables(client: &Client, tables: &TablesConfig) -> Result<V
         let ident: String = r.get(2);
         out.push(TableInfo {
             id: TableId::new(schema, name),
-            replica_identity: match ident.as_str() {
-                "f" => ReplicaIdentity::Full,
-                "i" => ReplicaIdentity::Index,
-                "n" => ReplicaIdentity::Nothing,
-                _ => ReplicaIdentity::Default,
-            },
+            replica_identity: replica_identity(&ident),
             has_primary_key: r.get(3),
             estimated_rows: r.get::<_, f64>(4) as u64,
             toastable: r.get(5),
+            partitioned: r.get(6),
         });
     }
     Ok(out)
@@ -89,13 +104,7 @@ pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Resu
     if rows.is_empty() {
         return Err(SourceError::new(ErrorKind::Table, format!("table {id} does not exist or has no columns")));
     }
-    let ident: String = rows[0].get(5);
-    let replica_identity = match ident.as_str() {
-        "f" => ReplicaIdentity::Full,
-        "i" => ReplicaIdentity::Index,
-        "n" => ReplicaIdentity::Nothing,
-        _ => ReplicaIdentity::Default,
-    };
+    let replica_identity = replica_identity(rows[0].get(5));
     let columns = rows
         .iter()
         .map(|r| {
@@ -188,8 +197,15 @@ pub async fn ensure_publication(
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     match publication_info(client, name).await? {
         None => {
+            // Partitioned tables are published as their root (Postgres 13+).
+            let version: i32 = client
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .map_err(|e| sql_error("reading server_version_num", e))?
+                .get(0);
+            let with = if version >= 130000 { " WITH (publish_via_partition_root = true)" } else { "" };
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}; COMMENT ON PUBLICATION {} IS {}",
+                "CREATE PUBLICATION {} FOR TABLE {list}{with}; COMMENT ON PUBLICATION {} IS {}",
                 quote_ident(name),
                 quote_ident(name),
                 sluice_core::schema::quote_literal(&format!("{PUBLICATION_COMMENT_PREFIX}{pipeline}"))

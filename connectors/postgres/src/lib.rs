@@ -220,6 +220,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
             schemas.push(snapshot::SnapshotJob {
                 schema: Arc::new(catalog::table_schema(&client, &info.dbname, &t.id).await?),
                 estimated_rows: t.estimated_rows,
+                partitioned: t.partitioned,
             });
         }
         snapshot::copy_tables(&info, &snap, lsn, schemas, cfg.snapshot.parallelism, &ctx.tx).await?;

@@ -24,6 +24,8 @@ use crate::conn::{ConnInfo, ReplicationConn};
 pub struct SnapshotJob {
     pub schema: Arc<TableSchema>,
     pub estimated_rows: u64,
+    /// Partitioned tables can only be copied through a query.
+    pub partitioned: bool,
 }
 
 const BATCH: usize = 1024;
@@ -113,7 +115,11 @@ async fn copy_one(
     .await?;
     let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
     client
-        .copy_out(&format!("COPY {} ({cols}) TO STDOUT", id.quoted()))
+        .copy_out(&if job.partitioned {
+            format!("COPY (SELECT {cols} FROM {}) TO STDOUT", id.quoted())
+        } else {
+            format!("COPY {} ({cols}) TO STDOUT", id.quoted())
+        })
         .await
         .map_err(|e| SourceError::new(e.kind, format!("snapshot of {id}: {}", e.message)))?;
     let ts = now_us();
