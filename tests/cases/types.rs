@@ -10,12 +10,12 @@ INSERT INTO public.all_types VALUES
   E'héllo "quoted" \\ back\\slash\nnew line\ttab', 'ünïcödé😀', 'ab', '\x00ff10', '2024-02-29', '23:59:59.999999',
   '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.5+02', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11',
   '{"a": [1, 2.5, "x"]}', '{"k": {"n": null}}', '{1,NULL,3}', '{"a b","c,d",NULL,"\"q\""}', 'happy', '1 day 02:03:04', 42,
-  '0044-03-15 BC', '{{1,2},{3,4}}'),
+  '0044-03-15 BC', '{{1,2},{3,4}}', '{happy,sad}'),
  ({b}, false, 0, 0, 0, '-Infinity', 'Infinity', 'NaN', -0.5, '', '', '', '\x', 'infinity', '00:00:00', '-infinity',
   '1970-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000', '[]', '{}', '{}', '{}', 'sad', '-1 mons', 0,
-  '10000-01-01', '{}'),
+  '10000-01-01', '{}', '{}'),
  ({c}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-  NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
 "#;
 
 fn expected(id: i64) -> Value {
@@ -25,15 +25,16 @@ fn expected(id: i64) -> Value {
             "vc": "ünïcödé😀", "ch": "ab ", "by": "AP8Q", "d": "2024-02-29", "tm": "23:59:59.999999",
             "ts": "2024-01-02T03:04:05.123456", "tz": "2024-01-02T01:04:05.5Z", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
             "j": {"a": [1, 2.5, "x"]}, "jb": {"k": {"n": null}}, "ai": [1, null, 3], "at": ["a b", "c,d", null, "\"q\""],
-            "e": "happy", "iv": "1 day 02:03:04", "o": 42, "bc": "-0043-03-15", "a2": [[1, 2], [3, 4]]}),
+            "e": "happy", "iv": "1 day 02:03:04", "o": 42, "bc": "-0043-03-15", "a2": [[1, 2], [3, 4]],
+            "ea": ["happy", "sad"]}),
         2 => json!({"id": id, "b": false, "i2": 0, "i4": 0, "i8": 0, "f4": "-Infinity", "f8": "Infinity", "n": "NaN",
             "n2": "-0.500", "t": "", "vc": "", "ch": "   ", "by": "", "d": "infinity", "tm": "00:00:00", "ts": "-infinity",
             "tz": "1970-01-01T00:00:00Z", "u": "00000000-0000-0000-0000-000000000000", "j": [], "jb": {}, "ai": [], "at": [],
-            "e": "sad", "iv": "-1 mons", "o": 0, "bc": "+10000-01-01", "a2": []}),
+            "e": "sad", "iv": "-1 mons", "o": 0, "bc": "+10000-01-01", "a2": [], "ea": []}),
         _ => {
             json!({"id": id, "b": null, "i2": null, "i4": null, "i8": null, "f4": null, "f8": null, "n": null, "n2": null,
             "t": null, "vc": null, "ch": null, "by": null, "d": null, "tm": null, "ts": null, "tz": null, "u": null, "j": null,
-            "jb": null, "ai": null, "at": null, "e": null, "iv": null, "o": null, "bc": null, "a2": null})
+            "jb": null, "ai": null, "at": null, "e": null, "iv": null, "o": null, "bc": null, "a2": null, "ea": null})
         }
     }
 }
@@ -46,7 +47,8 @@ async fn every_type_in_snapshot_and_stream() {
         "CREATE TYPE mood AS ENUM ('happy', 'sad');
          CREATE TABLE public.all_types (id int PRIMARY KEY, b bool, i2 smallint, i4 int, i8 bigint, f4 real, f8 double precision,
            n numeric, n2 numeric(10,3), t text, vc varchar(10), ch char(3), by bytea, d date, tm time, ts timestamp,
-           tz timestamptz, u uuid, j json, jb jsonb, ai int[], at text[], e mood, iv interval, o oid, bc date, a2 int[])",
+           tz timestamptz, u uuid, j json, jb jsonb, ai int[], at text[], e mood, iv interval, o oid, bc date, a2 int[],
+           ea mood[])",
     )
     .await
     .unwrap();

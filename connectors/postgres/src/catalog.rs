@@ -91,7 +91,8 @@ pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Resu
                     COALESCE(a.attnum = ANY (COALESCE(
                       (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid AND
                          ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)) LIMIT 1),
-                      '{}'::int2[])), false)
+                      '{}'::int2[])), false),
+                    (SELECT t.typcategory = 'A' FROM pg_type t WHERE t.oid = a.atttypid)
              FROM pg_attribute a
              JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -110,8 +111,12 @@ pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Resu
         .map(|r| {
             let oid: u32 = r.get(1);
             let typmod: i32 = r.get(2);
-            let (ty, builtin_name) = sluice_schemas::postgres::column_type(oid, typmod);
+            let (mut ty, builtin_name) = sluice_schemas::postgres::column_type(oid, typmod);
             let formatted: String = r.get(3);
+            if builtin_name.starts_with("oid:") && r.get::<_, Option<bool>>(7) == Some(true) {
+                // An array of a user-defined type (enum[], domain[], ...).
+                ty = sluice_core::ColumnType::Array(Box::new(sluice_core::ColumnType::Other));
+            }
             Column {
                 name: r.get(0),
                 ty,

@@ -307,9 +307,20 @@ impl<F: TableFilter> Decoder<F> {
             need(b, 8)?;
             let oid = b.get_u32();
             let typmod = b.get_i32();
-            let (ty, mut tname) = sluice_schemas::postgres::column_type(oid, typmod);
+            let (mut ty, mut tname) = sluice_schemas::postgres::column_type(oid, typmod);
             if let Some(custom) = self.type_names.get(&oid) {
-                tname = custom.clone();
+                // A user-defined type; `_name` is the array type of `name`.
+                let (ns, base) = custom.rsplit_once('.').map(|(n, b)| (Some(n), b)).unwrap_or((None, custom.as_str()));
+                match base.strip_prefix('_') {
+                    Some(elem) if tname.starts_with("oid:") => {
+                        ty = ColumnType::Array(Box::new(ColumnType::Other));
+                        tname = match ns {
+                            Some(ns) => format!("{ns}.{elem}[]"),
+                            None => format!("{elem}[]"),
+                        };
+                    }
+                    _ => tname = custom.clone(),
+                }
             }
             types.push(ty.clone());
             columns.push(Column {

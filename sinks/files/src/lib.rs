@@ -40,6 +40,8 @@ use sluice_core::error::SinkError;
 use sluice_core::{ChangeEvent, Sink, TableId, TableSchema};
 
 const COLUMNAR_BATCH_ROWS: usize = 8192;
+/// Per open file; many tables may have a file open at once.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 enum Writer {
     Jsonl(BufWriter<File>),
@@ -227,7 +229,7 @@ impl FilesSink {
         let file = File::create(&hidden).map_err(io(format!("creating {}", hidden.display())))?;
         let sync = file.try_clone().map_err(io("cloning file handle"))?;
         let (writer, arrow_schema) = match format {
-            FileFormat::Jsonl => (Writer::Jsonl(BufWriter::with_capacity(1 << 20, file)), None),
+            FileFormat::Jsonl => (Writer::Jsonl(BufWriter::with_capacity(WRITE_BUFFER, file)), None),
             FileFormat::Parquet => {
                 let aschema = sluice_schemas::arrow::table_schema(schema);
                 let props = WriterProperties::builder()
@@ -241,7 +243,7 @@ impl FilesSink {
             }
             FileFormat::Arrow => {
                 let aschema = sluice_schemas::arrow::table_schema(schema);
-                let w = arrow_ipc::writer::FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &aschema)
+                let w = arrow_ipc::writer::FileWriter::try_new(BufWriter::with_capacity(WRITE_BUFFER, file), &aschema)
                     .map_err(|e| {
                         SinkError::fatal(format!("creating Arrow writer for {}", hidden.display())).with_source(e)
                     })?;
