@@ -81,9 +81,52 @@ pub async fn included_tables(client: &Client, tables: &TablesConfig) -> Result<V
     Ok(out)
 }
 
+/// Domains by OID → their base type and modifier (resolved through
+/// domains over domains), so a domain column decodes like its base type.
+pub type Domains = std::collections::HashMap<u32, (u32, i32)>;
+
+pub async fn domains(client: &Client) -> Result<Domains, SourceError> {
+    let rows = client
+        .query("SELECT oid, typbasetype, typtypmod FROM pg_type WHERE typtype = 'd'", &[])
+        .await
+        .map_err(|e| sql_error("reading domain types", e))?;
+    let direct: Domains = rows.iter().map(|r| (r.get::<_, u32>(0), (r.get::<_, u32>(1), r.get::<_, i32>(2)))).collect();
+    let mut out = Domains::new();
+    for (&oid, &(mut base, mut typmod)) in &direct {
+        let mut hops = 0;
+        while let Some(&(b, m)) = direct.get(&base) {
+            base = b;
+            if typmod < 0 {
+                typmod = m;
+            }
+            hops += 1;
+            if hops > 32 {
+                break;
+            }
+        }
+        out.insert(oid, (base, typmod));
+    }
+    Ok(out)
+}
+
+/// Column type of `oid`/`typmod`, looking through domains.
+pub fn resolve_type(domains: &Domains, oid: u32, typmod: i32) -> (sluice_core::ColumnType, String) {
+    match domains.get(&oid) {
+        Some(&(base, base_mod)) => {
+            sluice_schemas::postgres::column_type(base, if typmod >= 0 { typmod } else { base_mod })
+        }
+        None => sluice_schemas::postgres::column_type(oid, typmod),
+    }
+}
+
 /// The current schema of a table, with key flags as pgoutput sets them
 /// (replica identity columns; all columns for FULL).
-pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Result<TableSchema, SourceError> {
+pub async fn table_schema(
+    client: &Client,
+    database: &str,
+    id: &TableId,
+    domains: &Domains,
+) -> Result<TableSchema, SourceError> {
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid::oid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -111,8 +154,9 @@ pub async fn table_schema(client: &Client, database: &str, id: &TableId) -> Resu
         .map(|r| {
             let oid: u32 = r.get(1);
             let typmod: i32 = r.get(2);
-            let (mut ty, builtin_name) = sluice_schemas::postgres::column_type(oid, typmod);
+            let (mut ty, builtin_name) = resolve_type(domains, oid, typmod);
             let formatted: String = r.get(3);
+            let builtin_name = if domains.contains_key(&oid) { formatted.clone() } else { builtin_name };
             if builtin_name.starts_with("oid:") && r.get::<_, Option<bool>>(7) == Some(true) {
                 // An array of a user-defined type (enum[], domain[], ...).
                 ty = sluice_core::ColumnType::Array(Box::new(sluice_core::ColumnType::Other));

@@ -71,6 +71,8 @@ pub struct Decoder<F: TableFilter> {
     commit_end: Option<u64>,
     /// Top-level transaction of the open stream block (protocol 2).
     stream_xid: Option<u32>,
+    /// Domain types known at start, decoded as their base types.
+    domains: crate::catalog::Domains,
 }
 
 struct TxState {
@@ -100,8 +102,9 @@ fn need(b: &Bytes, n: usize) -> Result<(), SourceError> {
 }
 
 impl<F: TableFilter> Decoder<F> {
-    pub fn new(database: String, filter: F, resume_lsn: u64) -> Self {
+    pub fn new(database: String, filter: F, resume_lsn: u64, domains: crate::catalog::Domains) -> Self {
         Decoder {
+            domains,
             database,
             filter,
             relations: HashMap::new(),
@@ -307,8 +310,9 @@ impl<F: TableFilter> Decoder<F> {
             need(b, 8)?;
             let oid = b.get_u32();
             let typmod = b.get_i32();
-            let (mut ty, mut tname) = sluice_schemas::postgres::column_type(oid, typmod);
-            if let Some(custom) = self.type_names.get(&oid) {
+            let (mut ty, mut tname) = crate::catalog::resolve_type(&self.domains, oid, typmod);
+            let is_domain = self.domains.contains_key(&oid);
+            if let Some(custom) = self.type_names.get(&oid).filter(|_| !is_domain) {
                 // A user-defined type; `_name` is the array type of `name`.
                 let (ns, base) = custom.rsplit_once('.').map(|(n, b)| (Some(n), b)).unwrap_or((None, custom.as_str()));
                 match base.strip_prefix('_') {
@@ -321,6 +325,8 @@ impl<F: TableFilter> Decoder<F> {
                     }
                     _ => tname = custom.clone(),
                 }
+            } else if let Some(custom) = self.type_names.get(&oid) {
+                tname = custom.clone();
             }
             types.push(ty.clone());
             columns.push(Column {

@@ -107,6 +107,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let client = connect_sql(&info).await?;
 
     let tables = catalog::included_tables(&client, &cfg.tables).await?;
+    let domains = catalog::domains(&client).await?;
     let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
     catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids).await?;
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
@@ -218,7 +219,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         };
         for t in &jobs {
             schemas.push(snapshot::SnapshotJob {
-                schema: Arc::new(catalog::table_schema(&client, &info.dbname, &t.id).await?),
+                schema: Arc::new(catalog::table_schema(&client, &info.dbname, &t.id, &domains).await?),
                 estimated_rows: t.estimated_rows,
                 partitioned: t.partitioned,
             });
@@ -253,7 +254,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     repl.start_replication(&sql).await?;
     tracing::info!(slot = %slot_name, from = %format_lsn(start.max(base)), streaming, "replicating");
     let filter = Filter { tables: cfg.tables.clone(), snapshot_lsn };
-    let mut decoder = Decoder::new(info.dbname.clone(), filter, start);
+    let mut decoder = Decoder::new(info.dbname.clone(), filter, start, domains);
     stream::run_stream(&mut repl, &mut decoder, ctx, base, durable, target).await
 }
 
