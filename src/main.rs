@@ -1,5 +1,10 @@
 //! `sluice`: a thin command line over the Sluice crates.
 
+/// mimalloc: events are allocated by the source task and freed by the sink
+/// side on another thread, a pattern glibc malloc handles poorly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod demo;
 mod pgcluster;
 mod progress;

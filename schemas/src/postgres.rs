@@ -420,27 +420,39 @@ pub fn split_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<std::borrow::Cow
     use std::borrow::Cow;
     out.clear();
     let text = std::str::from_utf8(line).map_err(|_| ParseError("COPY data is not UTF-8".into()))?;
-    for field in text.split('\t') {
+    // One pass: split at tabs and note backslashes (both ASCII, so every
+    // split point is a char boundary of the validated text).
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    let mut escaped = false;
+    for i in 0..=bytes.len() {
+        if i < bytes.len() && bytes[i] != b'\t' {
+            escaped |= bytes[i] == b'\\';
+            continue;
+        }
+        let field = &text[start..i];
+        start = i + 1;
+        if !escaped {
+            out.push(Some(Cow::Borrowed(field)));
+            continue;
+        }
+        escaped = false;
         if field == "\\N" {
             out.push(None);
             continue;
         }
-        if !field.contains('\\') {
-            out.push(Some(Cow::Borrowed(field)));
-            continue;
-        }
         let field = field.as_bytes();
         let mut v = Vec::with_capacity(field.len());
-        let mut i = 0;
-        while i < field.len() {
-            let c = field[i];
-            if c != b'\\' || i + 1 >= field.len() {
+        let mut j = 0;
+        while j < field.len() {
+            let c = field[j];
+            if c != b'\\' || j + 1 >= field.len() {
                 v.push(c);
-                i += 1;
+                j += 1;
                 continue;
             }
-            let n = field[i + 1];
-            i += 2;
+            let n = field[j + 1];
+            j += 2;
             match n {
                 b'b' => v.push(8),
                 b'f' => v.push(12),
@@ -451,9 +463,9 @@ pub fn split_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<std::borrow::Cow
                 b'0'..=b'7' => {
                     let mut val = (n - b'0') as u32;
                     let mut k = 0;
-                    while k < 2 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
-                        val = val * 8 + (field[i] - b'0') as u32;
-                        i += 1;
+                    while k < 2 && j < field.len() && (b'0'..=b'7').contains(&field[j]) {
+                        val = val * 8 + (field[j] - b'0') as u32;
+                        j += 1;
                         k += 1;
                     }
                     v.push(val as u8);
@@ -461,11 +473,11 @@ pub fn split_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<std::borrow::Cow
                 b'x' => {
                     let mut val = 0u8;
                     let mut k = 0;
-                    while k < 2 && i < field.len() {
-                        match hex_val(field[i]) {
+                    while k < 2 && j < field.len() {
+                        match hex_val(field[j]) {
                             Some(h) => {
                                 val = val * 16 + h;
-                                i += 1;
+                                j += 1;
                                 k += 1;
                             }
                             None => break,

@@ -129,6 +129,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
                     format_lsn(p.lsn())
                 )));
             }
+            tracing::info!(slot = %slot_name, "creating replication slot (waits for transactions running now to finish)");
             let rows = repl
                 .simple_query(&format!(
                     "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
