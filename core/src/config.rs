@@ -436,8 +436,17 @@ fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_yaml::Error
 /// Parse pipeline text (after substitution) into a config, reporting every
 /// structural and semantic problem at once.
 pub fn parse_pipeline_text(text: &str, file: &str) -> Result<PipelineConfig, ConfigError> {
+    parse_pipeline_text_with(text, file, |k| std::env::var(k).ok())
+}
+
+/// As [`parse_pipeline_text`], with `${VAR}` looked up by `lookup`.
+pub fn parse_pipeline_text_with(
+    text: &str,
+    file: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigError> {
     let err = |errors: Vec<String>| ConfigError { file: file.to_string(), errors };
-    let substituted = substitute_env(text, |k| std::env::var(k).ok()).map_err(err)?;
+    let substituted = substitute_env(text, lookup).map_err(err)?;
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&substituted).map_err(|e| err(vec![format!("YAML syntax: {e}")]))?;
     let map = match doc {
@@ -541,8 +550,8 @@ sink:
 
     #[test]
     fn parses_good_file() {
-        std::env::set_var("SLUICE_TEST_PW", "secret");
-        let cfg = parse_pipeline_text(GOOD, "good.yaml").unwrap();
+        let cfg =
+            parse_pipeline_text_with(GOOD, "good.yaml", |k| (k == "SLUICE_TEST_PW").then(|| "secret".into())).unwrap();
         assert_eq!(cfg.slot_name(), "sluice_orders");
         assert_eq!(cfg.postgres().url, "postgres://u:secret@localhost:5432/db");
         assert!(cfg.tables.matches("shop", "orders"));

@@ -183,7 +183,13 @@ where
         let sink = make_sink();
         match run_once(opts, make_source(), sink, transforms, store, &mut shutdown, &stats).await {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == ErrorKind::Transient && !*shutdown.borrow() => {
+            Err(e) if e.kind() == ErrorKind::Transient && *shutdown.borrow() => {
+                // Asked to stop while the source was unavailable: nothing is
+                // lost, the last checkpoint stands.
+                tracing::warn!(error = %error_chain(&e), "stopping while the source is unavailable");
+                return Ok(stopped_summary(store));
+            }
+            Err(e) if e.kind() == ErrorKind::Transient => {
                 if stats.checkpoints.load(Ordering::Relaxed) > before {
                     backoff = Duration::from_millis(500);
                 }
@@ -194,13 +200,18 @@ where
                     _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
-                    return Err(e);
+                    return Ok(stopped_summary(store));
                 }
                 backoff = (backoff * 2).min(opts.max_backoff);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+fn stopped_summary(store: &dyn CheckpointStore) -> RunSummary {
+    let position = store.load().ok().flatten().and_then(|c| c.position);
+    RunSummary { position, caught_up: false, sink: "stopped before reconnecting".into() }
 }
 
 /// Render an error with its cause chain on one line.

@@ -17,23 +17,29 @@ async fn check_status_teardown() {
     let ps = p.to_str().unwrap();
     let r = sluice(&["check", ps]).await;
     assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stdout.contains("table public.nokey") && r.stdout.contains("REPLICA IDENTITY FULL"), "{}", r.stdout);
-    assert!(r.stdout.contains("WARN") && r.stdout.contains("body"), "TOAST warning expected:\n{}", r.stdout);
+    let line = |needle: &str| r.stdout.lines().find(|l| l.contains(needle)).unwrap_or_default().to_string();
+    let nokey = line("table public.nokey");
+    assert!(nokey.contains("FAIL") && nokey.contains("REPLICA IDENTITY FULL"), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().filter(|l| l.trim_start().starts_with("FAIL")).count(), 1, "{}", r.stdout);
+    let toast = r.stdout.lines().find(|l| l.contains("WARN") && l.contains("table public.good")).unwrap_or_default();
+    assert!(toast.contains("body") && toast.contains("TOAST"), "TOAST warning expected:\n{}", r.stdout);
     c.batch_execute("ALTER TABLE nokey REPLICA IDENTITY FULL").await.unwrap();
     let r = sluice(&["check", ps]).await;
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.contains("ready"));
 
     catch_up(&p).await;
-    c.batch_execute("INSERT INTO good VALUES (1000, 'later')").await.unwrap();
+    let lag = |out: &str| serde_json::from_str::<serde_json::Value>(out).unwrap()["lag_bytes"].as_u64().unwrap();
+    let before = lag(&sluice(&["status", ps, "--json"]).await.stdout);
+    c.batch_execute("INSERT INTO good SELECT g, 'later' FROM generate_series(1000, 2000) g").await.unwrap();
     let r = sluice(&["status", ps, "--json"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(lag(&r.stdout) > before, "lag must grow with unconsumed WAL: {before} -> {v}");
     assert!(v["checkpoint"]["position"].as_u64().unwrap() > 0);
     assert_eq!(v["checkpoint"]["tables"]["public.good"]["snapshot"], "done");
     assert_eq!(v["checkpoint"]["tables"]["public.good"]["snapshot_rows"], 100);
     assert_eq!(v["source"]["slot_exists"], true);
-    assert!(v["lag_bytes"].as_u64().unwrap() > 0, "an insert after the checkpoint is lag: {v}");
     let r = sluice(&["status", ps]).await;
     assert!(r.stdout.contains("public.good") && r.stdout.contains("lag"), "{}", r.stdout);
 
@@ -64,9 +70,17 @@ async fn idle_and_filtered_changes_advance_the_slot() {
         c.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await.unwrap().get(0);
     let end: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     catch_up(&p).await;
-    let after: String =
-        c.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await.unwrap().get(0);
     let lsn = |s: &str| sluice_core::event::parse_lsn(s).unwrap();
+    // The server applies confirmations asynchronously: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let after = loop {
+        let after: String =
+            c.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots", &[]).await.unwrap().get(0);
+        if lsn(&after) >= lsn(&end) || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(lsn(&after) > lsn(&before), "slot did not advance: {before} -> {after}");
     assert!(lsn(&after) >= lsn(&end), "slot {after} behind the end {end} noted before catching up");
     assert!(completed_files(&env.out("idle").join("public.mine"), "jsonl").is_empty());
@@ -90,7 +104,10 @@ async fn table_removed_and_added_back_is_copied_again() {
         .unwrap();
     catch_up(&only_a).await;
     let both = env.pipeline("readd", &["public.a", "public.b"], &sink, "");
-    c.batch_execute("INSERT INTO b VALUES (3, 'after')").await.unwrap();
+    c.batch_execute("INSERT INTO b VALUES (3, 'before the copy')").await.unwrap();
+    catch_up(&both).await;
+    // And it streams again after the new copy.
+    c.batch_execute("INSERT INTO b VALUES (4, 'streamed'); DELETE FROM b WHERE id = 2;").await.unwrap();
     catch_up(&both).await;
     let out = read_jsonl(&env.out("readd"));
     // The second copy replaces the first: replay from the last snapshot of b.

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use crate::harness::*;
 
 const SETUP: &str = "
-CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2));
+CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2), ver int NOT NULL DEFAULT 0);
 CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);
 INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 40000) g;
 ";
@@ -19,7 +19,17 @@ async fn workload(url: String, seed: u64, rounds: usize) {
     let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut next_id: i64 = 1_000_000 + seed as i64 % 1000 * 10_000_000;
+    let first_id: i64 = 1_000_000 + seed as i64 % 1000 * 10_000_000;
+    let mut next_id = first_id;
+    // Updates and deletes hit rows that exist: from the initial load or
+    // inserted by this workload (streamed rows too).
+    let pick = |rng: &mut rand::rngs::StdRng, next_id: i64| {
+        if next_id > first_id && rng.gen_bool(0.5) {
+            rng.gen_range(first_id..next_id)
+        } else {
+            rng.gen_range(1..40_000)
+        }
+    };
     for round in 0..rounds {
         let mut sql = String::from("BEGIN;");
         let big = round % 25 == 10;
@@ -30,11 +40,11 @@ async fn workload(url: String, seed: u64, rounds: usize) {
         ));
         next_id += n;
         for _ in 0..rng.gen_range(0..5) {
-            let id = rng.gen_range(1..150_000);
-            sql.push_str(&format!("UPDATE acct SET v = v || '+', n = n + 1 WHERE id = {id};"));
+            let id = pick(&mut rng, next_id);
+            sql.push_str(&format!("UPDATE acct SET v = v || '+', n = n + 1, ver = ver + 1 WHERE id = {id};"));
         }
         if rng.gen_bool(0.5) {
-            let id = rng.gen_range(1..150_000);
+            let id = pick(&mut rng, next_id);
             sql.push_str(&format!("DELETE FROM acct WHERE id = {id};"));
         }
         sql.push_str(&format!("INSERT INTO hist (acct, note) VALUES ({round}, 'round {round}');"));
@@ -108,8 +118,11 @@ async fn sigkill_at_random_points_is_exactly_once() {
     catch_up(&pp).await;
 
     let out = read_jsonl(&env.out("cj"));
+    check_versions(&out["public.acct"]);
     let got = replay(&out["public.acct"], &["id"]).unwrap();
-    let want = source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    let want =
+        source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text, 'ver', ver) FROM acct", &["id"])
+            .await;
     assert_same("jsonl acct", &got, &want);
     let got = replay(&out["public.hist"], &["id"]).unwrap();
     let want =
@@ -117,9 +130,14 @@ async fn sigkill_at_random_points_is_exactly_once() {
     assert_same("jsonl hist", &got, &want);
 
     let out = read_parquet(&env.out("cp"));
+    check_versions(&out["public.acct"]);
     let got = replay(&out["public.acct"], &["id"]).unwrap();
-    let want =
-        source_rows(&c, "SELECT json_build_object('id', id::text, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    let want = source_rows(
+        &c,
+        "SELECT json_build_object('id', id::text, 'v', v, 'n', n::text, 'ver', ver::text) FROM acct",
+        &["id"],
+    )
+    .await;
     assert_same("parquet acct", &got, &want);
     let got = replay(&out["public.hist"], &["id"]).unwrap();
     let want = source_rows(
@@ -130,9 +148,40 @@ async fn sigkill_at_random_points_is_exactly_once() {
     .await;
     assert_same("parquet hist", &got, &want);
     // No leftovers of interrupted files.
-    for d in std::fs::read_dir(env.out("cj")).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            assert!(!f.file_name().to_string_lossy().starts_with('.'), "hidden file left: {:?}", f.path());
+    for out in ["cj", "cp"] {
+        for d in std::fs::read_dir(env.out(out)).unwrap().flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                assert!(!f.file_name().to_string_lossy().starts_with('.'), "hidden file left: {:?}", f.path());
+            }
+        }
+    }
+}
+
+/// Every update must raise `ver` by exactly one over the row as delivered so
+/// far: a duplicated or lost update event shows up here even when a later
+/// update hides it in the final state.
+fn check_versions(events: &[Event]) {
+    let num = |v: &serde_json::Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+    let mut ver: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        match e.op.as_str() {
+            "r" | "c" => {
+                let a = e.after.as_ref().unwrap();
+                ver.insert(a["id"].to_string(), num(&a["ver"]).unwrap());
+            }
+            "u" => {
+                let a = e.after.as_ref().unwrap();
+                let id = a["id"].to_string();
+                let new = num(&a["ver"]).unwrap();
+                let old = ver.get(&id).copied().unwrap_or_else(|| panic!("event {i}: update of unknown id {id}"));
+                assert_eq!(new, old + 1, "event {i}: id {id} went from ver {old} to {new} (duplicate or lost update)");
+                ver.insert(id, new);
+            }
+            "d" => {
+                let b = e.before.as_ref().unwrap();
+                ver.remove(&b["id"].to_string());
+            }
+            _ => {}
         }
     }
 }
@@ -142,10 +191,9 @@ async fn sigkill_at_random_points_is_exactly_once() {
 async fn server_restart_mid_stream() {
     let env = Env::new("restart");
     let c = env.client().await;
-    c.batch_execute("CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2)); CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);")
+    c.batch_execute("CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2), ver int NOT NULL DEFAULT 0); CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text); INSERT INTO acct SELECT g, 'v' || g, g FROM generate_series(1, 40000) g;")
         .await
         .unwrap();
-    drop(c);
     let p = env.pipeline("rs", &["public.*"], &env.files_sink("rs", "jsonl"), "");
     let mut run = tokio::process::Command::new(SLUICE)
         .args(["run", p.to_str().unwrap()])
@@ -158,16 +206,42 @@ async fn server_restart_mid_stream() {
     workload(env.url(), 7, 40).await;
     env.pg.restart("fast").unwrap();
     workload(env.url(), 8, 40).await;
-    // Let it reconnect and stream some more, then stop it gracefully.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The running pipeline must reconnect by itself and checkpoint past the
+    // workload before it is stopped.
+    let c = env.client().await;
+    let end: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let end = sluice_core::event::parse_lsn(&end).unwrap();
+    let cp_file = env.dir.join("state-rs").join("checkpoint.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pos = std::fs::read_to_string(&cp_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["position"]["lsn"].as_u64())
+            .unwrap_or(0);
+        if pos >= end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline did not resume after the restart (checkpoint {pos}, end {end})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
     let status = tokio::time::timeout(Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();
     assert!(status.success(), "sluice run exited with {status:?} after SIGTERM");
     catch_up(&p).await;
-    let c = env.client().await;
     let out = read_jsonl(&env.out("rs"));
+    check_versions(&out["public.acct"]);
     let got = replay(&out["public.acct"], &["id"]).unwrap();
-    let want = source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text) FROM acct", &["id"]).await;
+    let want =
+        source_rows(&c, "SELECT json_build_object('id', id, 'v', v, 'n', n::text, 'ver', ver) FROM acct", &["id"])
+            .await;
     assert_same("acct", &got, &want);
+    let got = replay(&out["public.hist"], &["id"]).unwrap();
+    let want =
+        source_rows(&c, "SELECT json_build_object('id', id, 'acct', acct, 'note', note) FROM hist", &["id"]).await;
+    assert_same("hist", &got, &want);
 }

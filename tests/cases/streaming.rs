@@ -49,13 +49,21 @@ async fn streamed_transactions_commit_abort_and_subtransactions() {
 
     let r = catch_up(&p).await;
     assert!(r.stderr.contains("streaming=true") || r.stderr.contains("streaming: true"), "{}", r.stderr);
-    // The server did stream (not spill) the large transactions to us.
-    let streamed: i64 = c
-        .query_one("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'sluice_streaming'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(streamed >= 3, "expected streamed transactions, server reports {streamed}");
+    // The server did stream (not spill) the large transactions to us. Its
+    // statistics arrive asynchronously: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let streamed: i64 = c
+            .query_one("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'sluice_streaming'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if streamed >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expected streamed transactions, server reports {streamed}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let out = read_jsonl(&env.out("streaming"));
     let evs = &out["public.s"];
     let text: String = evs.iter().map(|e| e.raw.to_string()).collect();

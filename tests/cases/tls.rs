@@ -10,7 +10,7 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A CA, a server certificate it signed for 127.0.0.1/localhost, and an unrelated CA.
+/// A CA, a server certificate it signed for `localhost` (not 127.0.0.1), and an unrelated CA.
 fn make_certs(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
     for ca in ["ca", "other"] {
@@ -50,8 +50,7 @@ fn make_certs(dir: &std::path::Path) {
         ],
         dir,
     );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-        .unwrap();
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
     openssl(
         &[
             "x509",
@@ -97,8 +96,8 @@ async fn tls_modes() {
     env.pg
         .prepend_hba("hostnossl all tlsuser 127.0.0.1/32 reject\nhostnossl replication tlsuser 127.0.0.1/32 reject")
         .unwrap();
-    let url = format!("postgres://tlsuser@127.0.0.1:{}/postgres", env.pg.port);
-    let pipeline = |name: &str, tls: &str| {
+    let pipeline = |name: &str, host: &str, tls: &str| {
+        let url = format!("postgres://tlsuser@{host}:{}/postgres", env.pg.port);
         let yaml = format!(
             "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {url}\n  tls:\n{tls}\ntables:\n  include: [\"public.t\"]\nsink:\n{}checkpoint:\n  path: {}\n",
             env.files_sink(name, "jsonl"),
@@ -109,28 +108,41 @@ async fn tls_modes() {
         p
     };
 
-    let plain = pipeline("plain", "    mode: disable");
+    let plain = pipeline("plain", "127.0.0.1", "    mode: disable");
     let r = sluice(&["run", plain.to_str().unwrap(), "--until-caught-up"]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("no encryption") || r.stderr.contains("rejects connection"), "{}", r.stderr);
 
-    let unknown_ca =
-        pipeline("unknownca", &format!("    mode: verify-full\n    ca_file: {}", certs.join("other.crt").display()));
+    let unknown_ca = pipeline(
+        "unknownca",
+        "localhost",
+        &format!("    mode: verify-full\n    ca_file: {}", certs.join("other.crt").display()),
+    );
     let r = sluice(&["run", unknown_ca.to_str().unwrap(), "--until-caught-up"]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("certificate") || r.stderr.contains("Certificate"), "{}", r.stderr);
 
-    let missing_ca = pipeline("missingca", "    mode: verify-full\n    ca_file: /nonexistent/ca.pem");
+    let missing_ca = pipeline("missingca", "localhost", "    mode: verify-full\n    ca_file: /nonexistent/ca.pem");
+    // verify-full checks the name: the certificate is for localhost, not 127.0.0.1.
+    let wrong_name = pipeline(
+        "wrongname",
+        "127.0.0.1",
+        &format!("    mode: verify-full\n    ca_file: {}", certs.join("ca.crt").display()),
+    );
+    let r = sluice(&["run", wrong_name.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("NotValidForName") || r.stderr.contains("not valid for name"), "{}", r.stderr);
     let r = sluice(&["run", missing_ca.to_str().unwrap(), "--until-caught-up"]).await;
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("source.tls.ca_file"), "{}", r.stderr);
 
-    for (name, tls) in [
-        ("require", "    mode: require".to_string()),
-        ("verifyfull", format!("    mode: verify-full\n    ca_file: {}", certs.join("ca.crt").display())),
-        ("verifyca", format!("    mode: verify-ca\n    ca_file: {}", certs.join("ca.crt").display())),
+    for (name, host, tls) in [
+        ("require", "127.0.0.1", "    mode: require".to_string()),
+        ("verifyfull", "localhost", format!("    mode: verify-full\n    ca_file: {}", certs.join("ca.crt").display())),
+        // verify-ca checks the chain only, so the address not in the certificate is fine.
+        ("verifyca", "127.0.0.1", format!("    mode: verify-ca\n    ca_file: {}", certs.join("ca.crt").display())),
     ] {
-        let p = pipeline(name, &tls);
+        let p = pipeline(name, host, &tls);
         let r = sluice(&["check", p.to_str().unwrap()]).await;
         assert_eq!(r.code, 0, "{name}: {}\n{}", r.stdout, r.stderr);
         catch_up(&p).await;

@@ -318,6 +318,16 @@ async fn ensure_checkpoint_matches_slot(cfg: &PipelineConfig, client: &Client, r
                             cfg.slot_name()
                         ),
                     ),
+                    Ok(Some(slot)) if slot.confirmed_flush.map(|c| c > p.lsn()).unwrap_or(false) => r.push(
+                        Status::Fail,
+                        "checkpoint",
+                        format!(
+                            "slot {} has been advanced to {} past the checkpoint at {} by another consumer: changes in between are lost; run `sluice teardown` to start over",
+                            cfg.slot_name(),
+                            sluice_core::event::format_lsn(slot.confirmed_flush.unwrap_or(0)),
+                            sluice_core::event::format_lsn(p.lsn())
+                        ),
+                    ),
                     Ok(Some(_)) => r.push(Status::Ok, "checkpoint", format!("resumes from {}", sluice_core::event::format_lsn(p.lsn()))),
                     Err(_) => {}
                 }
