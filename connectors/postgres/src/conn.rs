@@ -495,17 +495,13 @@ impl ReplicationConn {
                     ));
                 }
                 b'S' => {
+                    // ParameterStatus: name NUL value NUL. Keep the major version.
                     let s = String::from_utf8_lossy(&body).to_string();
                     let mut parts = s.split('\0');
-                    if parts.next() == Some("server_version_num") {
-                        // Not reported by all servers; `server_version` below is.
-                    }
-                    let mut parts2 = s.split('\0');
-                    if parts2.next() == Some("server_version") {
-                        let v = parts2.next().unwrap_or("");
-                        let major: u32 =
+                    if parts.next() == Some("server_version") {
+                        let v = parts.next().unwrap_or("");
+                        self.server_version =
                             v.split(|c: char| !c.is_ascii_digit()).next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                        self.server_version = major;
                     }
                 }
                 b'K' | b'N' => {}

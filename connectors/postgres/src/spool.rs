@@ -108,11 +108,6 @@ impl Spool {
         let _ = fs::remove_file(&f.path);
         Ok(Some(SpoolReader { reader: BufReader::with_capacity(1 << 20, file), left: f.len }))
     }
-
-    /// Transactions currently parked.
-    pub fn open_transactions(&self) -> usize {
-        self.files.len()
-    }
 }
 
 impl Drop for Spool {
