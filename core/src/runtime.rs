@@ -74,16 +74,20 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn count(&self, ev: &ChangeEvent) {
-        self.events.fetch_add(1, Ordering::Relaxed);
-        let c = match ev.op {
-            Op::Read => &self.snapshot_rows,
-            Op::Create => &self.inserts,
-            Op::Update => &self.updates,
-            Op::Delete => &self.deletes,
-            Op::Truncate => &self.truncates,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+    /// Add a batch's per-operation counts (one atomic add per kind, not per event).
+    fn add_counts(&self, counts: &[u64; 5]) {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return;
+        }
+        self.events.fetch_add(total, Ordering::Relaxed);
+        for (c, n) in
+            [&self.snapshot_rows, &self.inserts, &self.updates, &self.deletes, &self.truncates].iter().zip(counts)
+        {
+            if *n > 0 {
+                c.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
     }
     fn snapshot_progress(&self, table: &TableId, add: u64, done: bool, estimate: Option<u64>) {
         let name = table.to_string();
@@ -371,10 +375,17 @@ async fn drive<K: Sink>(
                 let Some(batch) = batch else {
                     return Ok(None);
                 };
+                let mut counts = [0u64; 5];
                 for msg in batch {
                     match msg {
                         SourceMessage::Event(ev) => {
-                            stats.count(&ev);
+                            counts[match ev.op {
+                                Op::Read => 0,
+                                Op::Create => 1,
+                                Op::Update => 2,
+                                Op::Delete => 3,
+                                Op::Truncate => 4,
+                            }] += 1;
                             if ev.snapshot {
                                 // Count per run of rows of one table, not per row.
                                 match &mut snap_run {
@@ -452,6 +463,7 @@ async fn drive<K: Sink>(
                         }
                     }
                 }
+                stats.add_counts(&counts);
                 if let Some((t, n)) = snap_run.take() {
                     stats.snapshot_progress(&t.id, n, false, None);
                 }

@@ -157,17 +157,21 @@ pub fn completed_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     files
 }
 
+/// The table directories of an output directory: (table name, path).
+fn table_dirs(out: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(out) else { return Vec::new() };
+    rd.flatten()
+        .filter(|d| d.path().is_dir())
+        .map(|d| (d.file_name().to_string_lossy().to_string(), d.path()))
+        .collect()
+}
+
 /// All events of a JSONL output directory, per table in file order.
 pub fn read_jsonl(out: &Path) -> BTreeMap<String, Vec<Event>> {
     let mut res = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(out) else { return res };
-    for d in rd.flatten() {
-        if !d.path().is_dir() {
-            continue;
-        }
-        let table = d.file_name().to_string_lossy().to_string();
+    for (table, dir) in table_dirs(out) {
         let mut evs = Vec::new();
-        for f in completed_files(&d.path(), "jsonl") {
+        for f in completed_files(&dir, "jsonl") {
             let text = std::fs::read_to_string(&f).unwrap();
             for line in text.lines() {
                 let v: Value =
@@ -191,14 +195,9 @@ pub fn read_parquet(out: &Path) -> BTreeMap<String, Vec<Event>> {
     use arrow_array::Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut res = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(out) else { return res };
-    for d in rd.flatten() {
-        if !d.path().is_dir() {
-            continue;
-        }
-        let table = d.file_name().to_string_lossy().to_string();
+    for (table, dir) in table_dirs(out) {
         let mut evs = Vec::new();
-        for f in completed_files(&d.path(), "parquet") {
+        for f in completed_files(&dir, "parquet") {
             let file = std::fs::File::open(&f).unwrap();
             let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
             for batch in reader {

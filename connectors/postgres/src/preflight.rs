@@ -71,7 +71,7 @@ pub async fn check(cfg: &PipelineConfig) -> Report {
     ensure_replication_privilege(&client, &mut r).await;
     ensure_replication_connection(&info, &mut r).await;
     ensure_slot_available(cfg, &client, &mut r).await;
-    ensure_tables(cfg, &client, &mut r).await;
+    ensure_tables(cfg, &info, &client, &mut r).await;
     ensure_checkpoint_matches_slot(cfg, &client, &mut r).await;
     r
 }
@@ -192,7 +192,7 @@ async fn ensure_slot_available(cfg: &PipelineConfig, client: &Client, r: &mut Re
     }
 }
 
-async fn ensure_tables(cfg: &PipelineConfig, client: &Client, r: &mut Report) {
+async fn ensure_tables(cfg: &PipelineConfig, info: &ConnInfo, client: &Client, r: &mut Report) {
     let tables = match catalog::included_tables(client, &cfg.tables).await {
         Ok(t) => t,
         Err(e) => {
@@ -263,7 +263,7 @@ async fn ensure_tables(cfg: &PipelineConfig, client: &Client, r: &mut Report) {
                 r.push(
                     Status::Fail,
                     "publication",
-                    format!("publication {pubname} must be created, but the role may not create objects in this database; GRANT CREATE ON DATABASE {} TO <role>, or create the publication yourself", crate::conn::ConnInfo::from_config(cfg.postgres()).map(|i| i.dbname).unwrap_or_default()),
+                    format!("publication {pubname} must be created, but the role may not create objects in this database; GRANT CREATE ON DATABASE {} TO <role>, or create the publication yourself", info.dbname),
                 );
             } else if own > 0 && !superuser {
                 r.push(Status::Fail, "publication", format!("publication {pubname} must be created, but the role does not own {own} included table(s); create it as their owner"));

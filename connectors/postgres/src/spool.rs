@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_core::error::SourceError;
 
 struct SpoolFile {
@@ -106,7 +106,7 @@ impl Spool {
         let mut file = f.writer.into_inner().map_err(|e| io("flush", e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(|e| io("seek", e))?;
         let _ = fs::remove_file(&f.path);
-        Ok(Some(SpoolReader { reader: BufReader::with_capacity(1 << 20, file), left: f.len }))
+        Ok(Some(SpoolReader { reader: BufReader::with_capacity(1 << 20, file), left: f.len, buf: BytesMut::new() }))
     }
 }
 
@@ -120,6 +120,8 @@ impl Drop for Spool {
 pub struct SpoolReader {
     reader: BufReader<File>,
     left: u64,
+    /// Messages are split off one growing buffer instead of each allocating.
+    buf: BytesMut,
 }
 
 impl SpoolReader {
@@ -131,10 +133,13 @@ impl SpoolReader {
         self.reader.read_exact(&mut head).map_err(|e| io("read", e))?;
         let lsn = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
         let len = u32::from_be_bytes(head[8..].try_into().expect("4 bytes")) as usize;
-        let mut msg = vec![0u8; len];
-        self.reader.read_exact(&mut msg).map_err(|e| io("read", e))?;
+        if self.buf.capacity() < len {
+            self.buf.reserve(len.max(1 << 20));
+        }
+        self.buf.resize(len, 0);
+        self.reader.read_exact(&mut self.buf[..]).map_err(|e| io("read", e))?;
         self.left = self.left.saturating_sub(12 + len as u64);
-        Ok(Some((lsn, Bytes::from(msg))))
+        Ok(Some((lsn, self.buf.split_to(len).freeze())))
     }
 }
 

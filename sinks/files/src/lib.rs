@@ -295,14 +295,13 @@ impl FilesSink {
         Ok((f.hidden, f.final_name))
     }
 
-    fn write_one(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
+    fn write_one(&mut self, ev: &ChangeEvent, now: i64) -> Result<(), SinkError> {
         let format = self.cfg.format;
         let ext = self.ext();
         let roll_rows = self.cfg.roll.rows;
         let roll_bytes = self.cfg.roll.bytes;
         if format == FileFormat::Jsonl {
             self.line.clear();
-            let now = now_ms();
             sluice_schemas::json::write_event(&mut self.line, ev, now, &mut self.scratch);
             self.line.push(b'\n');
         }
@@ -388,9 +387,11 @@ impl Sink for FilesSink {
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+        // One clock read per batch: `ts_ms` is when Sluice wrote the batch.
+        let now = now_ms();
         tokio::task::block_in_place(|| {
             for ev in events {
-                self.write_one(ev)?;
+                self.write_one(ev, now)?;
             }
             Ok(())
         })
