@@ -17,17 +17,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_core::config::{load_pipeline, ConfigError, PipelineConfig, SinkConfig};
+use sluice_core::config::{load_pipeline, ConfigError, PipelineConfig, SinkConfig, SourceConfig};
 use sluice_core::error::{ErrorKind, SinkError, SourceError};
-use sluice_core::event::format_lsn;
+use sluice_core::preflight::Status as CheckStatus;
 use sluice_core::runtime::{run_pipeline, PipelineError, RunSummary, RuntimeOptions, Stats};
 use sluice_core::{ChangeEvent, CheckpointStore, FileCheckpointStore, Sink, TableId};
 use sluice_files::{BlackholeSink, FilesSink, StdoutSink};
+use sluice_mysql::MysqlSource;
 use sluice_postgres::PostgresSource;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Change data capture: Postgres → files, exactly once")]
+#[command(name = "sluice", version, about = "Change data capture: Postgres and MySQL/MariaDB → files, exactly once")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -163,7 +164,14 @@ async fn dispatch(cmd: Command) -> Result<u8, Failure> {
 fn load(path: &Path) -> Result<PipelineConfig, Failure> {
     let cfg = load_pipeline(path)?;
     // Connector-level validation that needs no I/O.
-    sluice_postgres::conn::ConnInfo::from_config(cfg.postgres())?;
+    match &cfg.source {
+        SourceConfig::Postgres(pg) => {
+            sluice_postgres::conn::ConnInfo::from_config(pg)?;
+        }
+        SourceConfig::Mysql(my) => {
+            sluice_mysql::conn::ConnInfo::from_config(my)?;
+        }
+    }
     Ok(cfg)
 }
 
@@ -247,34 +255,57 @@ pub(crate) async fn run_config(
     shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
 ) -> Result<RunSummary, Failure> {
-    // Fail fast with a clear message when the source is unreachable or
-    // misconfigured; later connection losses are retried.
-    let info = sluice_postgres::conn::ConnInfo::from_config(cfg.postgres())?;
-    let client = sluice_postgres::conn::connect_sql(&info).await.context("cannot start the pipeline")?;
-    let wal_level: String =
-        client.query_one("SELECT current_setting('wal_level')", &[]).await.map(|r| r.get(0)).unwrap_or_default();
-    if wal_level != "logical" {
-        return Err(anyhow::anyhow!(
-            "the source has wal_level = {wal_level}; set wal_level = logical and restart it (`sluice check` lists all requirements)"
-        )
-        .into());
-    }
-    drop(client);
     let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
     let mut opts = RuntimeOptions::new(&cfg.name);
     opts.until_caught_up = until_caught_up;
-    let cfg_src = cfg.clone();
     let sink_cfg = cfg.sink.clone();
-    let summary = run_pipeline(
-        &opts,
-        move || PostgresSource::new(cfg_src.clone()),
-        move || AnySink::from_config(&sink_cfg),
-        &[],
-        &mut store,
-        shutdown,
-        stats,
-    )
-    .await?;
+    let cfg_src = cfg.clone();
+    let summary = match &cfg.source {
+        SourceConfig::Postgres(pg) => {
+            // Fail fast with a clear message when the source is unreachable or
+            // misconfigured; later connection losses are retried.
+            let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
+            let client = sluice_postgres::conn::connect_sql(&info).await.context("cannot start the pipeline")?;
+            let wal_level: String = client
+                .query_one("SELECT current_setting('wal_level')", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            if wal_level != "logical" {
+                return Err(anyhow::anyhow!(
+                    "the source has wal_level = {wal_level}; set wal_level = logical and restart it (`sluice check` lists all requirements)"
+                )
+                .into());
+            }
+            drop(client);
+            run_pipeline(
+                &opts,
+                move || PostgresSource::new(cfg_src.clone()),
+                move || AnySink::from_config(&sink_cfg),
+                &[],
+                &mut store,
+                shutdown,
+                stats,
+            )
+            .await?
+        }
+        SourceConfig::Mysql(my) => {
+            let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
+            let mut conn = info.connect().await.context("cannot start the pipeline")?;
+            sluice_mysql::preflight::require_settings(&mut conn).await?;
+            drop(conn);
+            run_pipeline(
+                &opts,
+                move || MysqlSource::new(cfg_src.clone()),
+                move || AnySink::from_config(&sink_cfg),
+                &[],
+                &mut store,
+                shutdown,
+                stats,
+            )
+            .await?
+        }
+    };
     Ok(summary)
 }
 
@@ -294,7 +325,7 @@ async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Failure> {
         "{}: {events} events in {secs:.1}s ({:.0}/s); checkpoint at {}; {}; peak RSS {} MB",
         if summary.caught_up { "caught up" } else { "stopped" },
         events as f64 / secs.max(0.001),
-        summary.position.map(|p| format_lsn(p.lsn())).unwrap_or_else(|| "-".into()),
+        summary.position.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         summary.sink,
         peak_rss_mb()
     );
@@ -315,12 +346,15 @@ fn peak_rss_mb() -> u64 {
 async fn cmd_check(path: &Path) -> Result<u8, Failure> {
     let cfg = load(path)?;
     println!("pipeline {} ({}): configuration is valid", cfg.name, path.display());
-    let report = sluice_postgres::preflight::check(&cfg).await;
+    let report = match &cfg.source {
+        SourceConfig::Postgres(_) => sluice_postgres::preflight::check(&cfg).await,
+        SourceConfig::Mysql(_) => sluice_mysql::preflight::check(&cfg).await,
+    };
     for f in &report.findings {
         let tag = match f.status {
-            sluice_postgres::preflight::Status::Ok => "ok  ",
-            sluice_postgres::preflight::Status::Warn => "WARN",
-            sluice_postgres::preflight::Status::Fail => "FAIL",
+            CheckStatus::Ok => "ok  ",
+            CheckStatus::Warn => "WARN",
+            CheckStatus::Fail => "FAIL",
         };
         println!("  {tag}  {:<24} {}", f.check, f.message);
     }
@@ -337,19 +371,34 @@ async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
     let cfg = load(path)?;
     let store = FileCheckpointStore::new(cfg.checkpoint_dir());
     let cp = store.load()?;
-    let src = sluice_postgres::admin::status(&cfg).await;
+    enum Src {
+        Pg(sluice_postgres::admin::SourceStatus),
+        My(sluice_mysql::admin::SourceStatus),
+    }
+    let src = match &cfg.source {
+        SourceConfig::Postgres(_) => Src::Pg(sluice_postgres::admin::status(&cfg).await),
+        SourceConfig::Mysql(_) => Src::My(sluice_mysql::admin::status(&cfg).await),
+    };
     if json {
+        let (src_json, lag) = match &src {
+            Src::Pg(s) => (serde_json::to_value(s).expect("json"), serde_json::json!(s.lag_bytes)),
+            Src::My(s) => (serde_json::to_value(s).expect("json"), serde_json::Value::Null),
+        };
         let v = serde_json::json!({
             "pipeline": cfg.name,
             "checkpoint_file": store.describe(),
             "checkpoint": cp.as_ref().map(|c| serde_json::json!({
-                "position": c.position.map(|p| p.lsn()),
-                "position_text": c.position.map(|p| format_lsn(p.lsn())),
+                "position": match &c.position {
+                    Some(sluice_core::Position::Postgres { lsn }) => serde_json::json!(lsn),
+                    Some(p) => serde_json::to_value(p).expect("json"),
+                    None => serde_json::Value::Null,
+                },
+                "position_text": c.position.as_ref().map(|p| p.to_string()),
                 "updated_ms": c.updated_ms,
                 "tables": c.tables,
             })),
-            "source": src,
-            "lag_bytes": src.lag_bytes,
+            "source": src_json,
+            "lag_bytes": lag,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(0);
@@ -360,7 +409,7 @@ async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
         Some(c) => {
             println!(
                 "  checkpoint: {} ({})",
-                c.position.map(|p| format_lsn(p.lsn())).unwrap_or_else(|| "snapshot in progress".into()),
+                c.position.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "snapshot in progress".into()),
                 store.describe()
             );
             for (t, s) in &c.tables {
@@ -368,8 +417,8 @@ async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
             }
         }
     }
-    if src.reachable {
-        println!(
+    match src {
+        Src::Pg(src) if src.reachable => println!(
             "  source: slot {} {}; lag {}",
             cfg.slot_name(),
             if src.slot_exists {
@@ -382,9 +431,17 @@ async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
                 "missing"
             },
             src.lag_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "-".into())
-        );
-    } else {
-        println!("  source: unreachable ({})", src.error.unwrap_or_default());
+        ),
+        Src::My(src) if src.reachable => println!(
+            "  source: binlog at {}:{}{}",
+            src.binlog_file.unwrap_or_default(),
+            src.binlog_pos.unwrap_or(0),
+            src.gtid.map(|g| format!(" (gtid {g})")).unwrap_or_default()
+        ),
+        Src::Pg(sluice_postgres::admin::SourceStatus { error, .. })
+        | Src::My(sluice_mysql::admin::SourceStatus { error, .. }) => {
+            println!("  source: unreachable ({})", error.unwrap_or_default())
+        }
     }
     Ok(0)
 }
@@ -392,13 +449,20 @@ async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
 async fn cmd_teardown(path: &Path, yes: bool) -> Result<u8, Failure> {
     let cfg = load(path)?;
     if !yes {
+        let what = match &cfg.source {
+            SourceConfig::Postgres(_) => format!("replication slot {} and ", cfg.slot_name()),
+            SourceConfig::Mysql(_) => String::new(),
+        };
         return Err(usage(format!(
-            "teardown drops replication slot {} and the checkpoint in {}; pass --yes to confirm",
-            cfg.slot_name(),
+            "teardown drops {what}the checkpoint in {}; pass --yes to confirm",
             cfg.checkpoint_dir().display()
         )));
     }
-    for line in sluice_postgres::admin::teardown(&cfg).await? {
+    let lines = match &cfg.source {
+        SourceConfig::Postgres(_) => sluice_postgres::admin::teardown(&cfg).await?,
+        SourceConfig::Mysql(_) => sluice_mysql::admin::teardown(&cfg).await?,
+    };
+    for line in lines {
         println!("{line}");
     }
     let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());

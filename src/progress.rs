@@ -40,9 +40,9 @@ pub fn line(stats: &Stats, rate: f64) -> String {
         stats.truncates.load(Ordering::Relaxed),
         stats.transactions.load(Ordering::Relaxed),
         rate,
-        match stats.checkpoint_lsn.load(Ordering::Relaxed) {
-            0 => "-".to_string(),
-            l => sluice_core::event::format_lsn(l),
+        match stats.checkpoint.lock().map(|g| g.clone()).unwrap_or_default() {
+            s if s.is_empty() => "-".to_string(),
+            s => s,
         },
     ));
     parts.join(" | ")

@@ -49,6 +49,20 @@ pub struct PipelineConfig {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    Mysql(MysqlSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user:password@host:port` (a database path is allowed and ignored:
+    /// tables are chosen by `tables.include`).
+    pub url: String,
+    /// Replica server id this pipeline registers with; default derived from
+    /// the pipeline name. Must differ from every real replica's `server_id`.
+    pub server_id: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,18 +226,43 @@ impl PipelineConfig {
         self.checkpoint.path.clone().unwrap_or_else(|| PathBuf::from(".sluice").join(&self.name))
     }
 
-    pub fn postgres(&self) -> &PostgresSourceConfig {
+    /// The Postgres source settings, if the source is Postgres.
+    pub fn postgres(&self) -> Option<&PostgresSourceConfig> {
         match &self.source {
-            SourceConfig::Postgres(p) => p,
+            SourceConfig::Postgres(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The MySQL/MariaDB source settings, if the source is MySQL.
+    pub fn mysql(&self) -> Option<&MysqlSourceConfig> {
+        match &self.source {
+            SourceConfig::Mysql(m) => Some(m),
+            _ => None,
         }
     }
 
     pub fn slot_name(&self) -> String {
-        self.postgres().slot.clone().unwrap_or_else(|| self.default_object_name())
+        self.postgres().and_then(|p| p.slot.clone()).unwrap_or_else(|| self.default_object_name())
     }
 
     pub fn publication_name(&self) -> String {
-        self.postgres().publication.clone().unwrap_or_else(|| self.default_object_name())
+        self.postgres().and_then(|p| p.publication.clone()).unwrap_or_else(|| self.default_object_name())
+    }
+
+    /// The replica server id a MySQL pipeline registers with: the configured
+    /// one, or one derived from the pipeline name (FNV-1a, in
+    /// 1_000_000..=4_000_000_000 so it stays clear of small hand-picked ids).
+    pub fn mysql_server_id(&self) -> u32 {
+        if let Some(id) = self.mysql().and_then(|m| m.server_id) {
+            return id;
+        }
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.name.bytes() {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        1_000_000 + h % 3_000_000_000
     }
 
     /// Pure validation: every problem, at once.
@@ -258,6 +297,25 @@ impl PipelineConfig {
                     }
                 }
                 if let Some(tls) = &pg.tls {
+                    if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
+                        errs.push("source.tls.ca_file: required for verify-ca and verify-full".into());
+                    }
+                }
+            }
+            SourceConfig::Mysql(my) => {
+                let url = my.url.trim();
+                if url.is_empty() {
+                    errs.push("source.url: must not be empty".into());
+                } else if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+                    errs.push(format!(
+                        "source.url: {:?} is not a MySQL URL (mysql://user:password@host:port)",
+                        redact_url(url)
+                    ));
+                }
+                if my.server_id == Some(0) {
+                    errs.push("source.server_id: must be between 1 and 4294967295 (0 is reserved)".into());
+                }
+                if let Some(tls) = &my.tls {
                     if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
                         errs.push("source.tls.ca_file: required for verify-ca and verify-full".into());
                     }
@@ -553,7 +611,7 @@ sink:
         let cfg =
             parse_pipeline_text_with(GOOD, "good.yaml", |k| (k == "SLUICE_TEST_PW").then(|| "secret".into())).unwrap();
         assert_eq!(cfg.slot_name(), "sluice_orders");
-        assert_eq!(cfg.postgres().url, "postgres://u:secret@localhost:5432/db");
+        assert_eq!(cfg.postgres().unwrap().url, "postgres://u:secret@localhost:5432/db");
         assert!(cfg.tables.matches("shop", "orders"));
         assert!(!cfg.tables.matches("shop", "audit_x"));
         assert!(cfg.tables.matches("public", "Odd Table"));

@@ -34,23 +34,63 @@ impl Op {
     }
 }
 
-/// A source position. Exact and wide; ordered within one engine.
+/// A source position. Exact and wide.
 ///
 /// For Postgres the position is an LSN with the meaning "every transaction
 /// whose commit record lies before this LSN has been handled"; a transaction
 /// is therefore already delivered iff its commit LSN is `< lsn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// For MySQL/MariaDB it is a binlog coordinate with the same meaning: `file`
+/// and `pos` point just past the commit (XID / COMMIT) event of the last
+/// handled transaction, and `gtid` is the server's GTID state at that point
+/// (MariaDB `domain-server-seq` list, MySQL GTID set) when GTIDs are in use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Position {
-    Postgres { lsn: u64 },
+    Postgres {
+        lsn: u64,
+    },
+    Mysql {
+        file: String,
+        pos: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gtid: Option<String>,
+    },
 }
 
 impl Position {
+    /// The Postgres LSN (0 for other engines).
     pub fn lsn(&self) -> u64 {
         match self {
             Position::Postgres { lsn } => *lsn,
+            Position::Mysql { .. } => 0,
         }
     }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Postgres { lsn } => f.write_str(&format_lsn(*lsn)),
+            Position::Mysql { file, pos, gtid: None } => write!(f, "{file}:{pos}"),
+            Position::Mysql { file, pos, gtid: Some(g) } => write!(f, "{file}:{pos} (gtid {g})"),
+        }
+    }
+}
+
+/// Where a MySQL/MariaDB change came from (the `source` block of its event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MysqlOrigin {
+    /// Binlog file of the row event (empty for snapshot rows).
+    pub file: Arc<str>,
+    /// The transaction's GTID (`0-1-42` / `uuid:42`), when the server uses GTIDs.
+    pub gtid: Option<Arc<str>>,
+    /// Offset of the row event in `file`.
+    pub pos: u64,
+    /// Server id of the server that wrote the event.
+    pub server_id: u32,
+    /// Index of the row within its rows event.
+    pub row: u32,
 }
 
 /// Render a Postgres LSN as `X/Y`.
@@ -91,4 +131,6 @@ pub struct ChangeEvent {
     pub commit_ts_us: i64,
     /// True for snapshot rows.
     pub snapshot: bool,
+    /// MySQL/MariaDB events: binlog coordinates (Postgres: `None`).
+    pub mysql: Option<MysqlOrigin>,
 }

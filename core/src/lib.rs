@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod preflight;
 pub mod runtime;
 pub mod schema;
 pub mod sink;
@@ -28,7 +29,7 @@ pub mod value;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
 pub use error::{ErrorKind, SinkError, SourceError};
-pub use event::{ChangeEvent, Op, Position};
+pub use event::{ChangeEvent, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;
 pub use source::{Source, SourceContext, SourceMessage};

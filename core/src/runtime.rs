@@ -67,13 +67,19 @@ pub struct Stats {
     pub transactions: AtomicU64,
     pub checkpoints: AtomicU64,
     pub restarts: AtomicU64,
-    pub checkpoint_lsn: AtomicU64,
+    /// The last checkpoint's position, as text (for progress lines).
+    pub checkpoint: std::sync::Mutex<String>,
     pub caught_up: AtomicBool,
     /// Per-table snapshot progress.
     pub snapshot_tables: Mutex<Vec<TableProgress>>,
 }
 
 impl Stats {
+    fn set_checkpoint(&self, p: &Position) {
+        if let Ok(mut g) = self.checkpoint.lock() {
+            *g = p.to_string();
+        }
+    }
     /// Add a batch's per-operation counts (one atomic add per kind, not per event).
     fn add_counts(&self, counts: &[u64; 5]) {
         let total: u64 = counts.iter().sum();
@@ -252,12 +258,22 @@ impl<K: Sink> Flusher<'_, K> {
         self.store.save(&self.cp)?;
         self.sink.checkpointed().await?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = self.cp.position {
-            self.stats.checkpoint_lsn.store(p.lsn(), Ordering::Relaxed);
+        if let Some(p) = &self.cp.position {
+            self.stats.set_checkpoint(p);
         }
         self.last_flush = Instant::now();
-        let _ = self.confirm.send(self.cp.position);
+        let _ = self.confirm.send(self.cp.position.clone());
         Ok(())
+    }
+}
+
+/// The later of a known position and a newly reported one. Postgres LSNs are
+/// compared (keepalives may report an older LSN than the last commit); other
+/// sources report positions in order, so the new one wins.
+fn later(old: Option<Position>, new: Position) -> Position {
+    match (old, new) {
+        (Some(Position::Postgres { lsn: a }), Position::Postgres { lsn: b }) => Position::Postgres { lsn: a.max(b) },
+        (_, new) => new,
     }
 }
 
@@ -282,12 +298,12 @@ async fn run_once<S: Source, K: Sink>(
         }
     }
     sink.open(if cp.sink.is_null() { None } else { Some(&cp.sink) }).await?;
-    if let Some(p) = cp.position {
-        stats.checkpoint_lsn.store(p.lsn(), Ordering::Relaxed);
+    if let Some(p) = &cp.position {
+        stats.set_checkpoint(p);
     }
 
     let (tx, mut rx) = mpsc::channel::<Vec<SourceMessage>>(opts.channel_batches);
-    let (confirm_tx, confirm_rx) = watch::channel(cp.position);
+    let (confirm_tx, confirm_rx) = watch::channel(cp.position.clone());
     let ctx =
         SourceContext { tx, confirmed: confirm_rx, checkpoint: cp.clone(), until_caught_up: opts.until_caught_up };
     let mut source_task = tokio::spawn(source.run(ctx));
@@ -332,7 +348,7 @@ async fn drive<K: Sink>(
     stats: &Stats,
 ) -> Result<Option<Ending>, PipelineError> {
     let mut in_tx = false;
-    let mut position: Option<Position> = f.cp.position;
+    let mut position: Option<Position> = f.cp.position.clone();
     let mut held: HashSet<TableId> = HashSet::new();
     let mut force_flush = false;
     let mut caught_up = false;
@@ -353,7 +369,7 @@ async fn drive<K: Sink>(
                 || (f.sink.has_unflushed() && elapsed >= f.sink.max_flush_delay())
                 || (advanced && !f.sink.has_unflushed() && elapsed >= opts.checkpoint_interval);
             if due && (advanced || f.sink.has_unflushed() || force_flush || f.cp.position.is_none()) {
-                f.flush(position, &held).await?;
+                f.flush(position.clone(), &held).await?;
                 force_flush = false;
             }
             if caught_up {
@@ -430,11 +446,11 @@ async fn drive<K: Sink>(
                                 SourceMessage::Commit { position: p } => {
                                     in_tx = false;
                                     stats.transactions.fetch_add(1, Ordering::Relaxed);
-                                    position = position.max(Some(p));
+                                    position = Some(later(position.take(), p));
                                 }
                                 SourceMessage::Progress { position: p } => {
                                     if !in_tx {
-                                        position = position.max(Some(p));
+                                        position = Some(later(position.take(), p));
                                     }
                                 }
                                 SourceMessage::TableSnapshotStarted { table, position: p, estimated_rows } => {

@@ -52,8 +52,10 @@ pub enum ColumnType {
     Int16,
     Int32,
     Int64,
-    /// Postgres `oid` and friends: unsigned 32 bit.
+    /// Postgres `oid` and friends, MySQL `INT UNSIGNED`: unsigned 32 bit.
     UInt32,
+    /// MySQL `BIGINT UNSIGNED`.
+    UInt64,
     Float32,
     Float64,
     /// `precision`/`scale` when declared (`numeric(p,s)`).

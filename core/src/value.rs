@@ -108,11 +108,17 @@ pub fn format_date(days: i32, out: &mut String) {
     }
 }
 
-/// `HH:MM:SS[.ffffff]` with trailing zeros of the fraction removed.
+/// `HH:MM:SS[.ffffff]` with trailing zeros of the fraction removed. Hours may
+/// exceed 23 and the value may be negative (MySQL `TIME` is an interval:
+/// `-838:59:59.000001`).
 pub fn format_time(micros: i64, out: &mut String) {
     use std::fmt::Write;
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
+    if micros < 0 {
+        out.push('-');
+    }
+    let micros = micros.unsigned_abs() as i64;
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
     let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
     push_fraction(out, frac);
 }
@@ -171,6 +177,9 @@ mod tests {
         s.clear();
         format_time(86_400_000_000, &mut s);
         assert_eq!(s, "24:00:00");
+        s.clear();
+        format_time(-3_020_399_000_001, &mut s);
+        assert_eq!(s, "-838:59:59.000001");
         s.clear();
         format_date(days_from_civil(-43, 3, 15) as i32, &mut s);
         assert_eq!(s, "-0043-03-15");

@@ -35,6 +35,7 @@ pub fn data_type(ty: &ColumnType) -> DataType {
         ColumnType::Int16 => DataType::Int16,
         ColumnType::Int32 => DataType::Int32,
         ColumnType::Int64 | ColumnType::UInt32 => DataType::Int64,
+        ColumnType::UInt64 => DataType::UInt64,
         ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Numeric { precision: Some(p), scale: Some(s) } if *p <= 38 && *s <= *p => {

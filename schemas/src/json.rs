@@ -136,6 +136,33 @@ pub fn write_event(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratch: &m
     }
     out.extend_from_slice(b",\"source\":{\"version\":\"");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    if let Some(m) = &ev.mysql {
+        out.extend_from_slice(b"\",\"connector\":\"mysql\",\"db\":");
+        write_str(out, &ev.table.id.schema);
+        out.extend_from_slice(b",\"table\":");
+        write_str(out, &ev.table.id.name);
+        out.extend_from_slice(b",\"server_id\":");
+        write_int(out, m.server_id);
+        out.extend_from_slice(b",\"gtid\":");
+        match &m.gtid {
+            Some(g) => write_str(out, g),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"file\":");
+        write_str(out, &m.file);
+        out.extend_from_slice(b",\"pos\":");
+        write_int(out, m.pos);
+        out.extend_from_slice(b",\"row\":");
+        write_int(out, m.row);
+        out.extend_from_slice(b",\"ts_ms\":");
+        write_int(out, ev.commit_ts_us.div_euclid(1000));
+        out.extend_from_slice(b",\"snapshot\":");
+        out.extend_from_slice(if ev.snapshot { b"\"true\"" } else { b"\"false\"" });
+        out.extend_from_slice(b"},\"ts_ms\":");
+        write_int(out, now_ms);
+        out.push(b'}');
+        return;
+    }
     out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"db\":");
     write_str(out, &ev.table.database);
     out.extend_from_slice(b",\"schema\":");
@@ -212,6 +239,7 @@ mod tests {
             tx_id: Some(7),
             commit_ts_us: 1_500_000,
             snapshot: false,
+            mysql: None,
         };
         let mut out = Vec::new();
         write_event(&mut out, &ev, 42, &mut String::new());

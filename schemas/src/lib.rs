@@ -3,9 +3,11 @@
 //!
 //! - [`postgres`]: Postgres type OIDs → [`ColumnType`](sluice_core::ColumnType),
 //!   and Postgres text forms (pgoutput text mode, `COPY ... TO STDOUT`) → `Value`.
+//! - [`mysql`]: MySQL/MariaDB column types → `ColumnType` (the mapping table).
 //! - [`json`]: `Value` and change events → Debezium-style JSON.
 //! - [`arrow`]: `ColumnType` → Arrow data types.
 
 pub mod arrow;
 pub mod json;
+pub mod mysql;
 pub mod postgres;

@@ -149,6 +149,7 @@ pub fn parse_text(ty: &ColumnType, s: &str) -> Result<Value, ParseError> {
         ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt32 => {
             Value::Int(s.parse().map_err(|_| bad("integer", s))?)
         }
+        ColumnType::UInt64 => Value::UInt(s.parse().map_err(|_| bad("unsigned integer", s))?),
         ColumnType::Float32 | ColumnType::Float64 => Value::Float(s.parse().map_err(|_| bad("float", s))?),
         ColumnType::Numeric { .. } => Value::Numeric(s.to_string()),
         ColumnType::Text | ColumnType::Other => Value::Text(s.to_string()),

@@ -7,11 +7,15 @@
 #[path = "../../src/pgcluster.rs"]
 pub mod pgcluster;
 
+#[path = "../../src/mycluster.rs"]
+pub mod mycluster;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+pub use mycluster::MyCluster;
 pub use pgcluster::PgCluster;
 use serde_json::{Map, Value};
 
@@ -73,6 +77,86 @@ impl Env {
 }
 
 impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test files kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// A MySQL-source test's world: a throwaway MariaDB and a scratch directory.
+pub struct MyEnv {
+    pub my: MyCluster,
+    pub dir: PathBuf,
+}
+
+impl MyEnv {
+    pub fn new(name: &str) -> MyEnv {
+        Self::with_args(name, &[])
+    }
+
+    pub fn with_args(name: &str, extra: &[&str]) -> MyEnv {
+        let my = MyCluster::start(extra).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
+        let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}-{}", std::process::id(), my.port));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        MyEnv { my, dir }
+    }
+
+    /// Run SQL (panics with the server's message on failure).
+    pub fn sql(&self, sql: &str) -> String {
+        self.my.sql(sql).unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
+    }
+
+    pub fn url(&self) -> String {
+        self.my.url()
+    }
+
+    /// Write a pipeline file with a MySQL source.
+    pub fn pipeline(&self, name: &str, include: &[&str], sink: &str, extra: &str) -> PathBuf {
+        let include = include.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let yaml = format!(
+            "version: 1\nname: {name}\nsource:\n  type: mysql\n  url: {}\ntables:\n  include: [{include}]\nsink:\n{sink}\ncheckpoint:\n  path: {}\n{extra}",
+            self.url(),
+            self.dir.join(format!("state-{name}")).display()
+        );
+        let p = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    pub fn out(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("out-{name}"))
+    }
+
+    pub fn files_sink(&self, name: &str, format: &str) -> String {
+        format!("  type: files\n  format: {format}\n  path: {}\n", self.out(name).display())
+    }
+
+    /// Rows of a query returning one JSON object per row (in UTC).
+    pub fn rows(&self, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
+        let text = self.sql(&format!("SET time_zone = '+00:00'; {sql}"));
+        let mut out = BTreeMap::new();
+        let mut multi: BTreeMap<String, usize> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{sql}: bad JSON {line}: {e}"));
+            let m = v.as_object().unwrap().clone();
+            let k = key_of(&m, key);
+            if key.is_empty() {
+                let n = multi.entry(k.clone()).or_default();
+                out.insert(format!("{k}#{n}"), m);
+                *n += 1;
+            } else {
+                out.insert(k, m);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for MyEnv {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -385,6 +385,7 @@ impl<F: TableFilter> Decoder<F> {
             tx_id: Some(tx.xid as u64),
             commit_ts_us: tx.ts_us,
             snapshot: false,
+            mysql: None,
         }))
     }
 

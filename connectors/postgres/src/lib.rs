@@ -53,6 +53,11 @@ use sluice_core::{SnapshotState, Source, SourceContext, SourceMessage, TableId};
 use crate::conn::{connect_sql, ConnInfo, ReplicationConn};
 use crate::decoding::{Decoder, TableFilter};
 
+/// The Postgres settings of `cfg` (a configuration error if the source is another engine).
+pub fn pg_config(cfg: &PipelineConfig) -> Result<&sluice_core::config::PostgresSourceConfig, SourceError> {
+    cfg.postgres().ok_or_else(|| SourceError::new(ErrorKind::Config, "source.type: not a Postgres source"))
+}
+
 pub struct PostgresSource {
     cfg: PipelineConfig,
 }
@@ -100,7 +105,7 @@ fn parse_created_slot(rows: &[Vec<Option<String>>]) -> Result<(u64, String), Sou
 }
 
 async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
-    let pg = cfg.postgres();
+    let pg = pg_config(cfg)?;
     let info = ConnInfo::from_config(pg)?;
     let slot_name = cfg.slot_name();
     let pub_name = cfg.publication_name();
@@ -122,7 +127,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let mut created: Option<(u64, String)> = None;
     match &slot {
         None => {
-            if let Some(p) = cp.position {
+            if let Some(p) = &cp.position {
                 return Err(SourceError::fatal(format!(
                     "replication slot {slot_name} no longer exists, but the checkpoint is at {}: changes since then are lost. \
                      Run `sluice teardown` and start again (the snapshot is taken anew)",
@@ -165,7 +170,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
                 )));
             }
             let confirmed = s.confirmed_flush.unwrap_or(0);
-            if let Some(p) = cp.position {
+            if let Some(p) = &cp.position {
                 if confirmed > p.lsn() {
                     return Err(SourceError::fatal(format!(
                         "replication slot {slot_name} has been advanced to {} past the checkpoint at {} by another consumer: \
@@ -178,7 +183,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
             base = confirmed;
         }
     }
-    if let Some(p) = cp.position {
+    if let Some(p) = &cp.position {
         base = base.max(p.lsn());
     }
     // What the server may be told is durable: its own slot position or the checkpoint's.
@@ -191,7 +196,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         let state = cp.tables.get(&t.id.to_string());
         match state {
             Some(s) if s.snapshot == SnapshotState::Done => {
-                snapshot_lsn.insert(t.id.clone(), s.snapshot_position.map(|p| p.lsn()).unwrap_or(0));
+                snapshot_lsn.insert(t.id.clone(), s.snapshot_position.as_ref().map(|p| p.lsn()).unwrap_or(0));
             }
             _ if cfg.snapshot.mode == SnapshotMode::Never => {}
             _ => jobs.push(t.clone()),
@@ -241,7 +246,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     }
     drop(client);
 
-    let start = cp.position.map(|p| p.lsn()).unwrap_or(0);
+    let start = cp.position.as_ref().map(|p| p.lsn()).unwrap_or(0);
     // Protocol 2 with `streaming` (Postgres 14+): big transactions arrive while
     // they are decoded instead of being spilled and re-read by the server.
     let streaming = pg.streaming.unwrap_or(true) && repl.server_version >= 14;

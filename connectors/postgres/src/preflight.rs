@@ -8,33 +8,7 @@ use tokio_postgres::Client;
 use crate::catalog;
 use crate::conn::{connect_sql, ConnInfo, ReplicationConn};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Debug, Clone)]
-pub struct Finding {
-    pub status: Status,
-    pub check: String,
-    pub message: String,
-}
-
-#[derive(Debug, Default)]
-pub struct Report {
-    pub findings: Vec<Finding>,
-}
-
-impl Report {
-    fn push(&mut self, status: Status, check: &str, message: impl Into<String>) {
-        self.findings.push(Finding { status, check: check.to_string(), message: message.into() });
-    }
-    pub fn failed(&self) -> bool {
-        self.findings.iter().any(|f| f.status == Status::Fail)
-    }
-}
+pub use sluice_core::preflight::{Finding, Report, Status};
 
 async fn setting(client: &Client, name: &str) -> Option<String> {
     client.query_one("SELECT current_setting($1)", &[&name]).await.ok().map(|r| r.get(0))
@@ -43,7 +17,7 @@ async fn setting(client: &Client, name: &str) -> Option<String> {
 /// Run every check; connection failures end the report early.
 pub async fn check(cfg: &PipelineConfig) -> Report {
     let mut r = Report::default();
-    let info = match ConnInfo::from_config(cfg.postgres()) {
+    let info = match crate::pg_config(cfg).and_then(ConnInfo::from_config) {
         Ok(i) => i,
         Err(e) => {
             r.push(Status::Fail, "connection", e.message);

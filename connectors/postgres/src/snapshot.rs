@@ -156,6 +156,7 @@ async fn copy_one(
             tx_id: None,
             commit_ts_us: ts,
             snapshot: true,
+            mysql: None,
         }));
         rows += 1;
         if batch.len() >= BATCH {

@@ -43,7 +43,7 @@ async fn status(conn: &mut ReplicationConn, st: &mut StreamState) -> Result<(), 
 }
 
 fn update_confirmed(ctx: &SourceContext, st: &mut StreamState) {
-    if let Some(p) = *ctx.confirmed.borrow() {
+    if let Some(p) = &*ctx.confirmed.borrow() {
         st.confirmed = st.confirmed.max(p.lsn());
     }
 }

@@ -17,6 +17,7 @@ enum Col {
     I16(Int16Builder),
     I32(Int32Builder),
     I64(Int64Builder),
+    U64(UInt64Builder),
     F32(Float32Builder),
     F64(Float64Builder),
     D128(Decimal128Builder, u32),
@@ -88,6 +89,7 @@ impl BatchBuilder {
                 DataType::Int16 => Col::I16(Int16Builder::new()),
                 DataType::Int32 => Col::I32(Int32Builder::new()),
                 DataType::Int64 => Col::I64(Int64Builder::new()),
+                DataType::UInt64 => Col::U64(UInt64Builder::new()),
                 DataType::Float32 => Col::F32(Float32Builder::new()),
                 DataType::Float64 => Col::F64(Float64Builder::new()),
                 DataType::Decimal128(p, s) => Col::D128(
@@ -161,6 +163,7 @@ impl BatchBuilder {
                 Col::I16(b) => Arc::new(b.finish()),
                 Col::I32(b) => Arc::new(b.finish()),
                 Col::I64(b) => Arc::new(b.finish()),
+                Col::U64(b) => Arc::new(b.finish()),
                 Col::F32(b) => Arc::new(b.finish()),
                 Col::F64(b) => Arc::new(b.finish()),
                 Col::D128(b, _) => Arc::new(b.finish()),
@@ -209,6 +212,7 @@ fn append_value(col: &mut Col, v: &Value, scratch: &mut Vec<u8>, text: &mut Stri
                 _ => None,
             }
         ),
+        Col::U64(b) => null_or!(b, if let Value::UInt(x) = v { Some(*x) } else { None }),
         Col::F32(b) => null_or!(b, if let Value::Float(x) = v { Some(*x as f32) } else { None }),
         Col::F64(b) => null_or!(b, if let Value::Float(x) = v { Some(*x) } else { None }),
         Col::D128(b, s) => {

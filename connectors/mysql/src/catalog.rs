@@ -1,0 +1,144 @@
+//! What the server's catalog says: included tables, their columns and keys,
+//! binlog files and positions.
+//!
+//! Invariants:
+//! - System schemas (`mysql`, `information_schema`, `performance_schema`,
+//!   `sys`) are never included, whatever the globs say.
+//! - A table's schema read here and the schema decoded from a table map of
+//!   the same table version are equal (see `decoding::plan`), so snapshot and
+//!   stream events of a table carry the same `Arc`'d schema shape.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use sluice_core::config::TablesConfig;
+use sluice_core::error::SourceError;
+use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
+
+use crate::conn::sql_error;
+
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub id: TableId,
+    pub estimated_rows: u64,
+}
+
+const SYSTEM: &str = "('mysql','information_schema','performance_schema','sys')";
+
+/// Base tables matching the include/exclude globs (`database.table`).
+pub async fn included_tables(conn: &mut Conn, tables: &TablesConfig) -> Result<Vec<TableInfo>, SourceError> {
+    let rows: Vec<(String, String, Option<u64>)> = conn
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN {SYSTEM} ORDER BY 1, 2"
+        ))
+        .await
+        .map_err(|e| sql_error("listing tables", e))?;
+    Ok(rows
+        .into_iter()
+        .filter(|(s, t, _)| tables.matches(s, t))
+        .map(|(s, t, n)| TableInfo { id: TableId::new(s, t), estimated_rows: n.unwrap_or(0) })
+        .collect())
+}
+
+/// Per-column facts the snapshot needs beyond the schema.
+#[derive(Debug, Clone, Default)]
+pub struct SnapColumn {
+    /// BIT(n): n.
+    pub bits: Option<u16>,
+    /// Spatial column: drop the SRID prefix.
+    pub geometry: bool,
+}
+
+/// The table's schema from `information_schema` (`None` if it does not exist).
+pub async fn table_schema(
+    conn: &mut Conn,
+    id: &TableId,
+) -> Result<Option<(TableSchema, Vec<SnapColumn>)>, SourceError> {
+    type ColRow = (String, String, String, String, String, Option<u64>, Option<u64>);
+    let rows: Vec<ColRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY, NUMERIC_PRECISION, NUMERIC_SCALE \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&id.schema, &id.name),
+        )
+        .await
+        .map_err(|e| sql_error(&format!("reading the columns of {id}"), e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    // MariaDB's JSON is LONGTEXT plus an automatic CHECK (json_valid(`col`)).
+    let checks: Vec<String> = conn
+        .exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+            (&id.schema, &id.name),
+        )
+        .await
+        .unwrap_or_default();
+    let has_pk = rows.iter().any(|r| r.4 == "PRI");
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut snap = Vec::with_capacity(rows.len());
+    for (name, data_type, column_type, nullable, key, precision, scale) in rows {
+        let json_check = format!("json_valid(`{}`)", name.replace('`', "``"));
+        let json = checks.iter().any(|c| c.trim() == json_check);
+        let ty = sluice_schemas::mysql::column_type(&data_type, &column_type, precision, scale, json);
+        snap.push(SnapColumn {
+            bits: if data_type.eq_ignore_ascii_case("bit") { precision.map(|p| p as u16) } else { None },
+            geometry: sluice_schemas::mysql::is_geometry(&data_type),
+        });
+        columns.push(Column {
+            name,
+            ty,
+            source_type: if json { "json".into() } else { column_type },
+            type_id: 0,
+            type_modifier: -1,
+            key: key == "PRI",
+            nullable: nullable == "YES",
+        });
+    }
+    Ok(Some((
+        TableSchema {
+            database: id.schema.clone(),
+            id: id.clone(),
+            columns,
+            replica_identity: if has_pk { ReplicaIdentity::Default } else { ReplicaIdentity::Full },
+            version: 0,
+        },
+        snap,
+    )))
+}
+
+/// The binary logs the server still has, oldest first.
+pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<String>, SourceError> {
+    let rows: Vec<mysql_async::Row> =
+        conn.query("SHOW BINARY LOGS").await.map_err(|e| sql_error("SHOW BINARY LOGS", e))?;
+    Ok(rows.into_iter().filter_map(|mut r| r.take::<String, _>(0)).collect())
+}
+
+/// The server's current binlog end: (file, position, executed GTID set for MySQL).
+pub async fn master_status(conn: &mut Conn) -> Result<(String, u64, Option<String>), SourceError> {
+    let mut rows: Vec<mysql_async::Row> = match conn.query("SHOW MASTER STATUS").await {
+        Ok(r) => r,
+        // MySQL 8.4 renamed it.
+        Err(_) => conn.query("SHOW BINARY LOG STATUS").await.map_err(|e| sql_error("SHOW BINARY LOG STATUS", e))?,
+    };
+    let Some(row) = rows.first_mut() else {
+        return Err(SourceError::new(
+            sluice_core::ErrorKind::Config,
+            "the server has no binary log (log_bin is OFF): start it with --log-bin",
+        ));
+    };
+    let file: String = row.take(0).unwrap_or_default();
+    let pos: u64 = row.take(1).unwrap_or(0);
+    let gtid: Option<String> = if row.len() > 4 { row.take::<Option<String>, _>(4).flatten() } else { None };
+    Ok((file, pos, gtid.map(|g| g.replace('\n', "")).filter(|g| !g.is_empty())))
+}
+
+/// MariaDB: the GTID state at a binlog coordinate.
+pub async fn mariadb_gtid_at(conn: &mut Conn, file: &str, pos: u64) -> Result<Option<String>, SourceError> {
+    let v: Option<Option<String>> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, pos))
+        .await
+        .map_err(|e| sql_error("BINLOG_GTID_POS", e))?;
+    Ok(v.flatten())
+}

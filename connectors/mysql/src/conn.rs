@@ -1,0 +1,169 @@
+//! Connections to the MySQL/MariaDB server (through `mysql_async`).
+//!
+//! Invariants:
+//! - Every session Sluice opens runs in UTC (`time_zone = '+00:00'`), so
+//!   `TIMESTAMP` values read by the snapshot and decoded from the binlog (which
+//!   stores seconds since the epoch) agree, and in `utf8mb4`, so text arrives
+//!   as UTF-8 whatever the column's character set.
+//! - Errors are classified once, here: bad credentials, missing privileges and
+//!   unknown databases are fatal; lost connections, refused connections and
+//!   server shutdowns are transient.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
+use sluice_core::config::{MysqlSourceConfig, TlsMode};
+use sluice_core::error::{ErrorKind, SourceError};
+
+/// Which server we talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    Mysql,
+}
+
+/// Connection settings, validated without I/O.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub opts: Opts,
+    /// `host:port` for messages.
+    pub addr: String,
+    pub user: String,
+    tls: Option<TlsMode>,
+}
+
+impl ConnInfo {
+    pub fn from_config(cfg: &MysqlSourceConfig) -> Result<ConnInfo, SourceError> {
+        let url = cfg.url.trim();
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_string(),
+        };
+        let opts = Opts::from_url(&url).map_err(|e| {
+            SourceError::new(
+                ErrorKind::Config,
+                format!(
+                    "source.url: {e} in {:?} (expected mysql://user:password@host:port)",
+                    sluice_core::config::redact_url(&url)
+                ),
+            )
+        })?;
+        let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let user = opts.user().unwrap_or("root").to_string();
+        let mut b = OptsBuilder::from_opts(opts)
+            .db_name(None::<String>)
+            .stmt_cache_size(16)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .prefer_socket(false)
+            .init(vec!["SET time_zone = '+00:00', NAMES utf8mb4, SESSION sql_mode = ''".to_string()]);
+        let mut tls = None;
+        if let Some(t) = &cfg.tls {
+            tls = Some(t.mode);
+            let ssl = match t.mode {
+                TlsMode::Disable => None,
+                TlsMode::Prefer | TlsMode::Require => Some(
+                    SslOpts::default().with_danger_accept_invalid_certs(true).with_danger_skip_domain_validation(true),
+                ),
+                TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                    let ca = t.ca_file.clone().ok_or_else(|| {
+                        SourceError::new(
+                            ErrorKind::Config,
+                            "source.tls.ca_file: required for verify-ca and verify-full",
+                        )
+                    })?;
+                    if !ca.exists() {
+                        return Err(SourceError::new(
+                            ErrorKind::Config,
+                            format!("source.tls.ca_file: {} does not exist", ca.display()),
+                        ));
+                    }
+                    Some(
+                        SslOpts::default()
+                            .with_root_certs(vec![ca.into()])
+                            .with_disable_built_in_roots(true)
+                            .with_danger_skip_domain_validation(t.mode == TlsMode::VerifyCa),
+                    )
+                }
+            };
+            b = b.ssl_opts(ssl);
+        }
+        Ok(ConnInfo { opts: b.into(), addr, user, tls })
+    }
+
+    /// Open a session (UTC, utf8mb4). `prefer` falls back to plain text when
+    /// the server offers no TLS.
+    pub async fn connect(&self) -> Result<Conn, SourceError> {
+        match Conn::new(self.opts.clone()).await {
+            Ok(c) => Ok(c),
+            Err(e) if self.tls == Some(TlsMode::Prefer) && is_tls_unsupported(&e) => {
+                let plain: Opts = OptsBuilder::from_opts(self.opts.clone()).ssl_opts(None::<SslOpts>).into();
+                Conn::new(plain).await.map_err(|e| self.connect_error(e))
+            }
+            Err(e) => Err(self.connect_error(e)),
+        }
+    }
+
+    fn connect_error(&self, e: mysql_async::Error) -> SourceError {
+        let msg = match &e {
+            mysql_async::Error::Server(s) if s.code == 1045 => format!(
+                "cannot log in to MySQL at {} as {}: {} (check the user and password in source.url)",
+                self.addr, self.user, s.message
+            ),
+            mysql_async::Error::Io(io) => format!(
+                "cannot connect to MySQL at {}: {io} (is the server running and reachable, and is the port right?)",
+                self.addr
+            ),
+            _ => format!("cannot connect to MySQL at {}: {e}", self.addr),
+        };
+        let kind = classify(&e);
+        SourceError::new(kind, msg).with_source(e)
+    }
+}
+
+fn is_tls_unsupported(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+}
+
+/// Transient, fatal or configuration?
+pub fn classify(e: &mysql_async::Error) -> ErrorKind {
+    match e {
+        mysql_async::Error::Io(_) => ErrorKind::Transient,
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => ErrorKind::Transient,
+        mysql_async::Error::Driver(_) => ErrorKind::Fatal,
+        mysql_async::Error::Server(s) => match s.code {
+            // Access denied, unknown database, command denied, table access denied.
+            1044 | 1045 | 1049 | 1142 | 1143 | 1227 | 1370 => ErrorKind::Fatal,
+            // Server shutdown, lost connection, too many connections, lock wait
+            // timeout, deadlock, query interrupted.
+            1040 | 1053 | 1077 | 1152 | 1159 | 1161 | 1205 | 1213 | 1317 | 2006 | 2013 => ErrorKind::Transient,
+            _ => ErrorKind::Fatal,
+        },
+        _ => ErrorKind::Fatal,
+    }
+}
+
+/// Wrap a query error with what was being done.
+pub fn sql_error(what: &str, e: mysql_async::Error) -> SourceError {
+    SourceError::new(classify(&e), format!("{what}: {e}")).with_source(e)
+}
+
+/// Server flavor and version (`10.11.19-MariaDB-log` → MariaDB, (10, 11, 19)).
+pub async fn server_version(conn: &mut Conn) -> Result<(Flavor, (u16, u16, u16)), SourceError> {
+    let v: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(|e| sql_error("SELECT VERSION()", e))?;
+    let v = v.unwrap_or_default();
+    let flavor = if v.to_ascii_lowercase().contains("mariadb") { Flavor::MariaDb } else { Flavor::Mysql };
+    let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(0));
+    let ver = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    Ok((flavor, ver))
+}
+
+/// A global variable's value (`None` if the server does not know it).
+pub async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, SourceError> {
+    let row: Option<(String, Option<String>)> = conn
+        .exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,))
+        .await
+        .map_err(|e| sql_error(&format!("reading {name}"), e))?;
+    Ok(row.and_then(|r| r.1))
+}
