@@ -60,7 +60,8 @@ impl MyCluster {
             }
         }
         let mut cmd = Command::new(install);
-        cmd.arg(format!("--datadir={}", dir.join("data").display()))
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .stdin(Stdio::null());

@@ -2,6 +2,7 @@ mod big_tx;
 mod cli;
 mod config;
 mod crash;
+mod mysql_stream;
 mod mysql_types;
 mod pipelines;
 mod stream;

@@ -182,6 +182,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         admit_from,
         target,
         schemas,
+        known: tables.iter().map(|t| t.id.clone()).collect(),
     };
     stream::run_stream(setup, start, ctx).await
 }

@@ -34,7 +34,7 @@ pub async fn require_settings(c: &mut Conn) -> Result<(), SourceError> {
         let got = conn::variable(c, name).await?;
         if !got.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(want)) {
             return Err(SourceError::new(
-                ErrorKind::Config,
+                ErrorKind::Fatal,
                 format!(
                     "the source has {name} = {}; Sluice needs {want}: {fix} (`sluice check` lists all requirements)",
                     got.as_deref().unwrap_or("(not supported)")

@@ -59,6 +59,10 @@ pub struct StreamSetup {
     pub target: Option<Coord>,
     /// Catalog schemas already read (by the snapshot).
     pub schemas: HashMap<TableId, Arc<TableSchema>>,
+    /// The included tables that existed at start. A matching table first
+    /// seen in the stream was created since: it is announced as snapshotted
+    /// (empty) at its first transaction, so a restart does not copy it again.
+    pub known: std::collections::HashSet<TableId>,
 }
 
 struct CachedMap {
@@ -463,6 +467,15 @@ async fn handle_event(
                     advance(st, end);
                     return Ok(());
                 }
+            }
+            if !setup.known.contains(id) {
+                tracing::info!(table = %id, "new table: streaming it from its first change");
+                setup.known.insert(id.clone());
+                setup.admit_from.insert(id.clone(), st.tx_start.key());
+                let position =
+                    Position::Mysql { file: st.tx_start.file.clone(), pos: st.tx_start.pos, gtid: st.gtid.render() };
+                out.push(SourceMessage::TableSnapshotStarted { table: id.clone(), position, estimated_rows: 0 });
+                out.push(SourceMessage::TableSnapshotDone { table: id.clone(), rows: 0 });
             }
             if hdr.ncols != plan.kinds.len() {
                 return Err(SourceError::fatal(format!(
