@@ -171,7 +171,7 @@ fn check_versions(events: &[Event]) {
             }
             "d" => {
                 let b = e.before.as_ref().unwrap();
-                ver.remove(&b["id"].to_string().trim_matches('"').to_string());
+                ver.remove(b["id"].to_string().trim_matches('"'));
             }
             _ => {}
         }
