@@ -10,7 +10,7 @@ fn example_pipelines_parse() {
             // Variables are supplied here, not through the (shared) process environment.
             let text = std::fs::read_to_string(&p).unwrap();
             sluice_core::config::parse_pipeline_text_with(&text, &p.display().to_string(), |k| {
-                (k == "PGPASSWORD").then(|| "example".to_string())
+                (k == "PGPASSWORD" || k == "MYSQL_PASSWORD").then(|| "example".to_string())
             })
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;

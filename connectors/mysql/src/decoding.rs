@@ -910,5 +910,106 @@ mod tests {
             b'a',
         ];
         assert_eq!(json_from_binary(&doc).unwrap(), r#"{"a":1}"#);
+        // [true, -5, "hi", 1.5]: small array, 4 entries of 3 bytes, data after them.
+        let mut doc: Vec<u8> = vec![0x02, 0x04, 0x00, 27, 0x00];
+        doc.extend_from_slice(&[0x04, 0x01, 0x00]); // literal true, inline
+        doc.extend_from_slice(&[0x05, 0xfb, 0xff]); // int16 -5, inline
+        doc.extend_from_slice(&[0x0c, 16, 0x00]); // string at offset 16
+        doc.extend_from_slice(&[0x0b, 19, 0x00]); // double at offset 19
+        doc.extend_from_slice(&[2, b'h', b'i']);
+        doc.extend_from_slice(&1.5f64.to_le_bytes());
+        assert_eq!(json_from_binary(&doc).unwrap(), r#"[true,-5,"hi",1.5]"#);
+        // A bare scalar document: int64 and an escaped string.
+        let mut doc = vec![0x09];
+        doc.extend_from_slice(&(-9_007_199_254_740_993i64).to_le_bytes());
+        assert_eq!(json_from_binary(&doc).unwrap(), "-9007199254740993");
+        assert_eq!(json_from_binary(&[0x0c, 3, b'a', b'"', b'b']).unwrap(), r#""a\"b""#);
+        assert!(json_from_binary(&[0x02, 0x09]).is_err());
+    }
+
+    fn plan_of(kinds: Vec<Kind>) -> TablePlan {
+        let columns = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, _)| Column {
+                name: format!("c{i}"),
+                ty: ColumnType::Other,
+                source_type: String::new(),
+                type_id: 0,
+                type_modifier: -1,
+                key: i == 0,
+                nullable: true,
+            })
+            .collect();
+        TablePlan {
+            schema: Arc::new(TableSchema {
+                database: "d".into(),
+                id: TableId::new("d", "t"),
+                columns,
+                replica_identity: ReplicaIdentity::Default,
+                version: 0,
+            }),
+            kinds,
+        }
+    }
+
+    /// MySQL 8 `UPDATE_ROWS_EVENT` v2 (type 31) with extra row info, built
+    /// from the documented layout: post-header (table id, flags, extra-data
+    /// length + extra data), column count, two column bitmaps, then
+    /// before/after images (null bitmap + values).
+    #[test]
+    fn update_rows_v2_event() {
+        let plan = plan_of(vec![
+            Kind::Int { bytes: 4, unsigned: false },
+            Kind::Str { len_bytes: 1, cs: Cs::Utf8, pad: 0 },
+            Kind::Int { bytes: 8, unsigned: true },
+        ]);
+        let mut ev: Vec<u8> = Vec::new();
+        ev.extend_from_slice(&[0x2a, 0, 0, 0, 0, 0]); // table id 42
+        ev.extend_from_slice(&[0x01, 0x00]); // flags: end of statement
+        ev.extend_from_slice(&[5, 0, 0x00, 0x01, 0x07]); // extra data: length 5 (incl. itself), 3 bytes
+        ev.push(3); // column count
+        ev.push(0b111); // before image: all columns
+        ev.push(0b011); // after image: c0, c1 (c2 not logged: MINIMAL-style image)
+                        // before: nulls 0b100 (c2 null), c0 = -7, c1 = "ab"
+        ev.push(0b100);
+        ev.extend_from_slice(&(-7i32).to_le_bytes());
+        ev.extend_from_slice(&[2, b'a', b'b']);
+        // after: nulls 0, c0 = 8, c1 = "€"
+        ev.push(0);
+        ev.extend_from_slice(&8i32.to_le_bytes());
+        ev.extend_from_slice(&[3, 0xe2, 0x82, 0xac]);
+        let (kind, v2) = rows_kind(31).unwrap();
+        assert!(v2 && kind == b'u');
+        let h = parse_rows_header(&ev, kind, v2, 10).unwrap();
+        assert_eq!((h.table_id, h.ncols), (42, 3));
+        let nb = count_present(h.present_before, h.ncols);
+        let na = count_present(h.present_after, h.ncols);
+        let mut at = h.rows_at;
+        let before = decode_row(&plan, &ev, &mut at, h.present_before, nb).unwrap();
+        let after = decode_row(&plan, &ev, &mut at, h.present_after, na).unwrap();
+        assert_eq!(at, ev.len());
+        assert_eq!(before, vec![Value::Int(-7), Value::Text("ab".into()), Value::Null]);
+        assert_eq!(after, vec![Value::Int(8), Value::Text("€".into()), Value::Unchanged]);
+        // Truncated images are errors, not panics.
+        let mut at = h.rows_at;
+        assert!(decode_row(&plan, &ev[..ev.len() - 2], &mut at, h.present_before, nb).is_ok());
+        assert!(decode_row(&plan, &ev[..ev.len() - 2], &mut at, h.present_after, na).is_err());
+    }
+
+    /// MySQL binary JSON inside a `WRITE_ROWS_EVENT` v2 (type 30) row.
+    #[test]
+    fn write_rows_v2_with_binary_json() {
+        let plan = plan_of(vec![Kind::Int { bytes: 2, unsigned: true }, Kind::Json { len_bytes: 4 }]);
+        let json = [0x00u8, 0x01, 0x00, 0x0c, 0x00, 0x0b, 0x00, 0x01, 0x00, 0x05, 0x01, 0x00, b'a'];
+        let mut ev: Vec<u8> = vec![7, 0, 0, 0, 0, 0, 0x01, 0x00, 2, 0, 2, 0b11];
+        ev.push(0);
+        ev.extend_from_slice(&65535u16.to_le_bytes());
+        ev.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        ev.extend_from_slice(&json);
+        let h = parse_rows_header(&ev, b'c', true, 10).unwrap();
+        let mut at = h.rows_at;
+        let row = decode_row(&plan, &ev, &mut at, h.present_after, 2).unwrap();
+        assert_eq!(row, vec![Value::Int(65535), Value::Json(r#"{"a":1}"#.into())]);
     }
 }
