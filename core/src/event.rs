@@ -79,18 +79,85 @@ impl std::fmt::Display for Position {
 }
 
 /// Where a MySQL/MariaDB change came from (the `source` block of its event).
-#[derive(Debug, Clone, PartialEq)]
+/// Plain data, no heap and no reference counts: it is copied into every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MysqlOrigin {
-    /// Binlog file of the row event (empty for snapshot rows).
-    pub file: Arc<str>,
-    /// The transaction's GTID (`0-1-42` / `uuid:42`), when the server uses GTIDs.
-    pub gtid: Option<Arc<str>>,
+    /// Binlog file of the row event (snapshot rows: of the snapshot point).
+    pub file: BinlogFile,
+    /// The transaction's GTID, when the server uses GTIDs.
+    pub gtid: EventGtid,
     /// Offset of the row event in `file`.
     pub pos: u64,
-    /// Server id of the server that wrote the event.
+    /// Server id of the server that wrote the event (0 for snapshot rows).
     pub server_id: u32,
     /// Index of the row within its rows event.
     pub row: u32,
+}
+
+/// A binlog file name as base name (interned once per distinct base) and
+/// number: `binlog.000042`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinlogFile {
+    pub base: &'static str,
+    pub seq: u32,
+    /// Digits of the number as the server writes it (6 for `000042`).
+    pub width: u8,
+}
+
+impl BinlogFile {
+    /// Split `binlog.000042`; base names are interned (a server has one or
+    /// two over its life), so events carry no allocation.
+    pub fn parse(name: &str) -> BinlogFile {
+        let (base, num) = name.rsplit_once('.').unwrap_or((name, ""));
+        BinlogFile { base: intern(base), seq: num.parse().unwrap_or(0), width: num.len().min(255) as u8 }
+    }
+}
+
+impl std::fmt::Display for BinlogFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:0w$}", self.base, self.seq, w = self.width as usize)
+    }
+}
+
+fn intern(s: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == s) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+/// One transaction's GTID, inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventGtid {
+    #[default]
+    None,
+    /// MariaDB `domain-server-seq`.
+    MariaDb { domain: u32, server: u32, seq: u64 },
+    /// MySQL `uuid:gno`.
+    Mysql { uuid: [u8; 16], gno: u64 },
+}
+
+impl std::fmt::Display for EventGtid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventGtid::None => Ok(()),
+            EventGtid::MariaDb { domain, server, seq } => write!(f, "{domain}-{server}-{seq}"),
+            EventGtid::Mysql { uuid, gno } => {
+                for (i, x) in uuid.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{x:02x}")?;
+                }
+                write!(f, ":{gno}")
+            }
+        }
+    }
 }
 
 /// Render a Postgres LSN as `X/Y`.

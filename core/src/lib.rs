@@ -29,7 +29,7 @@ pub mod value;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
 pub use error::{ErrorKind, SinkError, SourceError};
-pub use event::{ChangeEvent, MysqlOrigin, Op, Position};
+pub use event::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;
 pub use source::{Source, SourceContext, SourceMessage};

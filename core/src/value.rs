@@ -83,27 +83,49 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe as i64 - 719_468
 }
 
+/// Push `v` as at least `width` digits, zero-padded.
+#[inline]
+fn push_num(out: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    // The slice holds only ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or("0"));
+}
+
 fn push_year(out: &mut String, y: i64) {
-    use std::fmt::Write;
     if (0..=9999).contains(&y) {
-        let _ = write!(out, "{y:04}");
+        push_num(out, y as u64, 4);
     } else if y < 0 {
-        let _ = write!(out, "-{:04}", -y);
+        out.push('-');
+        push_num(out, y.unsigned_abs(), 4);
     } else {
-        let _ = write!(out, "+{y}");
+        out.push('+');
+        push_num(out, y as u64, 1);
     }
 }
 
 /// `YYYY-MM-DD` (ISO 8601; years outside 0..=9999 get a sign).
 pub fn format_date(days: i32, out: &mut String) {
-    use std::fmt::Write;
     match days {
         INFINITY_DATE => out.push_str("infinity"),
         NEG_INFINITY_DATE => out.push_str("-infinity"),
         _ => {
             let (y, m, d) = civil_from_days(days as i64);
             push_year(out, y);
-            let _ = write!(out, "-{m:02}-{d:02}");
+            out.push('-');
+            push_num(out, m as u64, 2);
+            out.push('-');
+            push_num(out, d as u64, 2);
         }
     }
 }
@@ -112,25 +134,29 @@ pub fn format_date(days: i32, out: &mut String) {
 /// exceed 23 and the value may be negative (MySQL `TIME` is an interval:
 /// `-838:59:59.000001`).
 pub fn format_time(micros: i64, out: &mut String) {
-    use std::fmt::Write;
     if micros < 0 {
         out.push('-');
     }
-    let micros = micros.unsigned_abs() as i64;
+    let micros = micros.unsigned_abs();
     let secs = micros / 1_000_000;
     let frac = micros % 1_000_000;
-    let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+    push_num(out, secs / 3600, 2);
+    out.push(':');
+    push_num(out, (secs / 60) % 60, 2);
+    out.push(':');
+    push_num(out, secs % 60, 2);
     push_fraction(out, frac);
 }
 
-fn push_fraction(out: &mut String, frac: i64) {
-    use std::fmt::Write;
+fn push_fraction(out: &mut String, mut frac: u64) {
     if frac != 0 {
-        let mut s = format!("{frac:06}");
-        while s.ends_with('0') {
-            s.pop();
+        let mut width = 6;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
         }
-        let _ = write!(out, ".{s}");
+        out.push('.');
+        push_num(out, frac, width);
     }
 }
 
@@ -143,9 +169,12 @@ pub fn format_timestamp(micros: i64, utc: bool, out: &mut String) {
             let days = micros.div_euclid(86_400_000_000);
             let rest = micros.rem_euclid(86_400_000_000);
             let (y, m, d) = civil_from_days(days);
-            use std::fmt::Write;
             push_year(out, y);
-            let _ = write!(out, "-{m:02}-{d:02}T");
+            out.push('-');
+            push_num(out, m as u64, 2);
+            out.push('-');
+            push_num(out, d as u64, 2);
+            out.push('T');
             format_time(rest, out);
             if utc {
                 out.push('Z');
@@ -180,6 +209,15 @@ mod tests {
         s.clear();
         format_time(-3_020_399_000_001, &mut s);
         assert_eq!(s, "-838:59:59.000001");
+        s.clear();
+        format_time(45_296_500_000, &mut s);
+        assert_eq!(s, "12:34:56.5");
+        s.clear();
+        format_date(days_from_civil(12345, 1, 2) as i32, &mut s);
+        assert_eq!(s, "+12345-01-02");
+        s.clear();
+        format_date(days_from_civil(7, 1, 2) as i32, &mut s);
+        assert_eq!(s, "0007-01-02");
         s.clear();
         format_date(days_from_civil(-43, 3, 15) as i32, &mut s);
         assert_eq!(s, "-0043-03-15");

@@ -11,12 +11,32 @@ use base64::Engine;
 use sluice_core::value::{format_date, format_time, format_timestamp};
 use sluice_core::{ChangeEvent, Row, TableSchema, Value};
 
+/// Does any byte of `x` need escaping (`< 0x20`, `"` or `\\`)? Word at a time.
+#[inline]
+fn word_needs_escape(x: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    let control = x.wrapping_sub(LO * 0x20) & !x & HI;
+    (control | has_zero(x ^ (LO * b'"' as u64)) | has_zero(x ^ (LO * b'\\' as u64))) != 0
+}
+
 /// Append `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip clean 8-byte words quickly; most strings need no escaping.
+        if i + 8 <= bytes.len() {
+            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+            if !word_needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -25,15 +45,21 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b"\\t",
             0..=0x1f => {
                 out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-                start = i + 1;
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                i += 1;
+                start = i;
                 continue;
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(esc);
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -144,12 +170,35 @@ pub fn write_event(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratch: &m
         out.extend_from_slice(b",\"server_id\":");
         write_int(out, m.server_id);
         out.extend_from_slice(b",\"gtid\":");
-        match &m.gtid {
-            Some(g) => write_str(out, g),
-            None => out.extend_from_slice(b"null"),
+        match m.gtid {
+            sluice_core::EventGtid::None => out.extend_from_slice(b"null"),
+            sluice_core::EventGtid::MariaDb { domain, server, seq } => {
+                out.push(b'"');
+                write_int(out, domain);
+                out.push(b'-');
+                write_int(out, server);
+                out.push(b'-');
+                write_int(out, seq);
+                out.push(b'"');
+            }
+            g => {
+                use std::fmt::Write;
+                scratch.clear();
+                let _ = write!(scratch, "{g}");
+                write_str(out, scratch);
+            }
         }
         out.extend_from_slice(b",\"file\":");
-        write_str(out, &m.file);
+        write_str(out, m.file.base);
+        out.pop();
+        out.push(b'.');
+        let mut b = itoa::Buffer::new();
+        let digits = b.format(m.file.seq);
+        for _ in digits.len()..m.file.width as usize {
+            out.push(b'0');
+        }
+        out.extend_from_slice(digits.as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"pos\":");
         write_int(out, m.pos);
         out.extend_from_slice(b",\"row\":");
@@ -203,6 +252,25 @@ mod tests {
             type_modifier: -1,
             key: false,
             nullable: true,
+        }
+    }
+
+    #[test]
+    fn strings_escape_like_serde() {
+        for s in [
+            "",
+            "plain ascii text that is long enough for words",
+            "quote \" and backslash \\ inside a long string",
+            "ctl \u{1}\u{1f}\n\r\t end",
+            "ünïcödé 😀 and \u{7f} del",
+            "12345678\"",
+            "\\2345678",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
         }
     }
 

@@ -416,6 +416,10 @@ impl<'a> Reader<'a> {
 
 /// cp1252 (MySQL's `latin1`) to UTF-8.
 pub fn latin1_to_string(b: &[u8]) -> String {
+    if b.is_ascii() {
+        // SAFETY-free fast path: ASCII is valid UTF-8.
+        return String::from_utf8(b.to_vec()).unwrap_or_default();
+    }
     const HIGH: [char; 32] = [
         '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2C6}',
         '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}',
@@ -469,53 +473,92 @@ pub fn decimal_size(precision: u8, scale: u8) -> usize {
     (intg / 9) * 4 + DIG2BYTES[intg % 9] + (frac / 9) * 4 + DIG2BYTES[frac % 9]
 }
 
+/// Digits of a decimal (at most 65 + a group of slack), on the stack.
+struct Digits {
+    buf: [u8; 90],
+    len: usize,
+}
+
+impl Digits {
+    /// Append `v` as exactly `width` decimal digits (zero-padded).
+    #[inline]
+    fn push(&mut self, mut v: u64, width: usize) {
+        let start = self.len;
+        let end = (start + width).min(self.buf.len());
+        self.buf[start..end].fill(b'0');
+        let mut i = end;
+        while v > 0 && i > start {
+            i -= 1;
+            self.buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.len = end;
+    }
+}
+
 /// Decode MySQL's binary DECIMAL into its exact text (`-12.50`).
 pub fn decode_decimal(raw: &[u8], precision: u8, scale: u8) -> Result<String, DecodeError> {
     let size = decimal_size(precision, scale);
     if raw.len() < size || size == 0 {
         return err("decimal truncated");
     }
-    let mut b = raw[..size].to_vec();
-    let negative = b[0] & 0x80 == 0;
-    b[0] ^= 0x80;
-    if negative {
-        for x in b.iter_mut() {
-            *x ^= 0xff;
+    let negative = raw[0] & 0x80 == 0;
+    let mask: u8 = if negative { 0xff } else { 0 };
+    let byte = |i: usize| -> u8 {
+        let b = raw[i] ^ mask;
+        if i == 0 {
+            b ^ 0x80
+        } else {
+            b
         }
-    }
+    };
+    let mut at = 0usize;
+    let mut be = |n: usize| -> u64 {
+        let mut v = 0u64;
+        for _ in 0..n {
+            v = (v << 8) | byte(at) as u64;
+            at += 1;
+        }
+        v
+    };
     let intg = (precision - scale.min(precision)) as usize;
     let frac = scale as usize;
-    let mut r = Reader { b: &b, at: 0 };
-    let mut int_digits = String::new();
+    // Digits of the integer part, then of the fraction, in one buffer.
+    let mut d = Digits { buf: [0; 90], len: 0 };
     let lead = intg % 9;
     if lead > 0 {
-        let v = r.be(DIG2BYTES[lead])?;
-        int_digits.push_str(&format!("{v:0lead$}"));
+        let v = be(DIG2BYTES[lead]);
+        d.push(v, lead);
     }
     for _ in 0..intg / 9 {
-        let v = r.be(4)?;
-        int_digits.push_str(&format!("{v:09}"));
+        let v = be(4);
+        d.push(v, 9);
     }
-    let mut frac_digits = String::new();
+    let int_len = d.len;
     for _ in 0..frac / 9 {
-        let v = r.be(4)?;
-        frac_digits.push_str(&format!("{v:09}"));
+        let v = be(4);
+        d.push(v, 9);
     }
     let trail = frac % 9;
     if trail > 0 {
-        let v = r.be(DIG2BYTES[trail])?;
-        frac_digits.push_str(&format!("{v:0trail$}"));
+        let v = be(DIG2BYTES[trail]);
+        d.push(v, trail);
     }
-    let int_digits = int_digits.trim_start_matches('0');
-    let mut out = String::with_capacity(int_digits.len() + frac_digits.len() + 3);
-    let zero = int_digits.is_empty() && frac_digits.bytes().all(|c| c == b'0');
+    let digits = &d.buf[..d.len];
+    let first = digits[..int_len].iter().position(|&d| d != b'0').unwrap_or(int_len);
+    let zero = first == int_len && digits[int_len..].iter().all(|&d| d == b'0');
+    let mut out = String::with_capacity(digits.len() + 3);
     if negative && !zero {
         out.push('-');
     }
-    out.push_str(if int_digits.is_empty() { "0" } else { int_digits });
+    if first == int_len {
+        out.push('0');
+    } else {
+        out.push_str(std::str::from_utf8(&digits[first..int_len]).unwrap_or("0"));
+    }
     if frac > 0 {
         out.push('.');
-        out.push_str(&frac_digits);
+        out.push_str(std::str::from_utf8(&digits[int_len..]).unwrap_or(""));
     }
     Ok(out)
 }

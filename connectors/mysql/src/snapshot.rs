@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 use sluice_core::error::SourceError;
-use sluice_core::{ChangeEvent, ColumnType, MysqlOrigin, Op, Position, Row, SourceMessage, TableSchema, Value};
+use sluice_core::{
+    BinlogFile, ChangeEvent, ColumnType, EventGtid, MysqlOrigin, Op, Position, Row, SourceMessage, TableSchema, Value,
+};
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, SnapColumn};
@@ -174,8 +176,13 @@ async fn copy_one(
     let mut result = conn.exec_iter(sql, ()).await.map_err(|e| sql_error(&format!("snapshot of {id}"), e))?;
     let ts = now_us();
     let packed = point.coord.packed();
-    let file: Arc<str> = Arc::from(point.coord.file.as_str());
-    let gtid: Option<Arc<str>> = point.gtid.as_deref().map(Arc::from);
+    let origin = MysqlOrigin {
+        file: BinlogFile::parse(&point.coord.file),
+        gtid: EventGtid::None,
+        pos: point.coord.pos,
+        server_id: 0,
+        row: 0,
+    };
     let mut batch = Vec::with_capacity(BATCH);
     let mut rows = 0u64;
     while let Some(row) = result.next().await.map_err(|e| sql_error(&format!("snapshot of {id}"), e))? {
@@ -204,13 +211,7 @@ async fn copy_one(
             tx_id: None,
             commit_ts_us: ts,
             snapshot: true,
-            mysql: Some(MysqlOrigin {
-                file: file.clone(),
-                gtid: gtid.clone(),
-                pos: point.coord.pos,
-                server_id: 0,
-                row: 0,
-            }),
+            mysql: Some(origin),
         }));
         rows += 1;
         if batch.len() >= BATCH {

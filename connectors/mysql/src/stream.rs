@@ -27,7 +27,10 @@ use mysql_async::{BinlogStreamRequest, Conn};
 use mysql_common::binlog::events::{Event, TableMapEvent};
 use sluice_core::config::TablesConfig;
 use sluice_core::error::{ErrorKind, SourceError};
-use sluice_core::{ChangeEvent, MysqlOrigin, Op, Position, Row, SourceContext, SourceMessage, TableId, TableSchema};
+use sluice_core::{
+    BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position, Row, SourceContext, SourceMessage, TableId,
+    TableSchema,
+};
 
 use crate::catalog;
 use crate::conn::{classify, sql_error, ConnInfo, Flavor};
@@ -150,8 +153,8 @@ struct State {
     began: bool,
     tx_start: Coord,
     tx_gtid: Option<Gtid>,
-    tx_gtid_text: Option<Arc<str>>,
-    file_arc: Arc<str>,
+    tx_event_gtid: EventGtid,
+    file: BinlogFile,
     fde_seen: bool,
 }
 
@@ -185,8 +188,8 @@ pub async fn run_stream(mut setup: StreamSetup, start: Start, ctx: &mut SourceCo
         began: false,
         tx_start: start.coord.clone(),
         tx_gtid: None,
-        tx_gtid_text: None,
-        file_arc: Arc::from(start.coord.file.as_str()),
+        tx_event_gtid: EventGtid::None,
+        file: BinlogFile::parse(&start.coord.file),
         fde_seen: false,
     };
     let mut maps: HashMap<u64, CachedMap> = HashMap::new();
@@ -275,7 +278,7 @@ async fn handle_event(
             }
             let name = String::from_utf8_lossy(name).into_owned();
             if name != st.cur.file {
-                st.file_arc = Arc::from(name.as_str());
+                st.file = BinlogFile::parse(&name);
             }
             st.cur = Coord { file: name, pos };
         }
@@ -287,7 +290,7 @@ async fn handle_event(
             let domain = le(data, 8, 4) as u32;
             let flags = data.get(12).copied().unwrap_or(0);
             let g = Gtid::MariaDb { domain, server: h.server_id(), seq };
-            st.tx_gtid_text = Some(Arc::from(g.to_string().as_str()));
+            st.tx_event_gtid = EventGtid::MariaDb { domain, server: h.server_id(), seq };
             st.tx_gtid = Some(g);
             st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
             st.began = false;
@@ -300,12 +303,14 @@ async fn handle_event(
             if ty == 33 && data.len() >= 25 {
                 let uuid = crate::position::uuid_string(&data[1..17]);
                 let gno = le(data, 17, 8);
+                let mut raw = [0u8; 16];
+                raw.copy_from_slice(&data[1..17]);
+                st.tx_event_gtid = EventGtid::Mysql { uuid: raw, gno };
                 let g = Gtid::Mysql { uuid, gno };
-                st.tx_gtid_text = Some(Arc::from(g.to_string().as_str()));
                 st.tx_gtid = Some(g);
             } else {
                 st.tx_gtid = None;
-                st.tx_gtid_text = None;
+                st.tx_event_gtid = EventGtid::None;
             }
             st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
             st.began = false;
@@ -375,8 +380,8 @@ async fn handle_event(
                                     commit_ts_us: h.timestamp() as i64 * 1_000_000,
                                     snapshot: false,
                                     mysql: Some(MysqlOrigin {
-                                        file: st.file_arc.clone(),
-                                        gtid: st.tx_gtid_text.clone(),
+                                        file: st.file,
+                                        gtid: st.tx_event_gtid,
                                         pos: start_pos,
                                         server_id: h.server_id(),
                                         row: 0,
@@ -524,8 +529,8 @@ async fn handle_event(
                     commit_ts_us: ts,
                     snapshot: false,
                     mysql: Some(MysqlOrigin {
-                        file: st.file_arc.clone(),
-                        gtid: st.tx_gtid_text.clone(),
+                        file: st.file,
+                        gtid: st.tx_event_gtid,
                         pos: start_pos,
                         server_id: h.server_id(),
                         row: row_i,
@@ -544,7 +549,7 @@ async fn handle_event(
                     && name != st.cur.file
                     && name.starts_with(st.cur.file.split('.').next().unwrap_or(""))
                 {
-                    st.file_arc = Arc::from(name.as_str());
+                    st.file = BinlogFile::parse(&name);
                     st.cur.file = name;
                 }
                 if end >= st.cur.pos {
@@ -602,7 +607,7 @@ fn commit(st: &mut State, out: &mut Vec<SourceMessage>) {
     if let Some(g) = st.tx_gtid.take() {
         st.gtid.add(&g);
     }
-    st.tx_gtid_text = None;
+    st.tx_event_gtid = EventGtid::None;
     st.in_tx = false;
     if st.began {
         out.push(SourceMessage::Commit { position: st.position() });

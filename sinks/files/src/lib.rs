@@ -80,9 +80,28 @@ struct State {
     pending: Vec<(String, String)>,
 }
 
+/// FNV-1a: the table map is looked up once per event with a short key;
+/// SipHash's DoS resistance buys nothing here.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 pub struct FilesSink {
     cfg: FilesSinkConfig,
-    tables: HashMap<TableId, TableFiles>,
+    tables: HashMap<TableId, TableFiles, std::hash::BuildHasherDefault<Fnv>>,
     state: State,
     /// Renames recorded by the last flush, done in `checkpointed`.
     to_publish: Vec<(PathBuf, PathBuf)>,
@@ -124,7 +143,7 @@ impl FilesSink {
     pub fn new(cfg: FilesSinkConfig) -> Self {
         FilesSink {
             cfg,
-            tables: HashMap::new(),
+            tables: HashMap::default(),
             state: State::default(),
             to_publish: Vec::new(),
             unflushed: false,
@@ -327,7 +346,9 @@ impl FilesSink {
         let mut lossy = 0;
         match &mut f.writer {
             Writer::Jsonl(w) => {
-                w.write_all(&line).map_err(io(format!("writing {}", f.hidden.display())))?;
+                if let Err(e) = w.write_all(&line) {
+                    return Err(SinkError::io(format!("writing {}", f.hidden.display()), e));
+                }
                 f.bytes += line.len() as u64;
             }
             Writer::Parquet(w, b) => {
