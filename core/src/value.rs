@@ -151,7 +151,7 @@ pub fn format_time(micros: i64, out: &mut String) {
 fn push_fraction(out: &mut String, mut frac: u64) {
     if frac != 0 {
         let mut width = 6;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }
