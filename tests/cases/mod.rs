@@ -3,6 +3,7 @@ mod cli;
 mod config;
 mod crash;
 mod mysql_stream;
+mod mysql_tls;
 mod mysql_types;
 mod pipelines;
 mod stream;

@@ -11,7 +11,7 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
 }
 
 /// A CA, a server certificate it signed for `localhost` (not 127.0.0.1), and an unrelated CA.
-fn make_certs(dir: &std::path::Path) {
+pub(crate) fn make_certs(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
     for ca in ["ca", "other"] {
         openssl(
