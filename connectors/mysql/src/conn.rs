@@ -89,11 +89,7 @@ impl ConnInfo {
                             format!("source.tls.ca_file: {} does not exist", ca.display()),
                         ));
                     }
-                    Some(
-                        SslOpts::default()
-                            .with_root_certs(vec![ca.into()])
-                            .with_disable_built_in_roots(true),
-                    )
+                    Some(SslOpts::default().with_root_certs(vec![ca.into()]).with_disable_built_in_roots(true))
                 }
             };
             b = b.ssl_opts(ssl);

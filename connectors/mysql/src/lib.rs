@@ -39,6 +39,9 @@ pub mod preflight;
 pub mod snapshot;
 pub mod stream;
 
+#[cfg(test)]
+mod payload_tests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
