@@ -377,6 +377,39 @@ async fn mysql_check_and_bad_settings() {
         r.stdout
     );
 
+    // status shows the checkpoint (none yet) and the server's binlog end.
+    let r = sluice(&["status", p.to_str().unwrap(), "--json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["source"]["reachable"], true, "{v}");
+    assert!(v["source"]["binlog_file"].as_str().unwrap().starts_with("binlog."), "{v}");
+    catch_up(&p).await;
+    let r = sluice(&["status", p.to_str().unwrap(), "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["checkpoint"]["position"]["type"], "mysql", "{v}");
+    assert_eq!(v["checkpoint"]["tables"]["shop.t"]["snapshot"], "done", "{v}");
+    let r = sluice(&["status", p.to_str().unwrap()]).await;
+    assert!(r.stdout.contains("checkpoint: binlog.") && r.stdout.contains("source: binlog at"), "{}", r.stdout);
+
+    // Configuration errors: exit 2, naming the key.
+    for (bad, key) in [
+        ("  url: postgres://root@127.0.0.1:1/x\n", "source.url"),
+        ("  server_id: 0\n", "source.server_id"),
+        ("  slot: x\n", "slot"),
+    ] {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let text = if bad.contains("url") {
+            text.replace(&format!("  url: {}\n", env.url()), bad)
+        } else {
+            text.replace("  type: mysql\n", &format!("  type: mysql\n{bad}"))
+        };
+        let pb = env.dir.join("bad.yaml");
+        std::fs::write(&pb, text).unwrap();
+        let r = sluice(&["check", pb.to_str().unwrap()]).await;
+        assert_eq!(r.code, 2, "{bad}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(key), "{bad}: {}", r.stderr);
+    }
+
     // A user without replication privileges.
     let text = std::fs::read_to_string(&p).unwrap().replace("mysql://root@", "mysql://repl:s3cret@");
     let pu = env.dir.join("user.yaml");
