@@ -144,6 +144,9 @@ async fn mysql_types_snapshot_and_stream() {
     insert(0);
     let p = env.pipeline("mytypes", &["shop.*"], &env.files_sink("mytypes", "jsonl"), "");
     catch_up(&p).await;
+    // The same rows into Parquet: every MySQL type has an Arrow column.
+    let pq = env.pipeline("mytypespq", &["shop.*"], &env.files_sink("mytypespq", "parquet"), "");
+    catch_up(&pq).await;
     let out = read_jsonl(&env.out("mytypes"));
     let evs = &out["shop.types"];
     assert_eq!(evs.len(), ROWS.len());
@@ -166,6 +169,17 @@ async fn mysql_types_snapshot_and_stream() {
          DELETE FROM shop.types WHERE id IN (2, 105);",
     );
     catch_up(&p).await;
+    catch_up(&pq).await;
+    let pout = read_parquet(&env.out("mytypespq"));
+    let prows = replay(&pout["shop.types"], &["id"]).unwrap();
+    let ids: Vec<&String> = prows.keys().collect();
+    let want_ids = env.rows("SELECT JSON_OBJECT('id', CAST(id AS CHAR)) FROM shop.types", &["id"]);
+    assert_eq!(ids, want_ids.keys().collect::<Vec<_>>(), "parquet rows");
+    let row1 = &prows["\"1\""];
+    assert_eq!(row1["u64"], "18446744073709551615");
+    assert_eq!(row1["dec1"], "99999999.99");
+    assert_eq!(row1["vc"], "x😀y");
+    assert_eq!(row1["dt"], "9999-12-31");
     let out = read_jsonl(&env.out("mytypes"));
     let evs = &out["shop.types"];
     let stream: Vec<&Event> = evs.iter().filter(|e| e.op != "r").collect();
