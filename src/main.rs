@@ -178,14 +178,18 @@ fn load(path: &Path) -> Result<PipelineConfig, Failure> {
 /// The sinks compiled in, as one type (closed dispatch from YAML).
 pub(crate) enum AnySink {
     Files(Box<FilesSink>),
+    Postgres(Box<sluice_sink_postgres::PostgresSink>),
     Blackhole(BlackholeSink),
     Stdout(StdoutSink),
 }
 
 impl AnySink {
-    pub fn from_config(cfg: &SinkConfig) -> AnySink {
+    pub fn from_config(cfg: &SinkConfig, pipeline: &str) -> AnySink {
         match cfg {
             SinkConfig::Files(f) => AnySink::Files(Box::new(FilesSink::new(f.clone()))),
+            SinkConfig::Postgres(d) => {
+                AnySink::Postgres(Box::new(sluice_sink_postgres::PostgresSink::new(d.clone(), pipeline)))
+            }
             SinkConfig::Blackhole {} => AnySink::Blackhole(BlackholeSink::default()),
             SinkConfig::Stdout {} => AnySink::Stdout(StdoutSink::default()),
         }
@@ -196,6 +200,7 @@ macro_rules! each_sink {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             AnySink::Files($s) => $e,
+            AnySink::Postgres($s) => $e,
             AnySink::Blackhole($s) => $e,
             AnySink::Stdout($s) => $e,
         }
@@ -218,8 +223,15 @@ impl Sink for AnySink {
     fn max_flush_delay(&self) -> Duration {
         each_sink!(self, s => s.max_flush_delay())
     }
-    async fn flush(&mut self, hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
-        each_sink!(self, s => s.flush(hold).await)
+    async fn flush(
+        &mut self,
+        hold: &HashSet<TableId>,
+        next: &sluice_core::Checkpoint,
+    ) -> Result<serde_json::Value, SinkError> {
+        each_sink!(self, s => s.flush(hold, next).await)
+    }
+    async fn stored_checkpoint(&mut self) -> Result<Option<sluice_core::Checkpoint>, SinkError> {
+        each_sink!(self, s => s.stored_checkpoint().await)
     }
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
         each_sink!(self, s => s.checkpointed().await)
@@ -259,6 +271,7 @@ pub(crate) async fn run_config(
     let mut opts = RuntimeOptions::new(&cfg.name);
     opts.until_caught_up = until_caught_up;
     let sink_cfg = cfg.sink.clone();
+    let pipeline_name = cfg.name.clone();
     let cfg_src = cfg.clone();
     let summary = match &cfg.source {
         SourceConfig::Postgres(pg) => {
@@ -281,7 +294,7 @@ pub(crate) async fn run_config(
             run_pipeline(
                 &opts,
                 move || PostgresSource::new(cfg_src.clone()),
-                move || AnySink::from_config(&sink_cfg),
+                move || AnySink::from_config(&sink_cfg, &pipeline_name),
                 &[],
                 &mut store,
                 shutdown,
@@ -297,7 +310,7 @@ pub(crate) async fn run_config(
             run_pipeline(
                 &opts,
                 move || MysqlSource::new(cfg_src.clone()),
-                move || AnySink::from_config(&sink_cfg),
+                move || AnySink::from_config(&sink_cfg, &pipeline_name),
                 &[],
                 &mut store,
                 shutdown,

@@ -131,10 +131,7 @@ impl CheckpointStore for FileCheckpointStore {
         fs::create_dir_all(&self.dir).map_err(werr)?;
         let tmp = self.dir.join(".checkpoint.json.tmp");
         let mut cp = cp.clone();
-        cp.updated_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        cp.updated_ms = now_ms();
         let body = serde_json::to_vec_pretty(&cp).expect("checkpoint serializes");
         let mut f = File::create(&tmp).map_err(werr)?;
         f.write_all(&body).map_err(werr)?;
@@ -182,4 +179,9 @@ mod tests {
         assert!(store.load().unwrap().is_none());
         let _ = fs::remove_dir_all(dir);
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -147,8 +147,58 @@ pub enum SnapshotMode {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     Files(FilesSinkConfig),
+    Postgres(DbSinkConfig),
     Blackhole {},
     Stdout {},
+}
+
+/// A replica database sink (`type: postgres`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSinkConfig {
+    /// `postgres://user:password@host:port/db`.
+    pub url: String,
+    /// Put every table in this schema; default: the source's schema (MySQL: database) name.
+    pub schema: Option<String>,
+    /// Create missing target tables from the source schema (default true).
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// Schema of the `sluice_checkpoints` table (default `public`).
+    pub checkpoint_schema: Option<String>,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How much is applied per target transaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Commit (at the next source transaction boundary) once this many rows are applied.
+    #[serde(default = "default_batch_rows")]
+    pub max_rows: u64,
+    /// Longest time an applied change waits for its commit.
+    #[serde(default = "default_batch_delay")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_rows: default_batch_rows(), max_delay_ms: default_batch_delay() }
+    }
+}
+
+fn default_batch_rows() -> u64 {
+    10_000
+}
+
+fn default_batch_delay() -> u64 {
+    200
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -334,6 +384,23 @@ impl PipelineConfig {
         }
         if self.snapshot.parallelism == 0 || self.snapshot.parallelism > 64 {
             errs.push(format!("snapshot.parallelism: {} must be between 1 and 64", self.snapshot.parallelism));
+        }
+        if let SinkConfig::Postgres(d) = &self.sink {
+            let url = d.url.trim();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+                errs.push(format!(
+                    "sink.url: {:?} is not a Postgres connection string (postgres://user:password@host:port/db)",
+                    redact_url(url)
+                ));
+            }
+            if d.batch.max_rows == 0 || d.batch.max_delay_ms == 0 {
+                errs.push("sink.batch: max_rows and max_delay_ms must be positive".into());
+            }
+            for (key, v) in [("schema", &d.schema), ("checkpoint_schema", &d.checkpoint_schema)] {
+                if v.as_deref().is_some_and(|v| v.is_empty() || v.len() > 63) {
+                    errs.push(format!("sink.{key}: must be 1 to 63 characters"));
+                }
+            }
         }
         if let SinkConfig::Files(f) = &self.sink {
             if f.path.as_os_str().is_empty() {

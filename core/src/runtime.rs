@@ -250,11 +250,12 @@ struct Flusher<'a, K: Sink> {
 
 impl<K: Sink> Flusher<'_, K> {
     async fn flush(&mut self, position: Option<Position>, held: &HashSet<TableId>) -> Result<(), PipelineError> {
-        let state = self.sink.flush(held).await?;
-        self.cp.sink = state;
         if position.is_some() {
             self.cp.position = position;
         }
+        self.cp.updated_ms = crate::checkpoint::now_ms();
+        let state = self.sink.flush(held, &self.cp).await?;
+        self.cp.sink = state;
         self.store.save(&self.cp)?;
         self.sink.checkpointed().await?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +291,11 @@ async fn run_once<S: Source, K: Sink>(
     if cp.pipeline != opts.pipeline {
         return Err(PipelineError::ForeignCheckpoint { expected: opts.pipeline.clone(), found: cp.pipeline });
     }
+    sink.open(if cp.sink.is_null() { None } else { Some(&cp.sink) }).await?;
+    // A transactional sink's own checkpoint was committed with its data: it wins.
+    if let Some(stored) = sink.stored_checkpoint().await? {
+        cp = stored;
+    }
     // Tables whose copy was interrupted are copied again from scratch.
     for t in cp.tables.values_mut() {
         if t.snapshot == SnapshotState::Copying {
@@ -297,7 +303,6 @@ async fn run_once<S: Source, K: Sink>(
             t.snapshot_rows = 0;
         }
     }
-    sink.open(if cp.sink.is_null() { None } else { Some(&cp.sink) }).await?;
     if let Some(p) = &cp.position {
         stats.set_checkpoint(p);
     }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::SinkError;
 use crate::event::ChangeEvent;
 use crate::schema::TableId;
@@ -23,6 +24,11 @@ use crate::schema::TableId;
 /// - `checkpointed` is called after that checkpoint is durable; a sink may
 ///   only now publish what it staged (e.g. rename files into place). A crash
 ///   before it is called must be repaired by the next `open`.
+/// - Transactional sinks (databases) keep the checkpoint themselves, in the
+///   same target transaction as the data: `flush` receives the checkpoint
+///   being taken (`next`) to store with the data, and `stored_checkpoint`
+///   returns the last one stored; the runtime then starts from it rather
+///   than from its own file, which may lag behind the target.
 /// - Order: events of one table are kept in the order written.
 pub trait Sink: Send {
     fn open(&mut self, state: Option<&serde_json::Value>) -> impl Future<Output = Result<(), SinkError>> + Send;
@@ -33,7 +39,15 @@ pub trait Sink: Send {
     fn has_unflushed(&self) -> bool;
     /// Longest time written data may wait for a flush.
     fn max_flush_delay(&self) -> Duration;
-    fn flush(&mut self, hold: &HashSet<TableId>) -> impl Future<Output = Result<serde_json::Value, SinkError>> + Send;
+    fn flush(
+        &mut self,
+        hold: &HashSet<TableId>,
+        next: &Checkpoint,
+    ) -> impl Future<Output = Result<serde_json::Value, SinkError>> + Send;
+    /// The checkpoint stored in the destination with the data (after `open`).
+    fn stored_checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, SinkError>> + Send {
+        async { Ok(None) }
+    }
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Human-readable summary for the end-of-run report.
     fn describe(&self) -> String;

@@ -11,3 +11,4 @@ pub mod arrow;
 pub mod json;
 pub mod mysql;
 pub mod postgres;
+pub mod target;

@@ -8,14 +8,14 @@ use rand::{Rng, SeedableRng};
 
 use crate::harness::*;
 
-const SETUP: &str = "
+pub(crate) const SETUP: &str = "
 CREATE TABLE acct (id bigint PRIMARY KEY, v text NOT NULL, n numeric(12,2), ver int NOT NULL DEFAULT 0);
 CREATE TABLE hist (id bigserial PRIMARY KEY, acct bigint, note text);
 INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 40000) g;
 ";
 
 /// Random transactions: inserts, updates, deletes, a few large ones.
-async fn workload(url: String, seed: u64, rounds: usize) {
+pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
     let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -1,12 +1,13 @@
 mod big_tx;
 mod cli;
 mod config;
-mod crash;
+pub(crate) mod crash;
 mod mysql_stream;
 mod mysql_tls;
-mod mysql_types;
+pub(crate) mod mysql_types;
+mod pg_sink;
 mod pipelines;
 mod stream;
 mod streaming;
-mod tls;
+pub(crate) mod tls;
 mod types;

@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 
-const TABLE: &str = "CREATE TABLE shop.types (
+pub(crate) const TABLE: &str = "CREATE TABLE shop.types (
   id INT PRIMARY KEY,
   i8 TINYINT, u8 TINYINT UNSIGNED, i16 SMALLINT, u16 SMALLINT UNSIGNED, i24 MEDIUMINT, u24 MEDIUMINT UNSIGNED,
   i32 INT, u32 INT UNSIGNED, i64 BIGINT, u64 BIGINT UNSIGNED,
@@ -17,7 +17,7 @@ const TABLE: &str = "CREATE TABLE shop.types (
 ) DEFAULT CHARSET=utf8mb4";
 
 /// Row values (without the id), each a SQL literal list in column order.
-const ROWS: &[&str] = &[
+pub(crate) const ROWS: &[&str] = &[
     // maxima
     "127, 255, 32767, 65535, 8388607, 16777215, 2147483647, 4294967295, 9223372036854775807, 18446744073709551615, \
      99999999.99, 99999999999999999999999999999999999.999999999999999999999999999999, 99999, \

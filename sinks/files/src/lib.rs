@@ -432,7 +432,11 @@ impl Sink for FilesSink {
         Duration::from_secs(self.cfg.roll.seconds)
     }
 
-    async fn flush(&mut self, hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
+    async fn flush(
+        &mut self,
+        hold: &HashSet<TableId>,
+        _next: &sluice_core::Checkpoint,
+    ) -> Result<serde_json::Value, SinkError> {
         let base = self.cfg.path.clone();
         tokio::task::block_in_place(|| {
             let mut publish = Vec::new();

@@ -32,7 +32,11 @@ impl Sink for BlackholeSink {
     fn max_flush_delay(&self) -> Duration {
         Duration::from_secs(1)
     }
-    async fn flush(&mut self, _hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
+    async fn flush(
+        &mut self,
+        _hold: &HashSet<TableId>,
+        _next: &sluice_core::Checkpoint,
+    ) -> Result<serde_json::Value, SinkError> {
         self.unflushed = false;
         Ok(serde_json::Value::Null)
     }
@@ -81,7 +85,11 @@ impl Sink for StdoutSink {
     fn max_flush_delay(&self) -> Duration {
         Duration::from_millis(200)
     }
-    async fn flush(&mut self, _hold: &HashSet<TableId>) -> Result<serde_json::Value, SinkError> {
+    async fn flush(
+        &mut self,
+        _hold: &HashSet<TableId>,
+        _next: &sluice_core::Checkpoint,
+    ) -> Result<serde_json::Value, SinkError> {
         self.write_out()?;
         Ok(serde_json::Value::Null)
     }

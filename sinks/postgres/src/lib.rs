@@ -1,0 +1,577 @@
+//! The Postgres replica sink: apply change events to tables in a Postgres
+//! database, exactly once.
+//!
+//! Invariants:
+//! - One target transaction holds whole source transactions (several of
+//!   them: commits happen only when the runtime flushes, which it does only
+//!   between source transactions) plus the checkpoint row of this pipeline in
+//!   `<checkpoint_schema>.sluice_checkpoints`. A crash at any instant leaves
+//!   the target at some committed prefix of source transactions together with
+//!   the position to resume from; on start the runtime takes the checkpoint
+//!   from that table.
+//! - Values are always sent as parameters (text arrays with casts to the
+//!   column types), identifiers always quoted: no value is spliced into SQL.
+//! - Consecutive changes of one table and kind are applied as one statement
+//!   over `unnest(...)` arrays; a batch is cut whenever a key repeats, so the
+//!   order of changes to one row is kept.
+//! - Inserts are upserts by key; updates set only the columns the source
+//!   sent (unchanged TOAST values are never overwritten with NULL) and may
+//!   change the key; tables without a key match rows by their full old image
+//!   and change one row (`ctid`) at a time.
+//! - A table's snapshot copy starts with `TRUNCATE` in the same target
+//!   transaction, so a copy interrupted by a crash and started again never
+//!   leaves duplicates.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
+use sluice_core::error::{ErrorKind, SinkError};
+use sluice_core::schema::quote_ident;
+use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
+use sluice_schemas::target::{pg_text, pg_type, Conv};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+/// Rows per statement (each column is one text array parameter).
+const STATEMENT_ROWS: usize = 2000;
+
+struct Target {
+    /// Quoted `schema.table`.
+    name: String,
+    schema: Arc<TableSchema>,
+    types: Vec<String>,
+    convs: Vec<Conv>,
+    key: Vec<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Upsert,
+    Update,
+    Delete,
+}
+
+struct Batch {
+    table: TableId,
+    kind: Kind,
+    /// Columns carried (for updates: the columns the source sent).
+    mask: Vec<bool>,
+    /// Per column, the values (for updates: old key columns first, then the masked columns).
+    cols: Vec<Vec<Option<String>>>,
+    rows: usize,
+    keys: HashSet<Vec<Option<String>>>,
+}
+
+pub struct PostgresSink {
+    cfg: DbSinkConfig,
+    pipeline: String,
+    client: Option<Client>,
+    in_tx: bool,
+    targets: HashMap<TableId, Target>,
+    batch: Option<Batch>,
+    unflushed: bool,
+    applied: u64,
+    copying: HashSet<TableId>,
+    stored: Option<Checkpoint>,
+    total: u64,
+}
+
+fn sql_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> SinkError {
+    let kind = if e.is_closed() || e.as_db_error().is_none() { ErrorKind::Transient } else { ErrorKind::Fatal };
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{}{}", db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
+        None => e.to_string(),
+    };
+    SinkError::new(kind, format!("postgres sink: {what}: {detail}"))
+}
+
+impl PostgresSink {
+    pub fn new(cfg: DbSinkConfig, pipeline: &str) -> PostgresSink {
+        PostgresSink {
+            cfg,
+            pipeline: pipeline.to_string(),
+            client: None,
+            in_tx: false,
+            targets: HashMap::new(),
+            batch: None,
+            unflushed: false,
+            applied: 0,
+            copying: HashSet::new(),
+            stored: None,
+            total: 0,
+        }
+    }
+
+    fn checkpoint_table(&self) -> String {
+        format!("{}.sluice_checkpoints", quote_ident(self.cfg.checkpoint_schema.as_deref().unwrap_or("public")))
+    }
+
+    fn client(&self) -> Result<&Client, SinkError> {
+        self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "postgres sink: not connected"))
+    }
+
+    async fn begin(&mut self) -> Result<(), SinkError> {
+        if !self.in_tx {
+            self.client()?.batch_execute("BEGIN").await.map_err(|e| sql_err("BEGIN", e))?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Make sure the target table exists and matches `schema` (adding and
+    /// dropping columns as the source did).
+    async fn target(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        if let Some(t) = self.targets.get(&schema.id) {
+            if Arc::ptr_eq(&t.schema, schema) || t.schema.same_shape(schema) {
+                return Ok(());
+            }
+        }
+        self.flush_batch().await?;
+        self.begin().await?;
+        let tschema = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
+        let name = format!("{}.{}", quote_ident(&tschema), quote_ident(&schema.id.name));
+        let mut types = Vec::new();
+        let mut convs = Vec::new();
+        for c in &schema.columns {
+            let (t, conv) = pg_type(c);
+            types.push(t);
+            convs.push(conv);
+        }
+        // Under REPLICA IDENTITY FULL every column is "identity": such tables
+        // are matched by their whole old row, like tables without a key.
+        let key: Vec<usize> = if matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing) {
+            Vec::new()
+        } else {
+            schema.key_columns().map(|(i, _)| i).collect()
+        };
+        let client = self.client()?;
+        match self.targets.get(&schema.id) {
+            None => {
+                if self.cfg.create_tables {
+                    let cols: Vec<String> = schema
+                        .columns
+                        .iter()
+                        .zip(&types)
+                        .map(|(c, t)| format!("{} {t}", quote_ident(&c.name)))
+                        .collect();
+                    let pk = if key.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", PRIMARY KEY ({})",
+                            key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", ")
+                        )
+                    };
+                    let ddl = format!(
+                        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {name} ({}{pk})",
+                        quote_ident(&tschema),
+                        cols.join(", ")
+                    );
+                    client.batch_execute(&ddl).await.map_err(|e| sql_err(format!("creating {name}"), e))?;
+                }
+                // The table may predate this run: add the columns the source
+                // has gained since (columns the target has beyond the source's
+                // are kept: they may be the user's).
+                let rows = client
+                    .query(
+                        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                        &[&tschema, &schema.id.name],
+                    )
+                    .await
+                    .map_err(|e| sql_err(format!("reading the columns of {name}"), e))?;
+                if rows.is_empty() {
+                    return Err(SinkError::new(
+                        ErrorKind::Table,
+                        format!("postgres sink: target table {name} does not exist (create it, or set sink.create_tables: true)"),
+                    ));
+                }
+                let have: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+                let add: Vec<String> = schema
+                    .columns
+                    .iter()
+                    .zip(&types)
+                    .filter(|(c, _)| !have.contains(&c.name))
+                    .map(|(c, t)| format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name)))
+                    .collect();
+                if !add.is_empty() {
+                    let sql = format!("ALTER TABLE {name} {}", add.join(", "));
+                    client.batch_execute(&sql).await.map_err(|e| sql_err(format!("altering {name}"), e))?;
+                    tracing::info!(table = %schema.id, "target table altered: {}", add.join(", "));
+                }
+            }
+            Some(old) => {
+                // Schema change mid-stream: follow ADD and DROP COLUMN.
+                let mut ddl = Vec::new();
+                for (c, t) in schema.columns.iter().zip(&types) {
+                    match old.schema.columns.iter().position(|o| o.name == c.name) {
+                        None => ddl.push(format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name))),
+                        Some(j) if old.types[j] != *t => {
+                            return Err(SinkError::new(
+                                ErrorKind::Table,
+                                format!(
+                                    "postgres sink: {}: column {} changed type from {} to {t}; Sluice does not follow \
+                                     type changes: alter the target column and restart",
+                                    schema.id, c.name, old.types[j]
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for o in &old.schema.columns {
+                    if schema.column_index(&o.name).is_none() {
+                        ddl.push(format!("DROP COLUMN IF EXISTS {}", quote_ident(&o.name)));
+                    }
+                }
+                if !ddl.is_empty() {
+                    let sql = format!("ALTER TABLE {name} {}", ddl.join(", "));
+                    client.batch_execute(&sql).await.map_err(|e| sql_err(format!("altering {name}"), e))?;
+                    tracing::info!(table = %schema.id, "target table altered: {}", ddl.join(", "));
+                }
+            }
+        }
+        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key });
+        Ok(())
+    }
+
+    fn key_values(t: &Target, row: &[Value]) -> Vec<Option<String>> {
+        t.key.iter().map(|&i| pg_text(&row[i], t.convs[i])).collect()
+    }
+
+    /// Queue one change; flushes the current batch when it cannot take it.
+    async fn add(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
+        self.target(&ev.table).await?;
+        let keyless = self.targets.get(&ev.table.id).expect("target").key.is_empty();
+        if keyless && matches!(ev.op, Op::Update | Op::Delete) {
+            self.flush_batch().await?;
+            return self.apply_keyless(ev).await;
+        }
+        if ev.op == Op::Truncate {
+            self.flush_batch().await?;
+            self.begin().await?;
+            let sql = format!("TRUNCATE {}", self.targets.get(&ev.table.id).expect("target").name);
+            self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+            return Ok(());
+        }
+        let t = self.targets.get(&ev.table.id).expect("target");
+        let masked = |row: &[Value]| -> Vec<Option<String>> {
+            row.iter()
+                .zip(&t.convs)
+                .filter(|(v, _)| !matches!(v, Value::Unchanged))
+                .map(|(v, c)| pg_text(v, *c))
+                .collect()
+        };
+        // (kind, column mask, the keys it touches, values)
+        let (kind, mask, touched, values) = match ev.op {
+            Op::Read | Op::Create => {
+                let row = &ev.after.as_ref().expect("insert has a row").values;
+                let mask: Vec<bool> = row.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
+                let k = Self::key_values(t, row);
+                (Kind::Upsert, mask, vec![k], masked(row))
+            }
+            Op::Update => {
+                let after = &ev.after.as_ref().expect("update has a row").values;
+                let old_key = match &ev.before {
+                    Some(b) if t.key.iter().all(|&i| !matches!(b.values[i], Value::Unchanged)) => {
+                        Self::key_values(t, &b.values)
+                    }
+                    _ => Self::key_values(t, after),
+                };
+                let new_key = Self::key_values(t, after);
+                let mask: Vec<bool> = after.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
+                let mut vals = old_key.clone();
+                vals.extend(masked(after));
+                // Both keys count as touched: a chain a→b, b→c must not share a statement.
+                (Kind::Update, mask, vec![old_key, new_key], vals)
+            }
+            Op::Delete => {
+                let before = &ev.before.as_ref().expect("delete has a row").values;
+                let k = Self::key_values(t, before);
+                (Kind::Delete, vec![], vec![k.clone()], k)
+            }
+            Op::Truncate => unreachable!("handled above"),
+        };
+        let fits = match &self.batch {
+            Some(b) => {
+                b.table == ev.table.id
+                    && b.kind == kind
+                    && b.mask == mask
+                    && b.rows < STATEMENT_ROWS
+                    && (keyless || !touched.iter().any(|k| b.keys.contains(k)))
+            }
+            None => false,
+        };
+        if !fits {
+            self.flush_batch().await?;
+            self.batch = Some(Batch {
+                table: ev.table.id.clone(),
+                kind,
+                mask,
+                cols: vec![Vec::new(); values.len()],
+                rows: 0,
+                keys: HashSet::new(),
+            });
+        }
+        let b = self.batch.as_mut().expect("batch");
+        for (c, v) in b.cols.iter_mut().zip(values) {
+            c.push(v);
+        }
+        b.rows += 1;
+        if !keyless {
+            b.keys.extend(touched);
+        }
+        Ok(())
+    }
+
+    async fn flush_batch(&mut self) -> Result<(), SinkError> {
+        let Some(b) = self.batch.take() else { return Ok(()) };
+        if b.rows == 0 {
+            return Ok(());
+        }
+        self.begin().await?;
+        let t = self.targets.get(&b.table).expect("target");
+        let s = &t.schema;
+        let q = |i: usize| quote_ident(&s.columns[i].name);
+        let cast = |p: usize, i: usize| format!("u.p{p}::{}", t.types[i]);
+        let sql = match b.kind {
+            Kind::Upsert => {
+                let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
+                let aliases = (0..cols.len()).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
+                let params = (0..cols.len()).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let select = cols.iter().enumerate().map(|(p, &i)| cast(p, i)).collect::<Vec<_>>().join(", ");
+                let names = cols.iter().map(|&i| q(i)).collect::<Vec<_>>().join(", ");
+                let conflict = if t.key.is_empty() {
+                    String::new()
+                } else {
+                    let keys = t.key.iter().map(|&i| q(i)).collect::<Vec<_>>().join(", ");
+                    let sets: Vec<String> = cols
+                        .iter()
+                        .filter(|i| !t.key.contains(i))
+                        .map(|&i| format!("{} = EXCLUDED.{}", q(i), q(i)))
+                        .collect();
+                    if sets.is_empty() {
+                        format!(" ON CONFLICT ({keys}) DO NOTHING")
+                    } else {
+                        format!(" ON CONFLICT ({keys}) DO UPDATE SET {}", sets.join(", "))
+                    }
+                };
+                format!(
+                    "INSERT INTO {} ({names}) SELECT {select} FROM unnest({params}) AS u({aliases}){conflict}",
+                    t.name
+                )
+            }
+            Kind::Update => {
+                let nk = t.key.len();
+                let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
+                let total = nk + cols.len();
+                let aliases = (0..total).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
+                let params = (0..total).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let sets = cols
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| format!("{} = {}", q(i), cast(nk + j, i)))
+                    .collect::<Vec<_>>();
+                let conds =
+                    t.key.iter().enumerate().map(|(p, &i)| format!("t.{} = {}", q(i), cast(p, i))).collect::<Vec<_>>();
+                format!(
+                    "UPDATE {} AS t SET {} FROM unnest({params}) AS u({aliases}) WHERE {}",
+                    t.name,
+                    sets.join(", "),
+                    conds.join(" AND ")
+                )
+            }
+            Kind::Delete => {
+                let nk = t.key.len();
+                let aliases = (0..nk).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
+                let params = (0..nk).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let conds =
+                    t.key.iter().enumerate().map(|(p, &i)| format!("t.{} = {}", q(i), cast(p, i))).collect::<Vec<_>>();
+                format!(
+                    "DELETE FROM {} AS t USING unnest({params}) AS u({aliases}) WHERE {}",
+                    t.name,
+                    conds.join(" AND ")
+                )
+            }
+        };
+        let types = vec![Type::TEXT_ARRAY; b.cols.len()];
+        let params: Vec<&(dyn ToSql + Sync)> = b.cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let client = self.client()?;
+        let stmt =
+            client.prepare_typed(&sql, &types).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
+        client.execute(&stmt, &params).await.map_err(|e| sql_err(format!("applying changes to {}", s.id), e))?;
+        self.applied += b.rows as u64;
+        self.total += b.rows as u64;
+        Ok(())
+    }
+
+    /// Update/delete one row of a table without a key, matched by its full old image.
+    async fn apply_keyless(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
+        self.begin().await?;
+        let t = self.targets.get(&ev.table.id).expect("target");
+        let s = &t.schema;
+        let before = &ev.before.as_ref().ok_or_else(|| {
+            SinkError::new(
+                ErrorKind::Table,
+                format!("postgres sink: {}: an update/delete without the old row (set REPLICA IDENTITY FULL)", s.id),
+            )
+        })?;
+        let mut params: Vec<Option<String>> = Vec::new();
+        let mut conds = Vec::new();
+        for (i, v) in before.values.iter().enumerate() {
+            if matches!(v, Value::Unchanged) {
+                continue;
+            }
+            params.push(pg_text(v, t.convs[i]));
+            let n = params.len();
+            let (lhs, rhs) = if t.types[i].contains("json") {
+                (format!("{}::jsonb", quote_ident(&s.columns[i].name)), format!("${n}::jsonb"))
+            } else {
+                (quote_ident(&s.columns[i].name), format!("${n}::text::{}", t.types[i]))
+            };
+            conds.push(format!("{lhs} IS NOT DISTINCT FROM {rhs}"));
+        }
+        let target_row = format!("SELECT ctid FROM {} WHERE {} LIMIT 1", t.name, conds.join(" AND "));
+        let sql = match ev.op {
+            Op::Delete => format!("DELETE FROM {} WHERE ctid = ({target_row})", t.name),
+            _ => {
+                let after = &ev.after.as_ref().expect("row").values;
+                let mut sets = Vec::new();
+                for (i, v) in after.iter().enumerate() {
+                    if matches!(v, Value::Unchanged) {
+                        continue;
+                    }
+                    params.push(pg_text(v, t.convs[i]));
+                    sets.push(format!("{} = ${}::text::{}", quote_ident(&s.columns[i].name), params.len(), t.types[i]));
+                }
+                format!("UPDATE {} SET {} WHERE ctid = ({target_row})", t.name, sets.join(", "))
+            }
+        };
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let types = vec![Type::TEXT; refs.len()];
+        let client = self.client()?;
+        let stmt =
+            client.prepare_typed(&sql, &types).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
+        client.execute(&stmt, &refs).await.map_err(|e| sql_err(format!("applying a change to {}", s.id), e))?;
+        self.applied += 1;
+        self.total += 1;
+        Ok(())
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn open(&mut self, _state: Option<&serde_json::Value>) -> Result<(), SinkError> {
+        let src = PostgresSourceConfig {
+            url: self.cfg.url.clone(),
+            slot: None,
+            publication: None,
+            tls: self.cfg.tls.clone(),
+            streaming: None,
+        };
+        let info = sluice_postgres::conn::ConnInfo::from_config(&src)
+            .map_err(|e| SinkError::new(e.kind, format!("sink.url: {}", e.message)))?;
+        let client = sluice_postgres::conn::connect_sql(&info)
+            .await
+            .map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))?;
+        let cs = self.cfg.checkpoint_schema.as_deref().unwrap_or("public");
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} (pipeline text PRIMARY KEY, position text, \
+             checkpoint jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+            quote_ident(cs),
+            self.checkpoint_table()
+        );
+        client.batch_execute(&ddl).await.map_err(|e| sql_err("creating sluice_checkpoints", e))?;
+        let row = client
+            .query_opt(
+                &format!("SELECT checkpoint::text FROM {} WHERE pipeline = $1", self.checkpoint_table()),
+                &[&self.pipeline],
+            )
+            .await
+            .map_err(|e| sql_err("reading sluice_checkpoints", e))?;
+        if let Some(r) = row {
+            let text: String = r.get(0);
+            let cp: Checkpoint = serde_json::from_str(&text).map_err(|e| {
+                SinkError::fatal(format!(
+                    "postgres sink: the checkpoint of {} in sluice_checkpoints is corrupt: {e}",
+                    self.pipeline
+                ))
+            })?;
+            self.stored = Some(cp);
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn stored_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        Ok(self.stored.take())
+    }
+
+    async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+        for ev in events {
+            if ev.op == Op::Read && self.copying.insert(ev.table.id.clone()) {
+                // First snapshot row of this table in this run: start from empty.
+                self.target(&ev.table).await?;
+                self.flush_batch().await?;
+                self.begin().await?;
+                let t = self.targets.get(&ev.table.id).expect("target");
+                let sql = format!("TRUNCATE {}", t.name);
+                self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+            }
+            self.add(ev).await?;
+        }
+        self.unflushed = true;
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.applied >= self.cfg.batch.max_rows
+    }
+
+    fn has_unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    fn max_flush_delay(&self) -> Duration {
+        Duration::from_millis(self.cfg.batch.max_delay_ms)
+    }
+
+    async fn flush(
+        &mut self,
+        _hold: &std::collections::HashSet<TableId>,
+        next: &Checkpoint,
+    ) -> Result<serde_json::Value, SinkError> {
+        self.flush_batch().await?;
+        self.begin().await?;
+        let body = serde_json::to_string(next).expect("checkpoint serializes");
+        let position = next.position.as_ref().map(|p| p.to_string());
+        let sql = format!(
+            "INSERT INTO {} (pipeline, position, checkpoint, updated_at) VALUES ($1, $2, $3::text::jsonb, now()) \
+             ON CONFLICT (pipeline) DO UPDATE SET position = EXCLUDED.position, checkpoint = EXCLUDED.checkpoint, \
+             updated_at = now()",
+            self.checkpoint_table()
+        );
+        let client = self.client()?;
+        let stmt = client
+            .prepare_typed(&sql, &[Type::TEXT, Type::TEXT, Type::TEXT])
+            .await
+            .map_err(|e| sql_err("writing the checkpoint", e))?;
+        client
+            .execute(&stmt, &[&self.pipeline, &position, &body])
+            .await
+            .map_err(|e| sql_err("writing the checkpoint", e))?;
+        client.batch_execute("COMMIT").await.map_err(|e| sql_err("COMMIT", e))?;
+        self.in_tx = false;
+        self.applied = 0;
+        self.unflushed = false;
+        Ok(serde_json::Value::Null)
+    }
+
+    async fn checkpointed(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("{} changes applied to Postgres", self.total)
+    }
+}
