@@ -13,7 +13,7 @@ pub(crate) const TABLE: &str = "CREATE TABLE shop.types (
   bin BINARY(4), vbin VARBINARY(20), bl BLOB,
   dt DATE, tm TIME, tm6 TIME(6), dtm DATETIME, dtm3 DATETIME(3), dtm6 DATETIME(6), ts TIMESTAMP(6) NULL,
   yr YEAR, e ENUM('small','medium','large'), st SET('a','b','c','d'),
-  j JSON, uu UUID, g GEOMETRY, pt POINT
+  j JSON, uu UUID, g GEOMETRY, pt POINT, tm2 TIME(2)
 ) DEFAULT CHARSET=utf8mb4";
 
 /// Row values (without the id), each a SQL literal list in column order.
@@ -26,7 +26,7 @@ pub(crate) const ROWS: &[&str] = &[
      0xdeadbeef, 0x00ff00, 0x0102030405, \
      '9999-12-31', '838:59:59', '838:59:59.000000', '9999-12-31 23:59:59', '9999-12-31 23:59:59.999', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', \
      2155, 'large', 'a,b,c,d', '{\"k\": [1, 2.5, \"s\", null, true], \"n\": {\"x\": -1}}', 'ffffffff-ffff-ffff-ffff-ffffffffffff', \
-     ST_GeomFromText('POLYGON((0 0,1 0,1 1,0 0))'), POINT(-1.5, 2.25)",
+     ST_GeomFromText('POLYGON((0 0,1 0,1 1,0 0))'), POINT(-1.5, 2.25), '838:59:59.99'",
     // minima and negatives
     "-128, 0, -32768, 0, -8388608, 0, -2147483648, 0, -9223372036854775808, 0, \
      -99999999.99, -0.000000000000000000000000000001, -99999, \
@@ -35,7 +35,7 @@ pub(crate) const ROWS: &[&str] = &[
      0x00000000, '', '', \
      '1000-01-01', '-838:59:59', '-838:59:59.000001', '1000-01-01 00:00:00', '1000-01-01 00:00:00.001', '1000-01-01 00:00:00.000001', '1970-01-01 00:00:01', \
      1901, 'small', '', '[]', '00000000-0000-0000-0000-000000000000', \
-     ST_GeomFromText('LINESTRING(0 0,1 1)'), POINT(0, 0)",
+     ST_GeomFromText('LINESTRING(0 0,1 1)'), POINT(0, 0), '-838:59:59.99'",
     // ordinary values, fractions, odd dates
     "-1, 1, -300, 300, -70000, 70000, -1, 1, -1, 1, \
      -12.50, 3.141592653589793238462643383279, 0, \
@@ -44,14 +44,14 @@ pub(crate) const ROWS: &[&str] = &[
      0x00000001, 0x00, '', \
      '2024-02-29', '-00:00:01', '12:34:56.5', '2024-02-29 12:34:56', '2024-02-29 12:34:56.5', '2024-02-29 12:34:56.000001', '2024-02-29 12:34:56.123456', \
      0, 'medium', 'b,d', '\"just a string\"', '123e4567-e89b-12d3-a456-426614174000', \
-     ST_GeomFromText('MULTIPOINT(1 1,2 2)'), POINT(1e10, -1e-10)",
+     ST_GeomFromText('MULTIPOINT(1 1,2 2)'), POINT(1e10, -1e-10), '-00:00:00.01'",
     // NULL everywhere
     "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
     // zero dates (documented as NULL)
     "0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'0', b'0', 0, 'z', 'z', 'z', 'z', 'z', 0x00, 0x00, 0x00, \
      '0000-00-00', '00:00:00', '00:00:00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', \
-     0, 'small', 'a', '{}', NULL, NULL, NULL",
+     0, 'small', 'a', '{}', NULL, NULL, NULL, '-00:00:01.5'",
 ];
 
 fn trim_frac(col: &str) -> String {
@@ -110,6 +110,7 @@ fn expected_sql() -> String {
         ("uu".into(), "CAST(uu AS CHAR)".into()),
         ("g".into(), b64("ST_AsWKB(g)")),
         ("pt".into(), b64("ST_AsWKB(pt)")),
+        ("tm2".into(), trim_frac("tm2")),
     ];
     let body = cols.iter().map(|(k, e)| format!("'{k}', {e}")).collect::<Vec<_>>().join(", ");
     format!("SELECT JSON_OBJECT({body}) FROM shop.types ORDER BY id")

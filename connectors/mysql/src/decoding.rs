@@ -396,6 +396,9 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn le(&mut self, n: usize) -> Result<u64, DecodeError> {
+        if n > 8 {
+            return err(format!("bad length width {n} in table map metadata"));
+        }
         let s = self.take(n)?;
         let mut v = 0u64;
         for (i, b) in s.iter().enumerate() {
@@ -405,6 +408,9 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn be(&mut self, n: usize) -> Result<u64, DecodeError> {
+        if n > 8 {
+            return err(format!("bad value width {n}"));
+        }
         let s = self.take(n)?;
         let mut v = 0u64;
         for b in s {
@@ -632,7 +638,7 @@ fn decode_value(r: &mut Reader<'_>, kind: &Kind, ty: &ColumnType) -> Result<Valu
                 0 => (r.be(3)? as i64 - 0x80_0000) << 24,
                 1 | 2 => {
                     let mut int = r.be(3)? as i64 - 0x80_0000;
-                    let mut frac = r.be(1)? as u8 as i8 as i64;
+                    let mut frac = r.be(1)? as i64;
                     if int < 0 && frac != 0 {
                         int += 1;
                         frac -= 0x100;
@@ -641,7 +647,7 @@ fn decode_value(r: &mut Reader<'_>, kind: &Kind, ty: &ColumnType) -> Result<Valu
                 }
                 3 | 4 => {
                     let mut int = r.be(3)? as i64 - 0x80_0000;
-                    let mut frac = r.be(2)? as u16 as i16 as i64;
+                    let mut frac = r.be(2)? as i64;
                     if int < 0 && frac != 0 {
                         int += 1;
                         frac -= 0x10000;
@@ -931,6 +937,12 @@ mod tests {
         let b: Vec<u8> = (0..6).rev().map(|i| (v >> (8 * i)) as u8).collect();
         let mut r = Reader { b: &b, at: 0 };
         assert_eq!(decode_value(&mut r, &Kind::Time2 { fsp: 6 }, &ColumnType::Time).unwrap(), Value::Time(-1));
+        // TIME(2) '-00:00:00.01': integer part 0x7fffff (-1), fraction byte 0xff (read unsigned).
+        let mut r = Reader { b: &[0x7f, 0xff, 0xff, 0xff], at: 0 };
+        assert_eq!(decode_value(&mut r, &Kind::Time2 { fsp: 2 }, &ColumnType::Time).unwrap(), Value::Time(-10_000));
+        // TIME(4) '-00:00:00.0001': fraction 0xffff.
+        let mut r = Reader { b: &[0x7f, 0xff, 0xff, 0xff, 0xff], at: 0 };
+        assert_eq!(decode_value(&mut r, &Kind::Time2 { fsp: 4 }, &ColumnType::Time).unwrap(), Value::Time(-100));
     }
 
     #[test]

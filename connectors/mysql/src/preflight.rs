@@ -96,6 +96,15 @@ async fn run_checks(cfg: &PipelineConfig, c: &mut Conn, r: &mut Report) -> Resul
             r.push(Status::Fail, name, format!("{name} = {}: {fix}", got.as_deref().unwrap_or("(not supported)")));
         }
     }
+    if let Some(v) = conn::variable(c, "binlog_row_value_options").await? {
+        if v.to_ascii_uppercase().contains("PARTIAL_JSON") {
+            r.push(
+                Status::Fail,
+                "binlog_row_value_options",
+                "binlog_row_value_options = PARTIAL_JSON: SET GLOBAL binlog_row_value_options = '' (Sluice needs full JSON images)",
+            );
+        }
+    }
     if flavor == Flavor::MariaDb {
         let comp = conn::variable(c, "log_bin_compress").await?;
         if comp.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("ON")) {

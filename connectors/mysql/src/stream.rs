@@ -155,6 +155,8 @@ struct State {
     tx_gtid: Option<Gtid>,
     tx_event_gtid: EventGtid,
     file: BinlogFile,
+    /// A GTID event opened the current group (its start is set).
+    opened: bool,
     fde_seen: bool,
 }
 
@@ -190,6 +192,7 @@ pub async fn run_stream(mut setup: StreamSetup, start: Start, ctx: &mut SourceCo
         tx_gtid: None,
         tx_event_gtid: EventGtid::None,
         file: BinlogFile::parse(&start.coord.file),
+        opened: false,
         fde_seen: false,
     };
     let mut maps: HashMap<u64, CachedMap> = HashMap::new();
@@ -265,7 +268,9 @@ async fn handle_event(
     let ty = h.event_type_raw();
     let data = ev.data();
     let end = h.log_pos() as u64;
-    let start_pos = end.saturating_sub(h.event_size() as u64);
+    // Events unpacked from a MySQL 8 TRANSACTION_PAYLOAD carry no position:
+    // they sit where the payload event ended.
+    let start_pos = if end == 0 { st.cur.pos } else { end.saturating_sub(h.event_size() as u64) };
     match ty {
         // ROTATE
         4 => {
@@ -294,6 +299,7 @@ async fn handle_event(
             st.tx_gtid = Some(g);
             st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
             st.began = false;
+            st.opened = true;
             // Standalone (DDL): no BEGIN follows; the next statement is the group.
             st.in_tx = flags & 1 == 0;
             advance(st, end);
@@ -314,6 +320,7 @@ async fn handle_event(
             }
             st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
             st.began = false;
+            st.opened = true;
             advance(st, end);
         }
         // MariaDB GTID_LIST: the full state at the start of a binlog file.
@@ -342,10 +349,18 @@ async fn handle_event(
             let q = data.get(db_at + db_len + 1..).unwrap_or_default();
             let q = String::from_utf8_lossy(q);
             let qt = q.trim();
-            if qt.eq_ignore_ascii_case("BEGIN") || qt.eq_ignore_ascii_case("XA START") {
+            let upper = qt.get(..3).unwrap_or("").to_ascii_uppercase();
+            if upper == "XA " {
+                return Err(SourceError::fatal(format!(
+                    "XA transaction in the binlog at {}:{start_pos}: Sluice does not replicate XA transactions",
+                    st.cur.file
+                )));
+            }
+            if qt.eq_ignore_ascii_case("BEGIN") {
                 st.in_tx = true;
                 st.began = false;
-                if st.tx_gtid.is_none() || st.tx_start.key() > (file_seq(&st.cur.file), start_pos) {
+                // A GTID event opened the group already and set its start.
+                if !st.opened {
                     st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
                 }
                 advance(st, end);
@@ -354,6 +369,19 @@ async fn handle_event(
                 commit(st, out);
             } else if st.in_tx {
                 // A statement inside a transaction (SAVEPOINT, ...): nothing to decode.
+                advance(st, end);
+            } else if qt.len() > 17
+                && qt.get(qt.len() - 17..).is_some_and(|t| t.eq_ignore_ascii_case("START TRANSACTION"))
+            {
+                // MySQL 8.0.21+ atomic CREATE TABLE ... SELECT: the DDL opens a
+                // group whose rows and XID follow.
+                maps.clear();
+                setup.schemas.clear();
+                st.in_tx = true;
+                st.began = false;
+                if !st.opened {
+                    st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
+                }
                 advance(st, end);
             } else {
                 // DDL (or another standalone statement): schemas may have changed.
@@ -411,7 +439,9 @@ async fn handle_event(
                 let tme: TableMapEvent<'_> =
                     ev.read_event().map_err(|e| SourceError::fatal(format!("bad table map event: {e}")))?;
                 let id = TableId::new(tme.database_name().into_owned(), tme.table_name().into_owned());
-                let plan = if setup.tables.matches(&id.schema, &id.name) {
+                let system =
+                    matches!(id.schema.as_str(), "mysql" | "information_schema" | "performance_schema" | "sys");
+                let plan = if !system && setup.tables.matches(&id.schema, &id.name) {
                     let cols = decoding::map_columns(&tme, setup.flavor == Flavor::MariaDb)
                         .map_err(|e| SourceError::fatal(e.0))?;
                     let cat = match setup.schemas.get(&id) {
@@ -558,6 +588,19 @@ async fn handle_event(
                 out.push(SourceMessage::Progress { position: st.position() });
             }
         }
+        // XA prepare (MariaDB), partial JSON updates and tagged GTIDs (MySQL):
+        // not supported; refusing beats silently losing changes.
+        38 | 39 | 42 => {
+            let what = match ty {
+                38 => "an XA PREPARE event: Sluice does not replicate XA transactions",
+                39 => "a partial JSON update event: set binlog_row_value_options = '' on the server",
+                _ => "a tagged GTID event (MySQL 8.3+ GTID tags), which Sluice does not support yet",
+            };
+            return Err(SourceError::new(
+                ErrorKind::Fatal,
+                format!("the binlog holds {what} (at {}:{start_pos})", st.cur.file),
+            ));
+        }
         // MariaDB compressed events / encryption: not decodable here.
         164..=171 => {
             return Err(SourceError::new(
@@ -609,6 +652,7 @@ fn commit(st: &mut State, out: &mut Vec<SourceMessage>) {
     }
     st.tx_event_gtid = EventGtid::None;
     st.in_tx = false;
+    st.opened = false;
     if st.began {
         out.push(SourceMessage::Commit { position: st.position() });
     } else {
@@ -649,7 +693,9 @@ fn truncated_table(q: &str, default_db: &str) -> Option<TableId> {
     }
     let offset = q.len() - rest.len();
     let mut s = q[offset..].trim_start();
-    if s.len() >= 5 && s[..5].eq_ignore_ascii_case("table") && s[5..].starts_with(|c: char| c.is_whitespace()) {
+    if s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("table"))
+        && s.get(5..).is_some_and(|r| r.starts_with(|c: char| c.is_whitespace()))
+    {
         s = s[5..].trim_start();
     }
     let (first, rest) = ident(s)?;
@@ -698,5 +744,7 @@ mod tests {
         assert_eq!(truncated_table("truncate  shop.orders", "d"), Some(TableId::new("shop", "orders")));
         assert_eq!(truncated_table("truncated", "d"), None);
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "d"), None);
+        assert_eq!(truncated_table("TRUNCATE 订单", "d"), Some(TableId::new("d", "订单")));
+        assert_eq!(truncated_table("truncate tablé", "d"), Some(TableId::new("d", "tablé")));
     }
 }
