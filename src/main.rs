@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod demo;
 mod pgcluster;
 mod progress;
+mod verify;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ enum Command {
     },
     /// Validate the pipeline file and run preflight checks against the source.
     Check { pipeline: PathBuf },
+    /// Compare every included table of the source with its replica (database sinks).
+    Verify { pipeline: PathBuf },
     /// Show the checkpoint, per-table snapshot state and the source's lag.
     Status {
         pipeline: PathBuf,
@@ -155,6 +158,10 @@ async fn dispatch(cmd: Command) -> Result<u8, Failure> {
     match cmd {
         Command::Run { pipeline, until_caught_up } => cmd_run(&pipeline, until_caught_up).await,
         Command::Check { pipeline } => cmd_check(&pipeline).await,
+        Command::Verify { pipeline } => {
+            let cfg = load(&pipeline)?;
+            Ok(if verify::run(&cfg).await? { 0 } else { 1 })
+        }
         Command::Status { pipeline, json } => cmd_status(&pipeline, json).await,
         Command::Teardown { pipeline, yes } => cmd_teardown(&pipeline, yes).await,
         Command::Demo { seconds, dir } => demo::run(seconds, dir).await,

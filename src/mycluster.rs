@@ -53,6 +53,9 @@ impl MyCluster {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
         std::fs::create_dir_all(dir.join("data")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // A private tmpdir: concurrent bootstraps sharing /tmp collide on
+        // their temporary table file names.
+        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         if is_root() {
             let st = Command::new("chown").args(["-R", "mysql:mysql"]).arg(&dir).status().map_err(|e| e.to_string())?;
             if !st.success() {
@@ -62,6 +65,8 @@ impl MyCluster {
         let mut cmd = Command::new(install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+            .env("TMPDIR", dir.join("tmp"))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .stdin(Stdio::null());
@@ -93,6 +98,7 @@ impl MyCluster {
         let mut cmd = Command::new(server);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", self.socket().display()))

@@ -100,6 +100,22 @@ async fn postgres_to_postgres_exactly_once() {
     catch_up(&p).await;
     let dst = target_client(&target).await;
     assert_replica(&c, &dst).await;
+    // verify agrees, and names what differs once the replica is tampered with.
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("all 4 tables match"), "{}", v.stdout);
+    dst.batch_execute(
+        "UPDATE acct SET v = 'tampered' WHERE id = 17; DELETE FROM hist WHERE id = 3; \
+         INSERT INTO \"Odd Schema\".\"Odd Table\" (\"Key\") VALUES (-5);",
+    )
+    .await
+    .unwrap();
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    for want in ["differs: 17", "missing in target: 3", "extra in target: -5", "3 of 4 tables differ"] {
+        assert!(v.stdout.contains(want), "verify output lacks {want:?}:\n{}", v.stdout);
+    }
+    dst.batch_execute("DELETE FROM \"Odd Schema\".\"Odd Table\" WHERE \"Key\" = -5").await.unwrap();
     // The checkpoint lives in the target, with the data.
     let row = dst
         .query_one(
@@ -191,6 +207,14 @@ async fn mysql_to_postgres_types() {
     let got = source_rows(&dst, pg_sql, &["id"]).await;
     assert_eq!(got.len(), ROWS.len() * 2 - 1);
     assert_same("replica.types", &got, &want);
+    // verify compares across engines, every type included.
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("all 1 tables match"), "{}", v.stdout);
+    dst.batch_execute("UPDATE replica.types SET tm6 = '00:00:00' WHERE id = 1").await.unwrap();
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("differs: 1"), "{}", v.stdout);
     // The documented target types.
     let types: Vec<(String, String)> = dst
         .query(
