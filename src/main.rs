@@ -274,16 +274,10 @@ pub(crate) async fn run_config(
     shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
 ) -> Result<RunSummary, Failure> {
-    let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
-    let mut opts = RuntimeOptions::new(&cfg.name);
-    opts.until_caught_up = until_caught_up;
-    let sink_cfg = cfg.sink.clone();
-    let pipeline_name = cfg.name.clone();
-    let cfg_src = cfg.clone();
-    let summary = match &cfg.source {
+    // Fail fast with a clear message when the source is unreachable or
+    // misconfigured; later connection losses are retried.
+    match &cfg.source {
         SourceConfig::Postgres(pg) => {
-            // Fail fast with a clear message when the source is unreachable or
-            // misconfigured; later connection losses are retried.
             let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
             let client = sluice_postgres::conn::connect_sql(&info).await.context("cannot start the pipeline")?;
             let wal_level: String = client
@@ -297,36 +291,42 @@ pub(crate) async fn run_config(
                 )
                 .into());
             }
-            drop(client);
-            run_pipeline(
-                &opts,
-                move || PostgresSource::new(cfg_src.clone()),
-                move || AnySink::from_config(&sink_cfg, &pipeline_name),
-                &[],
-                &mut store,
-                shutdown,
-                stats,
-            )
-            .await?
         }
         SourceConfig::Mysql(my) => {
             let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
             let mut conn = info.connect().await.context("cannot start the pipeline")?;
             sluice_mysql::preflight::require_settings(&mut conn).await?;
-            drop(conn);
-            run_pipeline(
-                &opts,
-                move || MysqlSource::new(cfg_src.clone()),
-                move || AnySink::from_config(&sink_cfg, &pipeline_name),
-                &[],
-                &mut store,
-                shutdown,
-                stats,
-            )
-            .await?
         }
+    }
+    let summary = match &cfg.source {
+        SourceConfig::Postgres(_) => run_with(cfg, until_caught_up, shutdown, stats, PostgresSource::new).await?,
+        SourceConfig::Mysql(_) => run_with(cfg, until_caught_up, shutdown, stats, MysqlSource::new).await?,
     };
     Ok(summary)
+}
+
+/// The runtime with a source of type `S` and the configured sink.
+async fn run_with<S: sluice_core::Source>(
+    cfg: &PipelineConfig,
+    until_caught_up: bool,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+    make: fn(PipelineConfig) -> S,
+) -> Result<RunSummary, PipelineError> {
+    let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
+    let mut opts = RuntimeOptions::new(&cfg.name);
+    opts.until_caught_up = until_caught_up;
+    let (cfg_src, sink_cfg, name) = (cfg.clone(), cfg.sink.clone(), cfg.name.clone());
+    run_pipeline(
+        &opts,
+        move || make(cfg_src.clone()),
+        move || AnySink::from_config(&sink_cfg, &name),
+        &[],
+        &mut store,
+        shutdown,
+        stats,
+    )
+    .await
 }
 
 async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Failure> {

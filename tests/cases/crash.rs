@@ -160,26 +160,27 @@ async fn sigkill_at_random_points_is_exactly_once() {
 /// Every update must raise `ver` by exactly one over the row as delivered so
 /// far: a duplicated or lost update event shows up here even when a later
 /// update hides it in the final state.
-fn check_versions(events: &[Event]) {
+pub(crate) fn check_versions(events: &[Event]) {
     let num = |v: &serde_json::Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+    // Ids as text, whether JSON numbers or (Parquet) strings.
+    let id = |row: &serde_json::Map<String, serde_json::Value>| row["id"].to_string().trim_matches('"').to_string();
     let mut ver: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for (i, e) in events.iter().enumerate() {
         match e.op.as_str() {
             "r" | "c" => {
                 let a = e.after.as_ref().unwrap();
-                ver.insert(a["id"].to_string(), num(&a["ver"]).unwrap());
+                ver.insert(id(a), num(&a["ver"]).unwrap());
             }
             "u" => {
                 let a = e.after.as_ref().unwrap();
-                let id = a["id"].to_string();
+                let id = id(a);
                 let new = num(&a["ver"]).unwrap();
                 let old = ver.get(&id).copied().unwrap_or_else(|| panic!("event {i}: update of unknown id {id}"));
                 assert_eq!(new, old + 1, "event {i}: id {id} went from ver {old} to {new} (duplicate or lost update)");
                 ver.insert(id, new);
             }
             "d" => {
-                let b = e.before.as_ref().unwrap();
-                ver.remove(&b["id"].to_string());
+                ver.remove(&id(e.before.as_ref().unwrap()));
             }
             _ => {}
         }

@@ -2,7 +2,7 @@ mod big_tx;
 mod cli;
 mod config;
 pub(crate) mod crash;
-mod mysql_stream;
+pub(crate) mod mysql_stream;
 mod mysql_tls;
 pub(crate) mod mysql_types;
 mod pg_sink;

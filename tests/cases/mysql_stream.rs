@@ -7,6 +7,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
 
+use super::crash::check_versions;
 use crate::harness::*;
 
 fn acct_sql() -> &'static str {
@@ -106,7 +107,7 @@ async fn mysql_stream_semantics_and_ddl() {
 
 /// Random transactions through mysql_async: inserts (a few large), updates
 /// that bump `ver`, deletes, rollbacks.
-async fn workload(url: String, seed: u64, rounds: usize) {
+pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
     let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap()).await.unwrap();
     c.query_drop("USE shop").await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -147,36 +148,10 @@ async fn workload(url: String, seed: u64, rounds: usize) {
     let _ = c.disconnect().await;
 }
 
-const SETUP: &str = "CREATE DATABASE shop; USE shop; \
+pub(crate) const SETUP: &str = "CREATE DATABASE shop; USE shop; \
     CREATE TABLE shop.acct (id BIGINT PRIMARY KEY, v TEXT NOT NULL, n DECIMAL(12,2), ver INT NOT NULL DEFAULT 0); \
     CREATE TABLE shop.hist (id BIGINT AUTO_INCREMENT PRIMARY KEY, acct BIGINT, note TEXT); \
     INSERT INTO shop.acct (id, v, n) SELECT seq, CONCAT('v', seq), seq * 1.25 FROM seq_1_to_20000;";
-
-fn check_versions(events: &[Event]) {
-    let num = |v: &serde_json::Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
-    let mut ver: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        match e.op.as_str() {
-            "r" | "c" => {
-                let a = e.after.as_ref().unwrap();
-                ver.insert(a["id"].to_string().trim_matches('"').to_string(), num(&a["ver"]).unwrap());
-            }
-            "u" => {
-                let a = e.after.as_ref().unwrap();
-                let id = a["id"].to_string().trim_matches('"').to_string();
-                let new = num(&a["ver"]).unwrap();
-                let old = ver.get(&id).copied().unwrap_or_else(|| panic!("event {i}: update of unknown id {id}"));
-                assert_eq!(new, old + 1, "event {i}: id {id} went from ver {old} to {new} (duplicate or lost update)");
-                ver.insert(id, new);
-            }
-            "d" => {
-                let b = e.before.as_ref().unwrap();
-                ver.remove(b["id"].to_string().trim_matches('"'));
-            }
-            _ => {}
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_sigkill_at_random_points_is_exactly_once() {

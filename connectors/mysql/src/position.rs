@@ -163,14 +163,7 @@ impl std::fmt::Display for Gtid {
 
 /// Format 16 bytes as a MySQL server uuid.
 pub fn uuid_string(b: &[u8]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    crate::decoding::uuid_text(b)
 }
 
 #[cfg(test)]
