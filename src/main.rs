@@ -482,6 +482,10 @@ async fn cmd_teardown(path: &Path, yes: bool) -> Result<u8, Failure> {
         SourceConfig::Postgres(_) => sluice_postgres::admin::teardown(&cfg).await?,
         SourceConfig::Mysql(_) => sluice_mysql::admin::teardown(&cfg).await?,
     };
+    let mut lines = lines;
+    if let SinkConfig::Postgres(d) = &cfg.sink {
+        lines.push(sluice_sink_postgres::forget(d, &cfg.name).await?);
+    }
     for line in lines {
         println!("{line}");
     }

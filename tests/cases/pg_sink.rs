@@ -287,4 +287,11 @@ async fn mysql_to_postgres_sigkill_exactly_once() {
     assert_same("shop.hist replica", &got, &want);
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    // teardown forgets the checkpoint in the target too: the next run copies anew.
+    let t = sluice(&["teardown", p.to_str().unwrap(), "--yes"]).await;
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    assert!(t.stdout.contains("removed 1 checkpoint row"), "{}", t.stdout);
+    catch_up(&p).await;
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }

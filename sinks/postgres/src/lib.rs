@@ -460,20 +460,45 @@ impl PostgresSink {
     }
 }
 
+async fn connect(cfg: &DbSinkConfig) -> Result<Client, SinkError> {
+    let src = PostgresSourceConfig {
+        url: cfg.url.clone(),
+        slot: None,
+        publication: None,
+        tls: cfg.tls.clone(),
+        streaming: None,
+    };
+    let info = sluice_postgres::conn::ConnInfo::from_config(&src)
+        .map_err(|e| SinkError::new(e.kind, format!("sink.url: {}", e.message)))?;
+    sluice_postgres::conn::connect_sql(&info)
+        .await
+        .map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))
+}
+
+/// `teardown`: forget the pipeline's checkpoint in the target (the
+/// replicated tables stay). Returns what was done.
+pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkError> {
+    let client = connect(cfg).await?;
+    let sink = PostgresSink::new(cfg.clone(), pipeline);
+    let table = sink.checkpoint_table();
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(|e| sql_err("looking up sluice_checkpoints", e))?
+        .get(0);
+    if !exists {
+        return Ok("target: no sluice_checkpoints table".into());
+    }
+    let n = client
+        .execute(&format!("DELETE FROM {table} WHERE pipeline = $1"), &[&pipeline])
+        .await
+        .map_err(|e| sql_err("deleting the checkpoint", e))?;
+    Ok(format!("target: removed {n} checkpoint row(s) of {pipeline} from {table} (the replica tables stay)"))
+}
+
 impl Sink for PostgresSink {
     async fn open(&mut self, _state: Option<&serde_json::Value>) -> Result<(), SinkError> {
-        let src = PostgresSourceConfig {
-            url: self.cfg.url.clone(),
-            slot: None,
-            publication: None,
-            tls: self.cfg.tls.clone(),
-            streaming: None,
-        };
-        let info = sluice_postgres::conn::ConnInfo::from_config(&src)
-            .map_err(|e| SinkError::new(e.kind, format!("sink.url: {}", e.message)))?;
-        let client = sluice_postgres::conn::connect_sql(&info)
-            .await
-            .map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))?;
+        let client = connect(&self.cfg).await?;
         let cs = self.cfg.checkpoint_schema.as_deref().unwrap_or("public");
         let ddl = format!(
             "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} (pipeline text PRIMARY KEY, position text, \
