@@ -387,6 +387,10 @@ async fn handle_event(
                 // DDL (or another standalone statement): schemas may have changed.
                 maps.clear();
                 setup.schemas.clear();
+                if !st.opened {
+                    // No GTID event before it (servers without GTIDs): the statement is the group.
+                    st.tx_start = Coord { file: st.cur.file.clone(), pos: start_pos };
+                }
                 if let Some(t) = truncated_table(qt, &db) {
                     if setup.tables.matches(&t.schema, &t.name) {
                         let schema = match versions.get(&t) {
