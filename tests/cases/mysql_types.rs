@@ -54,6 +54,15 @@ pub(crate) const ROWS: &[&str] = &[
      0, 'small', 'a', '{}', NULL, NULL, NULL, '-00:00:01.5'",
 ];
 
+/// Insert `ROWS` with ids `base + 1 ..` (zero dates allowed).
+pub(crate) fn insert_rows(env: &MyEnv, base: usize) {
+    let mut sql = String::from("SET SESSION sql_mode = ''; ");
+    for (i, r) in ROWS.iter().enumerate() {
+        sql.push_str(&format!("INSERT INTO shop.types VALUES ({}, {r});\n", base + i + 1));
+    }
+    env.sql(&sql);
+}
+
 fn trim_frac(col: &str) -> String {
     format!("IF(LOCATE('.', CAST({col} AS CHAR)) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST({col} AS CHAR))), CAST({col} AS CHAR))")
 }
@@ -135,13 +144,7 @@ async fn mysql_types_snapshot_and_stream() {
     let env = MyEnv::new("mytypes");
     env.sql("CREATE DATABASE shop CHARACTER SET utf8mb4");
     env.sql(TABLE);
-    let insert = |base: usize| {
-        let mut sql = String::from("SET SESSION sql_mode = ''; ");
-        for (i, r) in ROWS.iter().enumerate() {
-            sql.push_str(&format!("INSERT INTO shop.types VALUES ({}, {r});\n", base + i + 1));
-        }
-        env.sql(&sql);
-    };
+    let insert = |base: usize| insert_rows(&env, base);
     insert(0);
     let p = env.pipeline("mytypes", &["shop.*"], &env.files_sink("mytypes", "jsonl"), "");
     catch_up(&p).await;

@@ -26,6 +26,30 @@ const QUERIES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// SIGKILL runs of `p` at random moments (the first within `first_ms`) until
+/// the workload is done and at least five kills happened.
+async fn kill_repeatedly(
+    p: &std::path::Path,
+    work: tokio::task::JoinHandle<()>,
+    rng: &mut rand::rngs::StdRng,
+    first_ms: std::ops::Range<u64>,
+) {
+    let mut kills = 0;
+    while !work.is_finished() || kills < 5 {
+        let mut a = spawn_run(p);
+        let ms = if kills == 0 { rng.gen_range(first_ms.clone()) } else { rng.gen_range(300..2000) };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        a.start_kill().unwrap();
+        let _ = a.wait().await;
+        kills += 1;
+        if kills > 30 {
+            break;
+        }
+    }
+    work.await.unwrap();
+    eprintln!("killed the pipeline {kills} times");
+}
+
 async fn assert_replica(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) {
     for (name, sql, key) in QUERIES {
         let want = source_rows(src, sql, key).await;
@@ -81,22 +105,7 @@ async fn postgres_to_postgres_exactly_once() {
             .unwrap();
         }
     });
-    let mut kills = 0;
-    let mut first = true;
-    while !work.is_finished() || kills < 5 {
-        let mut a = spawn_run(&p);
-        let ms = if first { rng.gen_range(200..800) } else { rng.gen_range(300..2000) };
-        first = false;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        a.start_kill().unwrap();
-        let _ = a.wait().await;
-        kills += 1;
-        if kills > 30 {
-            break;
-        }
-    }
-    work.await.unwrap();
-    eprintln!("killed the pipeline {kills} times");
+    kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
     let dst = target_client(&target).await;
     assert_replica(&c, &dst).await;
@@ -161,13 +170,7 @@ async fn mysql_to_postgres_types() {
     let target = PgCluster::start(&[]).unwrap();
     env.sql("CREATE DATABASE shop CHARACTER SET utf8mb4");
     env.sql(TABLE);
-    let insert = |base: usize| {
-        let mut sql = String::from("SET SESSION sql_mode = ''; ");
-        for (i, r) in ROWS.iter().enumerate() {
-            sql.push_str(&format!("INSERT INTO shop.types VALUES ({}, {r});\n", base + i + 1));
-        }
-        env.sql(&sql);
-    };
+    let insert = |base: usize| super::mysql_types::insert_rows(&env, base);
     insert(0);
     let sink = format!("  type: postgres\n  url: {}\n  schema: replica\n", target.url("postgres"));
     let p = env.pipeline("my2pg", &["shop.*"], &sink, "");
@@ -253,22 +256,7 @@ async fn mysql_to_postgres_sigkill_exactly_once() {
     eprintln!("mysql->pg crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(super::mysql_stream::workload(env.url(), seed, 120));
-    let mut kills = 0;
-    let mut first = true;
-    while !work.is_finished() || kills < 5 {
-        let mut a = spawn_run(&p);
-        let ms = if first { rng.gen_range(100..400) } else { rng.gen_range(300..2000) };
-        first = false;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        a.start_kill().unwrap();
-        let _ = a.wait().await;
-        kills += 1;
-        if kills > 30 {
-            break;
-        }
-    }
-    work.await.unwrap();
-    eprintln!("killed the pipeline {kills} times");
+    kill_repeatedly(&p, work, &mut rng, 100..400).await;
     catch_up(&p).await;
     let dst = target_client(&target).await;
     let want =
