@@ -186,6 +186,7 @@ fn load(path: &Path) -> Result<PipelineConfig, Failure> {
 pub(crate) enum AnySink {
     Files(Box<FilesSink>),
     Postgres(Box<sluice_sink_postgres::PostgresSink>),
+    Mysql(Box<sluice_sink_mysql::MysqlSink>),
     Blackhole(BlackholeSink),
     Stdout(StdoutSink),
 }
@@ -197,6 +198,7 @@ impl AnySink {
             SinkConfig::Postgres(d) => {
                 AnySink::Postgres(Box::new(sluice_sink_postgres::PostgresSink::new(d.clone(), pipeline)))
             }
+            SinkConfig::Mysql(d) => AnySink::Mysql(Box::new(sluice_sink_mysql::MysqlSink::new(d.clone(), pipeline))),
             SinkConfig::Blackhole {} => AnySink::Blackhole(BlackholeSink::default()),
             SinkConfig::Stdout {} => AnySink::Stdout(StdoutSink::default()),
         }
@@ -208,6 +210,7 @@ macro_rules! each_sink {
         match $self {
             AnySink::Files($s) => $e,
             AnySink::Postgres($s) => $e,
+            AnySink::Mysql($s) => $e,
             AnySink::Blackhole($s) => $e,
             AnySink::Stdout($s) => $e,
         }
@@ -483,8 +486,10 @@ async fn cmd_teardown(path: &Path, yes: bool) -> Result<u8, Failure> {
         SourceConfig::Mysql(_) => sluice_mysql::admin::teardown(&cfg).await?,
     };
     let mut lines = lines;
-    if let SinkConfig::Postgres(d) = &cfg.sink {
-        lines.push(sluice_sink_postgres::forget(d, &cfg.name).await?);
+    match &cfg.sink {
+        SinkConfig::Postgres(d) => lines.push(sluice_sink_postgres::forget(d, &cfg.name).await?),
+        SinkConfig::Mysql(d) => lines.push(sluice_sink_mysql::forget(d, &cfg.name).await?),
+        _ => {}
     }
     for line in lines {
         println!("{line}");

@@ -36,14 +36,33 @@ fn bucket_count(estimate: u64) -> usize {
 }
 
 /// Canonical value: the pipeline's JSON encoding, with JSON documents
-/// normalized and MySQL TINYINT(1) as a boolean.
-fn canonical(v: Value, conv: Conv, out: &mut Vec<u8>, scratch: &mut String) {
+/// normalized and MySQL TINYINT(1) as a boolean. Against a MySQL target
+/// (`mysql`), arrays (stored as JSON) compare as JSON documents and
+/// unconstrained numerics (stored as DECIMAL(65,30)) without trailing zeros.
+fn canonical(v: Value, conv: Conv, ty: &ColumnType, mysql: bool, out: &mut Vec<u8>, scratch: &mut String) {
+    let normalize = |j: String| match serde_json::from_str::<serde_json::Value>(&j) {
+        Ok(p) => Value::Json(p.to_string()),
+        Err(_) => Value::Json(j),
+    };
     let v = match (v, conv) {
         (Value::Int(i), Conv::IntToBool) => Value::Bool(i != 0),
-        (Value::Json(j), _) => match serde_json::from_str::<serde_json::Value>(&j) {
-            Ok(p) => Value::Json(p.to_string()),
-            Err(_) => Value::Json(j),
-        },
+        (Value::Int(i), _) if *ty == ColumnType::Bool => Value::Bool(i != 0),
+        (Value::Json(j), _) => normalize(j),
+        (v @ Value::Array(_), _) if mysql => {
+            let mut b = Vec::new();
+            sluice_schemas::json::write_value(&mut b, &v, scratch);
+            normalize(String::from_utf8_lossy(&b).into_owned())
+        }
+        (Value::Text(t), _) if mysql && matches!(ty, ColumnType::Array(_)) => normalize(t),
+        (Value::Numeric(n), _) if mysql && matches!(ty, ColumnType::Numeric { precision: None, .. }) => {
+            match n.split_once('.') {
+                Some((i, f)) if f.bytes().all(|b| b.is_ascii_digit()) => {
+                    let f = f.trim_end_matches('0');
+                    Value::Numeric(if f.is_empty() { i.to_string() } else { format!("{i}.{f}") })
+                }
+                _ => Value::Numeric(n),
+            }
+        }
         (v, _) => v,
     };
     sluice_schemas::json::write_value(out, &v, scratch);
@@ -61,18 +80,22 @@ struct Accum {
     detail: Option<(Vec<bool>, Detail)>,
     key_idx: Vec<usize>,
     convs: Vec<Conv>,
+    types: Vec<ColumnType>,
+    mysql_target: bool,
     row: Vec<u8>,
     key: Vec<u8>,
     scratch: String,
 }
 
 impl Accum {
-    fn new(buckets: usize, key_idx: Vec<usize>, convs: Vec<Conv>, detail: Option<Vec<bool>>) -> Accum {
+    fn new(buckets: usize, schema: &TableSchema, mysql_target: bool, detail: Option<Vec<bool>>) -> Accum {
         Accum {
             summary: Summary { rows: 0, buckets: vec![(0, 0); buckets] },
             detail: detail.map(|d| (d, BTreeMap::new())),
-            key_idx,
-            convs,
+            key_idx: key_of(schema),
+            convs: schema.columns.iter().map(|c| pg_type(c).1).collect(),
+            types: schema.columns.iter().map(|c| c.ty.clone()).collect(),
+            mysql_target,
             row: Vec::new(),
             key: Vec::new(),
             scratch: String::new(),
@@ -83,9 +106,9 @@ impl Accum {
         self.row.clear();
         self.key.clear();
         let all_key = self.key_idx.is_empty();
-        for (i, (v, conv)) in values.into_iter().zip(&self.convs).enumerate() {
+        for (i, (v, (conv, ty))) in values.into_iter().zip(self.convs.iter().zip(&self.types)).enumerate() {
             let start = self.row.len();
-            canonical(v, *conv, &mut self.row, &mut self.scratch);
+            canonical(v, *conv, ty, self.mysql_target, &mut self.row, &mut self.scratch);
             if all_key || self.key_idx.contains(&i) {
                 let piece = self.row[start..].to_vec();
                 self.key.extend_from_slice(&piece);
@@ -248,10 +271,10 @@ async fn summarize_source(
     src: &mut SourceConn,
     t: &Table,
     buckets: usize,
+    mysql_target: bool,
     detail: Option<Vec<bool>>,
 ) -> anyhow::Result<Accum> {
-    let convs: Vec<Conv> = t.schema.columns.iter().map(|c| pg_type(c).1).collect();
-    let mut acc = Accum::new(buckets, key_of(&t.schema), convs, detail);
+    let mut acc = Accum::new(buckets, &t.schema, mysql_target, detail);
     match src {
         SourceConn::Pg(pg) => read_pg_source(&pg.0, &t.schema, &mut acc).await?,
         SourceConn::My(conn) => read_my_source(conn, &t.schema, &t.snap, &mut acc).await?,
@@ -259,45 +282,109 @@ async fn summarize_source(
     Ok(acc)
 }
 
+/// The replica's session.
+enum TargetConn {
+    Pg(tokio_postgres::Client),
+    My(mysql_async::Conn),
+}
+
+/// Read the replica table (MySQL) through the binary protocol, each value
+/// as the source column's type.
+async fn read_my_target(conn: &mut mysql_async::Conn, target: &str, t: &Table, acc: &mut Accum) -> anyhow::Result<()> {
+    let q = sluice_mysql::snapshot::quote_my;
+    let schema = &t.schema;
+    let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
+    let mut result = conn
+        .exec_iter(format!("SELECT {cols} FROM {target}"), ())
+        .await
+        .with_context(|| format!("reading {target}"))?;
+    let plain = sluice_mysql::catalog::SnapColumn::default();
+    while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
+        let mut values = Vec::with_capacity(schema.columns.len());
+        for (i, (v, c)) in row.unwrap().into_iter().zip(&schema.columns).enumerate() {
+            let snap = t.snap.get(i).unwrap_or(&plain);
+            values.push(
+                sluice_mysql::snapshot::convert(v, &c.ty, snap)
+                    .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
+            );
+        }
+        acc.add(values);
+    }
+    Ok(())
+}
+
 async fn summarize_target(
-    client: &tokio_postgres::Client,
-    target: &str,
+    target: &mut TargetConn,
+    db: &str,
     t: &Table,
     buckets: usize,
     detail: Option<Vec<bool>>,
 ) -> anyhow::Result<Option<Accum>> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
-        .await
-        .with_context(|| format!("looking up {target}"))?
-        .get(0);
-    if !exists {
-        return Ok(None);
+    match target {
+        TargetConn::Pg(client) => {
+            let name = format!("{}.{}", quote_ident(db), quote_ident(&t.schema.id.name));
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await
+                .with_context(|| format!("looking up {name}"))?
+                .get(0);
+            if !exists {
+                return Ok(None);
+            }
+            let mut acc = Accum::new(buckets, &t.schema, false, detail);
+            read_pg_target(client, &name, &t.schema, &mut acc).await?;
+            Ok(Some(acc))
+        }
+        TargetConn::My(conn) => {
+            let q = sluice_mysql::snapshot::quote_my;
+            let name = format!("{}.{}", q(db), q(&t.schema.id.name));
+            let exists: Option<u64> = conn
+                .exec_first(
+                    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (db, &t.schema.id.name),
+                )
+                .await
+                .with_context(|| format!("looking up {name}"))?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let mut acc = Accum::new(buckets, &t.schema, true, detail);
+            read_my_target(conn, &name, t, &mut acc).await?;
+            Ok(Some(acc))
+        }
     }
-    let convs: Vec<Conv> = t.schema.columns.iter().map(|c| pg_type(c).1).collect();
-    let mut acc = Accum::new(buckets, key_of(&t.schema), convs, detail);
-    read_pg_target(client, target, &t.schema, &mut acc).await?;
-    Ok(Some(acc))
 }
 
 /// Run `verify`: print a result line per table; `Ok(true)` when all match.
 pub async fn run(cfg: &PipelineConfig) -> anyhow::Result<bool> {
-    let SinkConfig::Postgres(sink) = &cfg.sink else {
-        return Err(sluice_core::error::SinkError::new(
-            sluice_core::ErrorKind::Config,
-            "verify compares the source with a replica database: sink.type must be postgres",
-        )
-        .into());
+    let (sink, mysql_target) = match &cfg.sink {
+        SinkConfig::Postgres(d) => (d, false),
+        SinkConfig::Mysql(d) => (d, true),
+        _ => {
+            return Err(sluice_core::error::SinkError::new(
+                sluice_core::ErrorKind::Config,
+                "verify compares the source with a replica database: sink.type must be postgres or mysql",
+            )
+            .into())
+        }
     };
-    let tinfo = sluice_postgres::conn::ConnInfo::from_config(&PostgresSourceConfig {
-        url: sink.url.clone(),
-        slot: None,
-        publication: None,
-        tls: sink.tls.clone(),
-        streaming: None,
-    })?;
-    let target = sluice_postgres::conn::connect_sql(&tinfo).await.context("connecting to the target")?;
-    target.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET IntervalStyle = 'postgres'").await?;
+    let mut target = if mysql_target {
+        let info = sluice_mysql::conn::ConnInfo::from_url(&sink.url, sink.tls.as_ref(), "sink")?;
+        TargetConn::My(info.connect().await.context("connecting to the target")?)
+    } else {
+        let tinfo = sluice_postgres::conn::ConnInfo::from_config(&PostgresSourceConfig {
+            url: sink.url.clone(),
+            slot: None,
+            publication: None,
+            tls: sink.tls.clone(),
+            streaming: None,
+        })?;
+        let client = sluice_postgres::conn::connect_sql(&tinfo).await.context("connecting to the target")?;
+        client
+            .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET IntervalStyle = 'postgres'")
+            .await?;
+        TargetConn::Pg(client)
+    };
     let mut src = match &cfg.source {
         SourceConfig::Postgres(pg) => {
             let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
@@ -319,16 +406,16 @@ pub async fn run(cfg: &PipelineConfig) -> anyhow::Result<bool> {
     let mut failed = 0usize;
     for t in &tables {
         let tschema = sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
-        let tname = format!("{}.{}", quote_ident(&tschema), quote_ident(&t.schema.id.name));
         let buckets = bucket_count(t.estimate);
-        let s = summarize_source(&mut src, t, buckets, None).await?;
-        let d = summarize_target(&target, &tname, t, buckets, None).await?;
+        let s = summarize_source(&mut src, t, buckets, mysql_target, None).await?;
+        let d = summarize_target(&mut target, &tschema, t, buckets, None).await?;
         let Some(d) = d else {
             println!(
-                "{:<40} {:>12} {:>12}  MISSING (no table {tname} in the target)",
+                "{:<40} {:>12} {:>12}  MISSING (no table {tschema}.{} in the target)",
                 t.schema.id.to_string(),
                 s.summary.rows,
-                "-"
+                "-",
+                t.schema.id.name
             );
             failed += 1;
             continue;
@@ -340,8 +427,8 @@ pub async fn run(cfg: &PipelineConfig) -> anyhow::Result<bool> {
         }
         failed += 1;
         // Second pass over the differing buckets only: name the keys.
-        let s2 = summarize_source(&mut src, t, buckets, Some(differing.clone())).await?;
-        let d2 = summarize_target(&target, &tname, t, buckets, Some(differing)).await?.expect("exists");
+        let s2 = summarize_source(&mut src, t, buckets, mysql_target, Some(differing.clone())).await?;
+        let d2 = summarize_target(&mut target, &tschema, t, buckets, Some(differing)).await?.expect("exists");
         let (sd, dd) = (s2.detail.expect("detail").1, d2.detail.expect("detail").1);
         let mut problems = Vec::new();
         for (k, h) in &sd {

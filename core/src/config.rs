@@ -148,22 +148,24 @@ pub enum SnapshotMode {
 pub enum SinkConfig {
     Files(FilesSinkConfig),
     Postgres(DbSinkConfig),
+    Mysql(DbSinkConfig),
     Blackhole {},
     Stdout {},
 }
 
-/// A replica database sink (`type: postgres`).
+/// A replica database sink (`type: postgres` or `type: mysql`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbSinkConfig {
-    /// `postgres://user:password@host:port/db`.
+    /// `postgres://user:password@host:port/db` or `mysql://user:password@host:port[/db]`.
     pub url: String,
-    /// Put every table in this schema; default: the source's schema (MySQL: database) name.
+    /// Put every table in this schema (MySQL: database); default: the source's schema (MySQL: database) name.
     pub schema: Option<String>,
     /// Create missing target tables from the source schema (default true).
     #[serde(default = "default_true")]
     pub create_tables: bool,
-    /// Schema of the `sluice_checkpoints` table (default `public`).
+    /// Schema of the `sluice_checkpoints` table (Postgres default `public`;
+    /// MySQL: a database, default the URL's database, else `sluice`).
     pub checkpoint_schema: Option<String>,
     #[serde(default)]
     pub batch: BatchConfig,
@@ -385,11 +387,21 @@ impl PipelineConfig {
         if self.snapshot.parallelism == 0 || self.snapshot.parallelism > 64 {
             errs.push(format!("snapshot.parallelism: {} must be between 1 and 64", self.snapshot.parallelism));
         }
-        if let SinkConfig::Postgres(d) = &self.sink {
+        if let SinkConfig::Postgres(d) | SinkConfig::Mysql(d) = &self.sink {
             let url = d.url.trim();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+            if matches!(self.sink, SinkConfig::Postgres(_))
+                && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('='))
+            {
                 errs.push(format!(
                     "sink.url: {:?} is not a Postgres connection string (postgres://user:password@host:port/db)",
+                    redact_url(url)
+                ));
+            }
+            if matches!(self.sink, SinkConfig::Mysql(_))
+                && !(url.starts_with("mysql://") || url.starts_with("mariadb://"))
+            {
+                errs.push(format!(
+                    "sink.url: {:?} is not a MySQL URL (mysql://user:password@host:port[/database])",
                     redact_url(url)
                 ));
             }

@@ -19,6 +19,31 @@
 //! | MySQL TIME (an interval: -838:59:59 .. 838:59:59) | `interval` |
 //! | MySQL JSON | `jsonb` |
 //! | MariaDB UUID | `uuid` |
+//!
+//! MySQL/MariaDB targets (tables are created `ENGINE=InnoDB`, character set
+//! `utf8mb4` with a binary no-pad collation — `utf8mb4_nopad_bin` on
+//! MariaDB, `utf8mb4_0900_bin` on MySQL — so keys that differ in case or
+//! trailing spaces stay distinct, as in the source):
+//!
+//! | source column | MySQL target type | values |
+//! |---|---|---|
+//! | any MySQL type (from a MySQL source) | the same type as declared (`int(11) unsigned`, `decimal(10,2)`, `enum('a','b')`, `datetime(6)`, ...); where the binlog alone described the table, the widest form (`longtext`, `datetime(6)`) | as read |
+//! | MariaDB UUID | `uuid` on MariaDB 10.7+, else `char(36)` | text form |
+//! | Postgres `boolean` | `boolean` (`tinyint(1)`) | 0 / 1 |
+//! | `smallint` / `integer` / `bigint` / `oid` | `smallint` / `int` / `bigint` / `int unsigned` | |
+//! | `real` / `double precision` | `float` / `double` | `NaN`, `±Infinity` stop the table (MySQL has no such values) |
+//! | `numeric(p,s)` (p ≤ 65, s ≤ 30) | `decimal(p,s)` | `NaN`, `±Infinity` stop the table |
+//! | `numeric` without precision | `decimal(65,30)`, with a warning | a value with more than 30 decimals or 35 integer digits stops the table (it would be rounded) |
+//! | `numeric(p,s)` beyond MySQL's limits | — | the table stops at creation |
+//! | `character varying(n)`, `character(n)` (n ≤ 16383) | `varchar(n)` (padding kept) | |
+//! | `text` and other text-like types (enums, intervals, money, network, geometric, ranges: their text form) | `longtext` (`varchar(768)` in a key) | |
+//! | `bytea` | `longblob` (`varbinary(3072)` in a key) | |
+//! | `date` | `date` | years 1–9999; infinity and BC dates stop the table |
+//! | `time` | `time(6)` | |
+//! | `timestamp` / `timestamptz` | `datetime(6)` / `datetime(6)` in UTC | years 1–9999; infinity stops the table |
+//! | `uuid` | `char(36)` | text form |
+//! | `json` / `jsonb` | `json` | the document |
+//! | arrays | `json` | a JSON array (as in JSONL events) |
 
 use sluice_core::value::{format_date, format_time, format_timestamp};
 use sluice_core::{Column, ColumnType, Value};
@@ -143,6 +168,140 @@ fn quote_elem(t: &str, s: &mut String) {
     s.push('"');
 }
 
+/// How a value is converted on its way into a MySQL/MariaDB column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MyConv {
+    AsIs,
+    /// Postgres boolean → `tinyint(1)`.
+    BoolToInt,
+    /// MySQL BIT(n), carried as a `0101` string, back into a number.
+    BitString,
+    /// WKB → `ST_GeomFromWKB(?)`.
+    Geometry,
+    /// Floats: NaN and infinities cannot be stored.
+    Float,
+    /// Decimals: NaN/infinities cannot be stored; more than `int_digits`
+    /// integer or `scale` fractional digits would be rounded.
+    Decimal {
+        int_digits: u32,
+        scale: u32,
+    },
+    /// Dates and timestamps: years 1..=9999 only.
+    Temporal,
+    /// Arrays (and anything else structured) as a JSON document.
+    ArrayJson,
+}
+
+/// A MySQL/MariaDB replica column: its type, the value conversion, and a
+/// warning to log when the mapping loses something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyColumn {
+    pub ty: String,
+    pub conv: MyConv,
+    pub warning: Option<String>,
+}
+
+/// Longest text/binary key column (InnoDB's 3072-byte key limit, utf8mb4).
+const KEY_CHARS: u32 = 768;
+
+/// The MySQL type of a replica column. `mariadb`: the target is MariaDB
+/// (which has `uuid` since 10.7 when `uuid_type` is true). Errors name what
+/// cannot be represented.
+pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
+    let ok = |ty: &str, conv: MyConv| Ok(MyColumn { ty: ty.to_string(), conv, warning: None });
+    if col.type_id == 0 {
+        // A MySQL source: keep the declared type where it is complete.
+        let st = col.source_type.to_ascii_lowercase();
+        let base = st.split(|c: char| c == '(' || c == ' ').next().unwrap_or("");
+        let complete = st.contains('(')
+            || matches!(
+                base,
+                "tinyint"
+                    | "smallint"
+                    | "mediumint"
+                    | "int"
+                    | "integer"
+                    | "bigint"
+                    | "float"
+                    | "double"
+                    | "date"
+                    | "year"
+                    | "tinytext"
+                    | "mediumtext"
+                    | "longtext"
+                    | "tinyblob"
+                    | "mediumblob"
+                    | "longblob"
+            );
+        if base == "bit" {
+            return ok(&st, MyConv::BitString);
+        }
+        if crate::mysql::is_geometry(base) {
+            return ok(base, MyConv::Geometry);
+        }
+        match (&col.ty, base) {
+            (_, "timestamp" | "datetime" | "time") if !complete => return ok(&format!("{base}(6)"), MyConv::AsIs),
+            (ColumnType::Json, _) => return ok("json", MyConv::AsIs),
+            (ColumnType::Uuid, _) => return ok(if mariadb_uuid { "uuid" } else { "char(36)" }, MyConv::AsIs),
+            (ColumnType::Float32 | ColumnType::Float64, _) if complete => return ok(&st, MyConv::Float),
+            (_, "enum" | "set") if complete => return ok(&col.source_type, MyConv::AsIs),
+            _ if complete => return ok(&st, MyConv::AsIs),
+            _ => {}
+        }
+    }
+    let text = if col.key { format!("varchar({KEY_CHARS})") } else { "longtext".to_string() };
+    match &col.ty {
+        ColumnType::Bool => ok("boolean", MyConv::BoolToInt),
+        ColumnType::Int16 => ok("smallint", MyConv::AsIs),
+        ColumnType::Int32 => ok("int", MyConv::AsIs),
+        ColumnType::Int64 => ok("bigint", MyConv::AsIs),
+        ColumnType::UInt32 => ok("int unsigned", MyConv::AsIs),
+        ColumnType::UInt64 => ok("bigint unsigned", MyConv::AsIs),
+        ColumnType::Float32 => ok("float", MyConv::Float),
+        ColumnType::Float64 => ok("double", MyConv::Float),
+        ColumnType::Numeric { precision: Some(p), scale: Some(s) } => {
+            if *p > 65 || *s > 30 {
+                return Err(format!(
+                    "column {}: numeric({p},{s}) does not fit MySQL's DECIMAL (at most 65 digits, 30 after the point)",
+                    col.name
+                ));
+            }
+            ok(&format!("decimal({p},{s})"), MyConv::Decimal { int_digits: p - s, scale: *s })
+        }
+        ColumnType::Numeric { .. } => Ok(MyColumn {
+            ty: "decimal(65,30)".into(),
+            conv: MyConv::Decimal { int_digits: 35, scale: 30 },
+            warning: Some(format!(
+                "column {}: numeric without a precision becomes decimal(65,30); values with more than 30 decimals \
+                 or 35 integer digits will stop the table",
+                col.name
+            )),
+        }),
+        ColumnType::Text => {
+            let st = col.source_type.to_ascii_lowercase();
+            let n = st
+                .strip_prefix("character varying(")
+                .or_else(|| st.strip_prefix("character("))
+                .or_else(|| st.strip_prefix("varchar("))
+                .or_else(|| st.strip_prefix("char("))
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse::<u32>().ok());
+            match n {
+                Some(n) if n <= 16383 => ok(&format!("varchar({n})"), MyConv::AsIs),
+                _ => ok(&text, MyConv::AsIs),
+            }
+        }
+        ColumnType::Other => ok(&text, MyConv::AsIs),
+        ColumnType::Bytes => ok(if col.key { "varbinary(3072)" } else { "longblob" }, MyConv::AsIs),
+        ColumnType::Date => ok("date", MyConv::Temporal),
+        ColumnType::Time => ok("time(6)", MyConv::AsIs),
+        ColumnType::Timestamp | ColumnType::TimestampTz => ok("datetime(6)", MyConv::Temporal),
+        ColumnType::Uuid => ok(if mariadb_uuid { "uuid" } else { "char(36)" }, MyConv::AsIs),
+        ColumnType::Json => ok("json", MyConv::AsIs),
+        ColumnType::Array(_) => ok("json", MyConv::ArrayJson),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +327,41 @@ mod tests {
         assert_eq!(pg_type(&col(ColumnType::Time, "time(6)", 0)).0, "interval");
         assert_eq!(pg_type(&col(ColumnType::Json, "json", 0)).0, "jsonb");
         assert_eq!(pg_type(&col(ColumnType::TimestampTz, "timestamp(6)", 0)).0, "timestamptz");
+    }
+
+    #[test]
+    fn mysql_mapping() {
+        let t = |c: Column| my_type(&c, true).map(|m| (m.ty, m.conv));
+        assert_eq!(t(col(ColumnType::Json, "jsonb", 3802)).unwrap(), ("json".into(), MyConv::AsIs));
+        assert_eq!(t(col(ColumnType::Bytes, "bytea", 17)).unwrap().0, "longblob");
+        assert_eq!(t(col(ColumnType::TimestampTz, "timestamp with time zone", 1184)).unwrap().0, "datetime(6)");
+        assert_eq!(t(col(ColumnType::Bool, "boolean", 16)).unwrap(), ("boolean".into(), MyConv::BoolToInt));
+        assert_eq!(t(col(ColumnType::Text, "character varying(20)", 1043)).unwrap().0, "varchar(20)");
+        assert_eq!(t(col(ColumnType::Text, "text", 25)).unwrap().0, "longtext");
+        let mut k = col(ColumnType::Text, "text", 25);
+        k.key = true;
+        assert_eq!(t(k).unwrap().0, "varchar(768)");
+        let n = my_type(&col(ColumnType::Numeric { precision: None, scale: None }, "numeric", 1700), false).unwrap();
+        assert_eq!((n.ty.as_str(), n.conv), ("decimal(65,30)", MyConv::Decimal { int_digits: 35, scale: 30 }));
+        assert!(n.warning.is_some());
+        assert!(t(col(ColumnType::Numeric { precision: Some(70), scale: Some(2) }, "numeric(70,2)", 1700)).is_err());
+        assert_eq!(
+            t(col(ColumnType::Array(Box::new(ColumnType::Int32)), "integer[]", 1007)).unwrap(),
+            ("json".into(), MyConv::ArrayJson)
+        );
+        assert_eq!(t(col(ColumnType::Uuid, "uuid", 2950)).unwrap().0, "uuid");
+        assert_eq!(my_type(&col(ColumnType::Uuid, "uuid", 2950), false).unwrap().ty, "char(36)");
+        // MySQL sources keep their declared types.
+        assert_eq!(t(col(ColumnType::Int64, "int(10) unsigned", 0)).unwrap().0, "int(10) unsigned");
+        assert_eq!(t(col(ColumnType::Text, "enum('a','B c')", 0)).unwrap().0, "enum('a','B c')");
+        assert_eq!(t(col(ColumnType::Other, "bit(10)", 0)).unwrap(), ("bit(10)".into(), MyConv::BitString));
+        assert_eq!(t(col(ColumnType::Bytes, "point", 0)).unwrap(), ("point".into(), MyConv::Geometry));
+        assert_eq!(t(col(ColumnType::Json, "json", 0)).unwrap().0, "json");
+        // Described by the binlog alone: the widest form.
+        assert_eq!(t(col(ColumnType::Text, "varchar", 0)).unwrap().0, "longtext");
+        assert_eq!(t(col(ColumnType::Timestamp, "datetime", 0)).unwrap().0, "datetime(6)");
+        assert_eq!(t(col(ColumnType::TimestampTz, "timestamp", 0)).unwrap().0, "timestamp(6)");
+        assert_eq!(t(col(ColumnType::Int16, "tinyint(1)", 0)).unwrap().0, "tinyint(1)");
     }
 
     #[test]

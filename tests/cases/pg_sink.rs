@@ -28,7 +28,7 @@ const QUERIES: &[(&str, &str, &[&str])] = &[
 
 /// SIGKILL runs of `p` at random moments (the first within `first_ms`) until
 /// the workload is done and at least five kills happened.
-async fn kill_repeatedly(
+pub(crate) async fn kill_repeatedly(
     p: &std::path::Path,
     work: tokio::task::JoinHandle<()>,
     rng: &mut rand::rngs::StdRng,

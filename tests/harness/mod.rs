@@ -137,23 +137,28 @@ impl MyEnv {
 
     /// Rows of a query returning one JSON object per row (in UTC).
     pub fn rows(&self, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
-        let text = self.sql(&format!("SET time_zone = '+00:00'; {sql}"));
-        let mut out = BTreeMap::new();
-        let mut multi: BTreeMap<String, usize> = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{sql}: bad JSON {line}: {e}"));
-            let m = v.as_object().unwrap().clone();
-            let k = key_of(&m, key);
-            if key.is_empty() {
-                let n = multi.entry(k.clone()).or_default();
-                out.insert(format!("{k}#{n}"), m);
-                *n += 1;
-            } else {
-                out.insert(k, m);
-            }
-        }
-        out
+        my_rows(&self.my, sql, key)
     }
+}
+
+/// Rows of a MySQL query returning one JSON object per row (in UTC), by key.
+pub fn my_rows(my: &MyCluster, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
+    let text = my.sql(&format!("SET time_zone = '+00:00'; {sql}")).unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"));
+    let mut out = BTreeMap::new();
+    let mut multi: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{sql}: bad JSON {line}: {e}"));
+        let m = v.as_object().unwrap().clone();
+        let k = key_of(&m, key);
+        if key.is_empty() {
+            let n = multi.entry(k.clone()).or_default();
+            out.insert(format!("{k}#{n}"), m);
+            *n += 1;
+        } else {
+            out.insert(k, m);
+        }
+    }
+    out
 }
 
 impl Drop for MyEnv {

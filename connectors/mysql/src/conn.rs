@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
-use sluice_core::config::{MysqlSourceConfig, TlsMode};
+use sluice_core::config::{MysqlSourceConfig, TlsConfig, TlsMode};
 use sluice_core::error::{ErrorKind, SourceError};
 
 /// Which server we talk to.
@@ -31,11 +31,18 @@ pub struct ConnInfo {
     pub addr: String,
     pub user: String,
     tls: Option<TlsMode>,
+    /// The configuration block these settings came from (`source`, `sink`), for messages.
+    field: &'static str,
 }
 
 impl ConnInfo {
     pub fn from_config(cfg: &MysqlSourceConfig) -> Result<ConnInfo, SourceError> {
-        let url = cfg.url.trim();
+        Self::from_url(&cfg.url, cfg.tls.as_ref(), "source")
+    }
+
+    /// Settings from a URL and TLS block found under `field` (`source`, `sink`).
+    pub fn from_url(url: &str, tls_cfg: Option<&TlsConfig>, field: &'static str) -> Result<ConnInfo, SourceError> {
+        let url = url.trim();
         let url = match url.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_string(),
@@ -44,7 +51,7 @@ impl ConnInfo {
             SourceError::new(
                 ErrorKind::Config,
                 format!(
-                    "source.url: {e} in {:?} (expected mysql://user:password@host:port)",
+                    "{field}.url: {e} in {:?} (expected mysql://user:password@host:port)",
                     sluice_core::config::redact_url(&url)
                 ),
             )
@@ -59,7 +66,7 @@ impl ConnInfo {
             .prefer_socket(false)
             .init(vec!["SET time_zone = '+00:00', NAMES utf8mb4, SESSION sql_mode = ''".to_string()]);
         let mut tls = None;
-        if let Some(t) = &cfg.tls {
+        if let Some(t) = tls_cfg {
             tls = Some(t.mode);
             let ssl = match t.mode {
                 TlsMode::Disable => None,
@@ -72,21 +79,20 @@ impl ConnInfo {
                     // that changed), so verify-ca would silently be verify-full.
                     return Err(SourceError::new(
                         ErrorKind::Config,
-                        "source.tls.mode: verify-ca is not supported for MySQL sources; use verify-full (the \
-                         certificate must name the host in source.url) or require",
+                        format!(
+                            "{field}.tls.mode: verify-ca is not supported for MySQL; use verify-full (the \
+                             certificate must name the host in {field}.url) or require"
+                        ),
                     ));
                 }
                 TlsMode::VerifyFull => {
                     let ca = t.ca_file.clone().ok_or_else(|| {
-                        SourceError::new(
-                            ErrorKind::Config,
-                            "source.tls.ca_file: required for verify-ca and verify-full",
-                        )
+                        SourceError::new(ErrorKind::Config, format!("{field}.tls.ca_file: required for verify-full"))
                     })?;
                     if !ca.exists() {
                         return Err(SourceError::new(
                             ErrorKind::Config,
-                            format!("source.tls.ca_file: {} does not exist", ca.display()),
+                            format!("{field}.tls.ca_file: {} does not exist", ca.display()),
                         ));
                     }
                     Some(SslOpts::default().with_root_certs(vec![ca.into()]).with_disable_built_in_roots(true))
@@ -94,7 +100,7 @@ impl ConnInfo {
             };
             b = b.ssl_opts(ssl);
         }
-        Ok(ConnInfo { opts: b.into(), addr, user, tls })
+        Ok(ConnInfo { opts: b.into(), addr, user, tls, field })
     }
 
     /// Open a session (UTC, utf8mb4). `prefer` falls back to plain text when
@@ -113,8 +119,8 @@ impl ConnInfo {
     fn connect_error(&self, e: mysql_async::Error) -> SourceError {
         let msg = match &e {
             mysql_async::Error::Server(s) if s.code == 1045 => format!(
-                "cannot log in to MySQL at {} as {}: {} (check the user and password in source.url)",
-                self.addr, self.user, s.message
+                "cannot log in to MySQL at {} as {}: {} (check the user and password in {}.url)",
+                self.addr, self.user, s.message, self.field
             ),
             mysql_async::Error::Io(io) => format!(
                 "cannot connect to MySQL at {}: {io} (is the server running and reachable, and is the port right?)",
