@@ -27,7 +27,7 @@
 //!
 //! | source column | MySQL target type | values |
 //! |---|---|---|
-//! | any MySQL type (from a MySQL source) | the same type as declared (`int(11) unsigned`, `decimal(10,2)`, `enum('a','b')`, `datetime(6)`, ...); where the binlog alone described the table, the widest form (`longtext`, `datetime(6)`) | as read |
+//! | any MySQL type (from a MySQL source) | the same type as declared (`int(11) unsigned`, `decimal(10,2)`, `enum('a','b')`, `datetime(6)`, ...); where the binlog alone described the table, text and binary columns of unknown length become `longtext`/`longblob` | as read |
 //! | MariaDB UUID | `uuid` on MariaDB 10.7+, else `char(36)` | text form |
 //! | Postgres `boolean` | `boolean` (`tinyint(1)`) | 0 / 1 |
 //! | `smallint` / `integer` / `bigint` / `oid` | `smallint` / `int` / `bigint` / `int unsigned` | |
@@ -204,9 +204,8 @@ pub struct MyColumn {
 /// Longest text/binary key column (InnoDB's 3072-byte key limit, utf8mb4).
 const KEY_CHARS: u32 = 768;
 
-/// The MySQL type of a replica column. `mariadb`: the target is MariaDB
-/// (which has `uuid` since 10.7 when `uuid_type` is true). Errors name what
-/// cannot be represented.
+/// The MySQL type of a replica column. `mariadb_uuid`: the target has a
+/// `uuid` type (MariaDB 10.7+). Errors name what cannot be represented.
 pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
     let ok = |ty: &str, conv: MyConv| Ok(MyColumn { ty: ty.to_string(), conv, warning: None });
     if col.type_id == 0 {
@@ -226,6 +225,9 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
                     | "double"
                     | "date"
                     | "year"
+                    | "time"
+                    | "datetime"
+                    | "timestamp"
                     | "tinytext"
                     | "mediumtext"
                     | "longtext"
@@ -240,7 +242,6 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
             return ok(base, MyConv::Geometry);
         }
         match (&col.ty, base) {
-            (_, "timestamp" | "datetime" | "time") if !complete => return ok(&format!("{base}(6)"), MyConv::AsIs),
             (ColumnType::Json, _) => return ok("json", MyConv::AsIs),
             (ColumnType::Uuid, _) => return ok(if mariadb_uuid { "uuid" } else { "char(36)" }, MyConv::AsIs),
             (ColumnType::Float32 | ColumnType::Float64, _) if complete => return ok(&st, MyConv::Float),
@@ -359,8 +360,8 @@ mod tests {
         assert_eq!(t(col(ColumnType::Json, "json", 0)).unwrap().0, "json");
         // Described by the binlog alone: the widest form.
         assert_eq!(t(col(ColumnType::Text, "varchar", 0)).unwrap().0, "longtext");
-        assert_eq!(t(col(ColumnType::Timestamp, "datetime", 0)).unwrap().0, "datetime(6)");
-        assert_eq!(t(col(ColumnType::TimestampTz, "timestamp", 0)).unwrap().0, "timestamp(6)");
+        assert_eq!(t(col(ColumnType::Timestamp, "datetime", 0)).unwrap().0, "datetime");
+        assert_eq!(t(col(ColumnType::TimestampTz, "timestamp(3)", 0)).unwrap().0, "timestamp(3)");
         assert_eq!(t(col(ColumnType::Int16, "tinyint(1)", 0)).unwrap().0, "tinyint(1)");
     }
 

@@ -257,12 +257,14 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
             MyType::MYSQL_TYPE_YEAR => (Kind::Year, ColumnType::Int16, "year".into()),
             MyType::MYSQL_TYPE_DATE | MyType::MYSQL_TYPE_NEWDATE => (Kind::Date, ColumnType::Date, "date".into()),
             MyType::MYSQL_TYPE_TIME => (Kind::TimeOld, ColumnType::Time, "time".into()),
-            MyType::MYSQL_TYPE_TIME2 => (Kind::Time2 { fsp: m0 }, ColumnType::Time, "time".into()),
+            MyType::MYSQL_TYPE_TIME2 => (Kind::Time2 { fsp: m0 }, ColumnType::Time, with_fsp("time", m0)),
             MyType::MYSQL_TYPE_DATETIME => (Kind::DateTimeOld, ColumnType::Timestamp, "datetime".into()),
-            MyType::MYSQL_TYPE_DATETIME2 => (Kind::DateTime2 { fsp: m0 }, ColumnType::Timestamp, "datetime".into()),
+            MyType::MYSQL_TYPE_DATETIME2 => {
+                (Kind::DateTime2 { fsp: m0 }, ColumnType::Timestamp, with_fsp("datetime", m0))
+            }
             MyType::MYSQL_TYPE_TIMESTAMP => (Kind::TimestampOld, ColumnType::TimestampTz, "timestamp".into()),
             MyType::MYSQL_TYPE_TIMESTAMP2 => {
-                (Kind::Timestamp2 { fsp: m0 }, ColumnType::TimestampTz, "timestamp".into())
+                (Kind::Timestamp2 { fsp: m0 }, ColumnType::TimestampTz, with_fsp("timestamp", m0))
             }
             MyType::MYSQL_TYPE_BIT => {
                 let bits = m1 as u16 * 8 + m0 as u16;
@@ -322,6 +324,15 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
         });
     }
     Ok(out)
+}
+
+/// `datetime`, `datetime(3)`: the type as MySQL declares it.
+fn with_fsp(base: &str, fsp: u8) -> String {
+    if fsp == 0 {
+        base.to_string()
+    } else {
+        format!("{base}({fsp})")
+    }
 }
 
 /// Build a plan from table-map columns; where the catalog's description of

@@ -234,7 +234,7 @@ fn value_bytes(v: &MyValue) -> usize {
 /// Placeholder for one value of a column.
 fn placeholder(c: &MyColumn) -> &'static str {
     if c.conv == MyConv::Geometry {
-        "ST_GeomFromWKB(?)"
+        "ST_GeomFromWKB(CAST(? AS BINARY))"
     } else {
         "?"
     }
@@ -597,7 +597,7 @@ impl MysqlSink {
                 _ => {
                     let ty = &t.cols[i].ty;
                     let rhs = if t.cols[i].conv == MyConv::Geometry {
-                        "ST_GeomFromWKB(?)"
+                        "ST_GeomFromWKB(CAST(? AS BINARY))"
                     } else if ty.starts_with("float") {
                         "CAST(? AS FLOAT)"
                     } else if ty == "json" && mysql {
