@@ -41,7 +41,7 @@
 //! | `date` | `date` | years 1–9999; infinity and BC dates stop the table |
 //! | `time` | `time(6)` | |
 //! | `timestamp` / `timestamptz` | `datetime(6)` / `datetime(6)` in UTC | years 1–9999; infinity stops the table |
-//! | `uuid` | `char(36)` | text form |
+//! | `uuid` | `char(36)` (MariaDB's `uuid` refuses some values Postgres accepts) | text form |
 //! | `json` / `jsonb` | `json` | the document |
 //! | arrays | `json` | a JSON array (as in JSONL events) |
 
@@ -297,7 +297,8 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
         ColumnType::Date => ok("date", MyConv::Temporal),
         ColumnType::Time => ok("time(6)", MyConv::AsIs),
         ColumnType::Timestamp | ColumnType::TimestampTz => ok("datetime(6)", MyConv::Temporal),
-        ColumnType::Uuid => ok(if mariadb_uuid { "uuid" } else { "char(36)" }, MyConv::AsIs),
+        // MariaDB's uuid type refuses values of other variants, which Postgres accepts.
+        ColumnType::Uuid => ok("char(36)", MyConv::AsIs),
         ColumnType::Json => ok("json", MyConv::AsIs),
         ColumnType::Array(_) => ok("json", MyConv::ArrayJson),
     }
@@ -350,8 +351,9 @@ mod tests {
             t(col(ColumnType::Array(Box::new(ColumnType::Int32)), "integer[]", 1007)).unwrap(),
             ("json".into(), MyConv::ArrayJson)
         );
-        assert_eq!(t(col(ColumnType::Uuid, "uuid", 2950)).unwrap().0, "uuid");
-        assert_eq!(my_type(&col(ColumnType::Uuid, "uuid", 2950), false).unwrap().ty, "char(36)");
+        assert_eq!(t(col(ColumnType::Uuid, "uuid", 2950)).unwrap().0, "char(36)");
+        assert_eq!(t(col(ColumnType::Uuid, "uuid", 0)).unwrap().0, "uuid");
+        assert_eq!(my_type(&col(ColumnType::Uuid, "uuid", 0), false).unwrap().ty, "char(36)");
         // MySQL sources keep their declared types.
         assert_eq!(t(col(ColumnType::Int64, "int(10) unsigned", 0)).unwrap().0, "int(10) unsigned");
         assert_eq!(t(col(ColumnType::Text, "enum('a','B c')", 0)).unwrap().0, "enum('a','B c')");
