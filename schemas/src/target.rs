@@ -211,7 +211,7 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
     if col.type_id == 0 {
         // A MySQL source: keep the declared type where it is complete.
         let st = col.source_type.to_ascii_lowercase();
-        let base = st.split(|c: char| c == '(' || c == ' ').next().unwrap_or("");
+        let base = st.split(['(', ' ']).next().unwrap_or("");
         let complete = st.contains('(')
             || matches!(
                 base,
