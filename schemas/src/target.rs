@@ -45,7 +45,10 @@
 //! | `json` / `jsonb` | `json` | the document |
 //! | arrays | `json` | a JSON array (as in JSONL events) |
 
-use sluice_core::value::{format_date, format_time, format_timestamp};
+use sluice_core::value::{
+    civil_from_days, format_date, format_time, format_timestamp, INFINITY_DATE, INFINITY_TS, NEG_INFINITY_DATE,
+    NEG_INFINITY_TS,
+};
 use sluice_core::{Column, ColumnType, Value};
 
 /// How a value is converted on its way into the target column.
@@ -140,10 +143,16 @@ fn push_text(v: &Value, s: &mut String, in_array: bool) {
                 s.push_str(&hex)
             }
         }
-        Value::Date(d) => format_date(*d, s),
+        Value::Date(d) => {
+            bc(civil_from_days(*d as i64).0, *d != INFINITY_DATE && *d != NEG_INFINITY_DATE, s, |s| format_date(*d, s))
+        }
         Value::Time(t) => format_time(*t, s),
-        Value::Timestamp(t) => format_timestamp(*t, false, s),
-        Value::TimestampTz(t) => format_timestamp(*t, true, s),
+        Value::Timestamp(t) | Value::TimestampTz(t) => {
+            let year = civil_from_days(t.div_euclid(86_400_000_000)).0;
+            bc(year, *t != INFINITY_TS && *t != NEG_INFINITY_TS, s, |s| {
+                format_timestamp(*t, matches!(v, Value::TimestampTz(_)), s)
+            })
+        }
         Value::Array(items) => {
             s.push('{');
             for (i, it) in items.iter().enumerate() {
@@ -155,6 +164,18 @@ fn push_text(v: &Value, s: &mut String, in_array: bool) {
             s.push('}');
         }
     }
+}
+
+/// Postgres reads years before 1 AD as `0044-03-15 BC`, not `-0043-03-15`.
+fn bc(year: i64, finite: bool, s: &mut String, format: impl FnOnce(&mut String)) {
+    if year > 0 || !finite {
+        return format(s);
+    }
+    let mut tmp = String::new();
+    format(&mut tmp);
+    let body = tmp.strip_prefix('-').unwrap_or(&tmp);
+    let rest = body.trim_start_matches(|c: char| c.is_ascii_digit());
+    s.push_str(&format!("{:04}{rest} BC", 1 - year));
 }
 
 fn quote_elem(t: &str, s: &mut String) {
@@ -375,5 +396,10 @@ mod tests {
         let arr = Value::Array(vec![Value::Text("a\"b".into()), Value::Null, Value::Array(vec![Value::Int(1)])]);
         assert_eq!(pg_text(&arr, Conv::AsIs).unwrap(), "{\"a\\\"b\",NULL,{1}}");
         assert_eq!(pg_text(&Value::Null, Conv::AsIs), None);
+        let bc = sluice_core::value::days_from_civil(-43, 3, 15);
+        assert_eq!(pg_text(&Value::Date(bc as i32), Conv::AsIs).unwrap(), "0044-03-15 BC");
+        let ts = Value::TimestampTz(bc * 86_400_000_000 + 43_200_500_000);
+        assert_eq!(pg_text(&ts, Conv::AsIs).unwrap(), "0044-03-15T12:00:00.5Z BC");
+        assert_eq!(pg_text(&Value::Date(i32::MIN), Conv::AsIs).unwrap(), "-infinity");
     }
 }

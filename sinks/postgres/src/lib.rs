@@ -20,12 +20,18 @@
 //!   and change one row (`ctid`) at a time.
 //! - A table's snapshot copy starts with `TRUNCATE` in the same target
 //!   transaction, so a copy interrupted by a crash and started again never
-//!   leaves duplicates.
+//!   leaves duplicates. Snapshot rows are loaded with `COPY ... FROM STDIN`
+//!   (binary format where every column has a binary encoding, see `copy`),
+//!   buffered per table and sent before any other change is applied, so
+//!   the order of a table's snapshot and its later changes is kept.
+
+mod copy;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
@@ -36,6 +42,8 @@ use tokio_postgres::Client;
 
 /// Rows per statement (each column is one text array parameter).
 const STATEMENT_ROWS: usize = 2000;
+/// Snapshot rows buffered for COPY (all tables together) before they are sent.
+const COPY_BYTES: usize = 8 << 20;
 
 struct Target {
     /// Quoted `schema.table`.
@@ -44,6 +52,14 @@ struct Target {
     types: Vec<String>,
     convs: Vec<Conv>,
     key: Vec<usize>,
+    /// Binary COPY encodings, when every column has one.
+    encs: Option<Vec<copy::Enc>>,
+}
+
+/// Snapshot rows of one table waiting for their COPY.
+struct CopyBuf {
+    binary: bool,
+    data: Vec<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -74,6 +90,8 @@ pub struct PostgresSink {
     unflushed: bool,
     applied: u64,
     copying: HashSet<TableId>,
+    copies: HashMap<TableId, CopyBuf>,
+    copy_bytes: usize,
     stored: Option<Checkpoint>,
     total: u64,
 }
@@ -99,6 +117,8 @@ impl PostgresSink {
             unflushed: false,
             applied: 0,
             copying: HashSet::new(),
+            copies: HashMap::new(),
+            copy_bytes: 0,
             stored: None,
             total: 0,
         }
@@ -232,7 +252,72 @@ impl PostgresSink {
                 }
             }
         }
-        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key });
+        let encs: Option<Vec<copy::Enc>> = schema
+            .columns
+            .iter()
+            .zip(types.iter().zip(&convs))
+            .map(|(c, (t, v))| copy::encoding(t, *v, &c.ty))
+            .collect();
+        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, encs });
+        Ok(())
+    }
+
+    /// Buffer one snapshot row for the table's COPY.
+    async fn copy_row(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
+        let current = self.targets.get(&ev.table.id).is_some_and(|t| Arc::ptr_eq(&t.schema, &ev.table));
+        if !current {
+            // A new table, or a new schema: rows buffered so far go first.
+            self.flush_copies().await?;
+            self.target(&ev.table).await?;
+        }
+        let t = self.targets.get(&ev.table.id).expect("target");
+        let row = &ev.after.as_ref().expect("snapshot row").values;
+        let buf = self.copies.entry(ev.table.id.clone()).or_insert_with(|| {
+            let mut data = Vec::with_capacity(64 << 10);
+            if t.encs.is_some() {
+                copy::binary_header(&mut data);
+            }
+            CopyBuf { binary: t.encs.is_some(), data }
+        });
+        let before = buf.data.len();
+        match &t.encs {
+            Some(encs) => copy::binary_row(&mut buf.data, row, encs)
+                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", t.schema.id)))?,
+            None => copy::text_row(&mut buf.data, row, &t.convs),
+        }
+        self.copy_bytes += buf.data.len() - before;
+        self.applied += 1;
+        self.total += 1;
+        if self.copy_bytes >= COPY_BYTES {
+            self.flush_copies().await?;
+        }
+        Ok(())
+    }
+
+    /// Send every buffered snapshot row (one COPY per table).
+    async fn flush_copies(&mut self) -> Result<(), SinkError> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        self.begin().await?;
+        for (id, mut buf) in std::mem::take(&mut self.copies) {
+            let t = self.targets.get(&id).expect("target");
+            let cols = t.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+            let format = if buf.binary {
+                copy::binary_trailer(&mut buf.data);
+                " (FORMAT binary)"
+            } else {
+                ""
+            };
+            let sql = format!("COPY {} ({cols}) FROM STDIN{format}", t.name);
+            let client = self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
+            let what = format!("copying snapshot rows into {}", t.name);
+            let sink = client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(|e| sql_err(&what, e))?;
+            futures_util::pin_mut!(sink);
+            sink.send(bytes::Bytes::from(buf.data)).await.map_err(|e| sql_err(&what, e))?;
+            sink.as_mut().finish().await.map_err(|e| sql_err(&what, e))?;
+        }
+        self.copy_bytes = 0;
         Ok(())
     }
 
@@ -534,15 +619,21 @@ impl Sink for PostgresSink {
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
-            if ev.op == Op::Read && self.copying.insert(ev.table.id.clone()) {
-                // First snapshot row of this table in this run: start from empty.
-                self.target(&ev.table).await?;
-                self.flush_batch().await?;
-                self.begin().await?;
-                let t = self.targets.get(&ev.table.id).expect("target");
-                let sql = format!("TRUNCATE {}", t.name);
-                self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+            if ev.op == Op::Read {
+                if self.copying.insert(ev.table.id.clone()) {
+                    // First snapshot row of this table in this run: start from empty.
+                    self.flush_copies().await?;
+                    self.target(&ev.table).await?;
+                    self.flush_batch().await?;
+                    self.begin().await?;
+                    let t = self.targets.get(&ev.table.id).expect("target");
+                    let sql = format!("TRUNCATE {}", t.name);
+                    self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+                }
+                self.copy_row(ev).await?;
+                continue;
             }
+            self.flush_copies().await?;
             self.add(ev).await?;
         }
         self.unflushed = true;
@@ -566,6 +657,7 @@ impl Sink for PostgresSink {
         _hold: &std::collections::HashSet<TableId>,
         next: &Checkpoint,
     ) -> Result<serde_json::Value, SinkError> {
+        self.flush_copies().await?;
         self.flush_batch().await?;
         self.begin().await?;
         let body = serde_json::to_string(next).expect("checkpoint serializes");
