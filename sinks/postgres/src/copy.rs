@@ -166,16 +166,17 @@ fn uuid(t: &str, out: &mut Vec<u8>) -> Result<(), String> {
 /// A decimal string (`-12.50`, `NaN`, `Infinity`) in numeric's binary form:
 /// base-10000 digits with weight, sign and display scale.
 fn numeric(t: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let special = |sign: u16, out: &mut Vec<u8>| {
+    let special = match t {
+        "NaN" => Some(0xC000u16),
+        "Infinity" => Some(0xD000),
+        "-Infinity" => Some(0xF000),
+        _ => None,
+    };
+    if let Some(sign) = special {
         for x in [0u16, 0, sign, 0] {
             out.extend_from_slice(&x.to_be_bytes());
         }
-    };
-    match t {
-        "NaN" => return Ok(special(0xC000, out)),
-        "Infinity" => return Ok(special(0xD000, out)),
-        "-Infinity" => return Ok(special(0xF000, out)),
-        _ => {}
+        return Ok(());
     }
     let (neg, body) = match t.strip_prefix('-') {
         Some(b) => (true, b),
