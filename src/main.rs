@@ -47,7 +47,15 @@ enum Command {
     /// Validate the pipeline file and run preflight checks against the source.
     Check { pipeline: PathBuf },
     /// Compare every included table of the source with its replica (database sinks).
-    Verify { pipeline: PathBuf },
+    Verify {
+        pipeline: PathBuf,
+        /// Rows per key-range chunk of tables with an integer key.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        chunk_rows: u64,
+        /// Chunks compared at once (each with a source and a target session).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+        parallel: u64,
+    },
     /// Show the checkpoint, per-table snapshot state and the source's lag.
     Status {
         pipeline: PathBuf,
@@ -158,9 +166,9 @@ async fn dispatch(cmd: Command) -> Result<u8, Failure> {
     match cmd {
         Command::Run { pipeline, until_caught_up } => cmd_run(&pipeline, until_caught_up).await,
         Command::Check { pipeline } => cmd_check(&pipeline).await,
-        Command::Verify { pipeline } => {
+        Command::Verify { pipeline, chunk_rows, parallel } => {
             let cfg = load(&pipeline)?;
-            Ok(if verify::run(&cfg).await? { 0 } else { 1 })
+            Ok(if verify::run(&cfg, chunk_rows, parallel as usize).await? { 0 } else { 1 })
         }
         Command::Status { pipeline, json } => cmd_status(&pipeline, json).await,
         Command::Teardown { pipeline, yes } => cmd_teardown(&pipeline, yes).await,
@@ -249,6 +257,9 @@ impl Sink for AnySink {
     fn describe(&self) -> String {
         each_sink!(self, s => s.describe())
     }
+    async fn snapshot_started(&mut self, schema: &std::sync::Arc<sluice_core::TableSchema>) -> Result<(), SinkError> {
+        each_sink!(self, s => s.snapshot_started(schema).await)
+    }
 }
 
 /// Shutdown on SIGINT/SIGTERM; a second signal exits at once (nothing is
@@ -300,6 +311,11 @@ pub(crate) async fn run_config(
             let mut conn = info.connect().await.context("cannot start the pipeline")?;
             sluice_mysql::preflight::require_settings(&mut conn).await?;
         }
+    }
+    match &cfg.sink {
+        SinkConfig::Postgres(d) => sluice_sink_postgres::check(d).await.context("cannot start the pipeline")?,
+        SinkConfig::Mysql(d) => sluice_sink_mysql::check(d).await.context("cannot start the pipeline")?,
+        _ => {}
     }
     let summary = match &cfg.source {
         SourceConfig::Postgres(_) => run_with(cfg, until_caught_up, shutdown, stats, PostgresSource::new).await?,

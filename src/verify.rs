@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use anyhow::{anyhow, Context};
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
-use sluice_core::config::{PipelineConfig, PostgresSourceConfig, SinkConfig, SourceConfig};
+use sluice_core::config::{DbSinkConfig, PipelineConfig, PostgresSourceConfig, SinkConfig, SourceConfig};
 use sluice_core::schema::quote_ident;
 use sluice_core::{ColumnType, TableSchema, Value};
 use sluice_schemas::target::{pg_type, Conv};
@@ -149,11 +149,13 @@ async fn read_pg_target(
     client: &tokio_postgres::Client,
     target: &str,
     schema: &TableSchema,
+    range: &KeyRange,
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
     let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let filter = range.filter(&quote_ident);
     let stream = client
-        .copy_out(&format!("COPY (SELECT {cols} FROM {target}) TO STDOUT"))
+        .copy_out(&format!("COPY (SELECT {cols} FROM {target}{filter}) TO STDOUT"))
         .await
         .with_context(|| format!("reading {target}"))?;
     futures_util::pin_mut!(stream);
@@ -211,19 +213,16 @@ fn parse_interval_time(s: &str) -> Option<Value> {
     Some(Value::Time(if neg { -t } else { t }))
 }
 
-async fn read_pg_source(client: &tokio_postgres::Client, schema: &TableSchema, acc: &mut Accum) -> anyhow::Result<()> {
-    read_pg_target(client, &schema.id.quoted(), schema, acc).await
-}
-
 async fn read_my_source(
     conn: &mut mysql_async::Conn,
     schema: &TableSchema,
     snap: &[sluice_mysql::catalog::SnapColumn],
+    range: &KeyRange,
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
     let q = sluice_mysql::snapshot::quote_my;
     let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
-    let sql = format!("SELECT {cols} FROM {}.{}", q(&schema.id.schema), q(&schema.id.name));
+    let sql = format!("SELECT {cols} FROM {}.{}{}", q(&schema.id.schema), q(&schema.id.name), range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {}", schema.id))?;
     while let Some(row) = result.next().await.with_context(|| format!("reading {}", schema.id))? {
         let mut values = Vec::with_capacity(schema.columns.len());
@@ -267,17 +266,52 @@ async fn source_tables(cfg: &PipelineConfig, src: &mut SourceConn) -> anyhow::Re
     Ok(out)
 }
 
+/// A slice of a table by its integer key: `[lo, hi)`, open where `None`.
+#[derive(Clone, Debug, Default)]
+struct KeyRange {
+    column: Option<String>,
+    lo: Option<i128>,
+    hi: Option<i128>,
+    /// Hash buckets for this range's summary.
+    buckets: usize,
+}
+
+impl KeyRange {
+    fn filter(&self, quote: &dyn Fn(&str) -> String) -> String {
+        let Some(c) = &self.column else { return String::new() };
+        let c = quote(c);
+        match (self.lo, self.hi) {
+            (Some(lo), Some(hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}"),
+            (Some(lo), None) => format!(" WHERE {c} >= {lo}"),
+            (None, Some(hi)) => format!(" WHERE {c} < {hi}"),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match (&self.column, self.lo, self.hi) {
+            (None, ..) => "the whole table".into(),
+            (Some(c), lo, hi) => format!(
+                "{c} in [{}, {})",
+                lo.map_or("-inf".into(), |v| v.to_string()),
+                hi.map_or("+inf".into(), |v| v.to_string())
+            ),
+        }
+    }
+}
+
 async fn summarize_source(
     src: &mut SourceConn,
     t: &Table,
+    range: &KeyRange,
     buckets: usize,
     mysql_target: bool,
     detail: Option<Vec<bool>>,
 ) -> anyhow::Result<Accum> {
     let mut acc = Accum::new(buckets, &t.schema, mysql_target, detail);
     match src {
-        SourceConn::Pg(pg) => read_pg_source(&pg.0, &t.schema, &mut acc).await?,
-        SourceConn::My(conn) => read_my_source(conn, &t.schema, &t.snap, &mut acc).await?,
+        SourceConn::Pg(pg) => read_pg_target(&pg.0, &t.schema.id.quoted(), &t.schema, range, &mut acc).await?,
+        SourceConn::My(conn) => read_my_source(conn, &t.schema, &t.snap, range, &mut acc).await?,
     }
     Ok(acc)
 }
@@ -290,14 +324,18 @@ enum TargetConn {
 
 /// Read the replica table (MySQL) through the binary protocol, each value
 /// as the source column's type.
-async fn read_my_target(conn: &mut mysql_async::Conn, target: &str, t: &Table, acc: &mut Accum) -> anyhow::Result<()> {
+async fn read_my_target(
+    conn: &mut mysql_async::Conn,
+    target: &str,
+    t: &Table,
+    range: &KeyRange,
+    acc: &mut Accum,
+) -> anyhow::Result<()> {
     let q = sluice_mysql::snapshot::quote_my;
     let schema = &t.schema;
     let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
-    let mut result = conn
-        .exec_iter(format!("SELECT {cols} FROM {target}"), ())
-        .await
-        .with_context(|| format!("reading {target}"))?;
+    let sql = format!("SELECT {cols} FROM {target}{}", range.filter(&q));
+    let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {target}"))?;
     let plain = sluice_mysql::catalog::SnapColumn::default();
     while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
         let mut values = Vec::with_capacity(schema.columns.len());
@@ -313,62 +351,71 @@ async fn read_my_target(conn: &mut mysql_async::Conn, target: &str, t: &Table, a
     Ok(())
 }
 
-async fn summarize_target(
-    target: &mut TargetConn,
-    db: &str,
-    t: &Table,
-    buckets: usize,
-    detail: Option<Vec<bool>>,
-) -> anyhow::Result<Option<Accum>> {
+/// The replica's name for a table, quoted for its engine.
+fn target_name(target: &TargetConn, db: &str, t: &Table) -> String {
     match target {
-        TargetConn::Pg(client) => {
-            let name = format!("{}.{}", quote_ident(db), quote_ident(&t.schema.id.name));
-            let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                .await
-                .with_context(|| format!("looking up {name}"))?
-                .get(0);
-            if !exists {
-                return Ok(None);
-            }
-            let mut acc = Accum::new(buckets, &t.schema, false, detail);
-            read_pg_target(client, &name, &t.schema, &mut acc).await?;
-            Ok(Some(acc))
-        }
-        TargetConn::My(conn) => {
+        TargetConn::Pg(_) => format!("{}.{}", quote_ident(db), quote_ident(&t.schema.id.name)),
+        TargetConn::My(_) => {
             let q = sluice_mysql::snapshot::quote_my;
-            let name = format!("{}.{}", q(db), q(&t.schema.id.name));
-            let exists: Option<u64> = conn
-                .exec_first(
-                    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                    (db, &t.schema.id.name),
-                )
-                .await
-                .with_context(|| format!("looking up {name}"))?;
-            if exists.is_none() {
-                return Ok(None);
-            }
-            let mut acc = Accum::new(buckets, &t.schema, true, detail);
-            read_my_target(conn, &name, t, &mut acc).await?;
-            Ok(Some(acc))
+            format!("{}.{}", q(db), q(&t.schema.id.name))
         }
     }
 }
 
-/// Run `verify`: print a result line per table; `Ok(true)` when all match.
-pub async fn run(cfg: &PipelineConfig) -> anyhow::Result<bool> {
-    let (sink, mysql_target) = match &cfg.sink {
-        SinkConfig::Postgres(d) => (d, false),
-        SinkConfig::Mysql(d) => (d, true),
-        _ => {
-            return Err(sluice_core::error::SinkError::new(
-                sluice_core::ErrorKind::Config,
-                "verify compares the source with a replica database: sink.type must be postgres or mysql",
+async fn target_exists(target: &mut TargetConn, db: &str, t: &Table) -> anyhow::Result<bool> {
+    let name = target_name(target, db, t);
+    Ok(match target {
+        TargetConn::Pg(client) => client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .with_context(|| format!("looking up {name}"))?
+            .get(0),
+        TargetConn::My(conn) => conn
+            .exec_first::<u64, _, _>(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, &t.schema.id.name),
             )
-            .into())
+            .await
+            .with_context(|| format!("looking up {name}"))?
+            .is_some(),
+    })
+}
+
+async fn summarize_target(
+    target: &mut TargetConn,
+    db: &str,
+    t: &Table,
+    range: &KeyRange,
+    buckets: usize,
+    detail: Option<Vec<bool>>,
+) -> anyhow::Result<Accum> {
+    let name = target_name(target, db, t);
+    let mut acc = Accum::new(buckets, &t.schema, matches!(target, TargetConn::My(_)), detail);
+    match target {
+        TargetConn::Pg(client) => read_pg_target(client, &name, &t.schema, range, &mut acc).await?,
+        TargetConn::My(conn) => read_my_target(conn, &name, t, range, &mut acc).await?,
+    }
+    Ok(acc)
+}
+
+async fn connect_source(cfg: &PipelineConfig) -> anyhow::Result<SourceConn> {
+    Ok(match &cfg.source {
+        SourceConfig::Postgres(pg) => {
+            let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
+            let client = sluice_postgres::conn::connect_sql(&info).await.context("connecting to the source")?;
+            client.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await?;
+            let domains = sluice_postgres::catalog::domains(&client).await?;
+            SourceConn::Pg(Box::new((client, info.dbname.clone(), domains)))
         }
-    };
-    let mut target = if mysql_target {
+        SourceConfig::Mysql(my) => {
+            let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
+            SourceConn::My(info.connect().await.context("connecting to the source")?)
+        }
+    })
+}
+
+async fn connect_target(sink: &DbSinkConfig, mysql: bool) -> anyhow::Result<TargetConn> {
+    Ok(if mysql {
         let info = sluice_mysql::conn::ConnInfo::from_url(&sink.url, sink.tls.as_ref(), "sink")?;
         TargetConn::My(info.connect().await.context("connecting to the target")?)
     } else {
@@ -384,73 +431,221 @@ pub async fn run(cfg: &PipelineConfig) -> anyhow::Result<bool> {
             .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET IntervalStyle = 'postgres'")
             .await?;
         TargetConn::Pg(client)
+    })
+}
+
+/// Split a table with a single integer key into key ranges of about
+/// `chunk_rows` rows (by the source's min and max); others are one range.
+/// The first and last ranges are open, so replica rows outside the source's
+/// key span are compared too.
+async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow::Result<Vec<KeyRange>> {
+    let key = key_of(&t.schema);
+    let integer = |ty: &ColumnType| {
+        matches!(
+            ty,
+            ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt32 | ColumnType::UInt64
+        )
     };
-    let mut src = match &cfg.source {
-        SourceConfig::Postgres(pg) => {
-            let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
-            let client = sluice_postgres::conn::connect_sql(&info).await.context("connecting to the source")?;
-            client.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await?;
-            let domains = sluice_postgres::catalog::domains(&client).await?;
-            SourceConn::Pg(Box::new((client, info.dbname.clone(), domains)))
+    let whole = vec![KeyRange { buckets: bucket_count(t.estimate), ..KeyRange::default() }];
+    if key.len() != 1 || !integer(&t.schema.columns[key[0]].ty) {
+        return Ok(whole);
+    }
+    // The catalog's estimate may be stale: count while reading the span.
+    let col = t.schema.columns[key[0]].name.clone();
+    let bounds: Option<(String, String, i64)> = match src {
+        SourceConn::Pg(pg) => {
+            let k = quote_ident(&col);
+            let sql = format!("SELECT min({k})::text, max({k})::text, count(*) FROM {}", t.schema.id.quoted());
+            let row = pg.0.query_one(&sql, &[]).await?;
+            row.get::<_, Option<String>>(0).zip(row.get::<_, Option<String>>(1)).map(|(a, b)| (a, b, row.get(2)))
         }
-        SourceConfig::Mysql(my) => {
-            let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
-            SourceConn::My(info.connect().await.context("connecting to the source")?)
+        SourceConn::My(conn) => {
+            let q = sluice_mysql::snapshot::quote_my;
+            let k = q(&col);
+            let sql = format!(
+                "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR), COUNT(*) FROM {}.{}",
+                q(&t.schema.id.schema),
+                q(&t.schema.id.name)
+            );
+            conn.query_first::<(Option<String>, Option<String>, i64), _>(sql)
+                .await?
+                .and_then(|(a, b, n)| a.zip(b).map(|(a, b)| (a, b, n)))
         }
     };
+    let Some((lo, hi, rows)) = bounds else { return Ok(whole) };
+    let chunks = (rows as u64 / chunk_rows).min(256);
+    if chunks < 2 {
+        return Ok(vec![KeyRange { buckets: bucket_count(rows as u64), ..KeyRange::default() }]);
+    }
+    let buckets = bucket_count(rows as u64 / chunks);
+    let (lo, hi): (i128, i128) = (lo.parse()?, hi.parse()?);
+    let step = ((hi - lo) / chunks as i128).max(1);
+    let mut out = Vec::new();
+    let mut start: Option<i128> = None;
+    let mut next = lo + step;
+    while next <= hi {
+        out.push(KeyRange { column: Some(col.clone()), lo: start, hi: Some(next), buckets });
+        start = Some(next);
+        next += step;
+    }
+    out.push(KeyRange { column: Some(col), lo: start, hi: None, buckets });
+    Ok(out)
+}
+
+/// One table's outcome, summed over its ranges.
+#[derive(Default)]
+struct Outcome {
+    source_rows: u64,
+    target_rows: u64,
+    problems: Vec<String>,
+    ranges: Vec<String>,
+}
+
+/// Compare one range of one table: summaries first, the keys of differing
+/// buckets on a second pass.
+async fn compare(
+    src: &mut SourceConn,
+    target: &mut TargetConn,
+    db: &str,
+    t: &Table,
+    range: &KeyRange,
+    mysql_target: bool,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let buckets = range.buckets;
+    let (s, d) = tokio::try_join!(
+        summarize_source(src, t, range, buckets, mysql_target, None),
+        summarize_target(target, db, t, range, buckets, None)
+    )?;
+    out.source_rows += s.summary.rows;
+    out.target_rows += d.summary.rows;
+    let differing: Vec<bool> = s.summary.buckets.iter().zip(&d.summary.buckets).map(|(a, b)| a != b).collect();
+    if !differing.iter().any(|x| *x) {
+        return Ok(());
+    }
+    out.ranges.push(range.label());
+    let (s2, d2) = tokio::try_join!(
+        summarize_source(src, t, range, buckets, mysql_target, Some(differing.clone())),
+        summarize_target(target, db, t, range, buckets, Some(differing))
+    )?;
+    let (sd, dd) = (s2.detail.expect("detail").1, d2.detail.expect("detail").1);
+    for (k, h) in &sd {
+        match dd.get(k) {
+            None => out.problems.push(format!("missing in target: {k}")),
+            Some(x) if x != h => out.problems.push(format!("differs: {k}")),
+            _ => {}
+        }
+    }
+    for k in dd.keys() {
+        if !sd.contains_key(k) {
+            out.problems.push(format!("extra in target: {k}"));
+        }
+    }
+    Ok(())
+}
+
+/// Run `verify`: print a result line per table; `Ok(true)` when all match.
+/// Tables with a single integer key are compared in key ranges of about
+/// `chunk_rows` rows, `parallel` ranges at a time.
+pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyhow::Result<bool> {
+    let (sink, mysql_target) = match &cfg.sink {
+        SinkConfig::Postgres(d) => (d.clone(), false),
+        SinkConfig::Mysql(d) => (d.clone(), true),
+        _ => {
+            return Err(sluice_core::error::SinkError::new(
+                sluice_core::ErrorKind::Config,
+                "verify compares the source with a replica database: sink.type must be postgres or mysql",
+            )
+            .into())
+        }
+    };
+    let mut target = connect_target(&sink, mysql_target).await?;
+    let mut src = connect_source(cfg).await?;
     let tables = source_tables(cfg, &mut src).await?;
     if tables.is_empty() {
         return Err(anyhow!("no table matches tables.include"));
     }
+    let db_of = |t: &Table| sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
+    // Plan: every present table's key ranges, largest tables first.
+    let mut missing = vec![false; tables.len()];
+    let mut units: Vec<(usize, KeyRange)> = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        if target_exists(&mut target, &db_of(t), t).await? {
+            for r in plan_ranges(&mut src, t, chunk_rows).await? {
+                units.push((i, r));
+            }
+        } else {
+            missing[i] = true;
+        }
+    }
+    units.sort_by_key(|(i, _)| std::cmp::Reverse(tables[*i].estimate));
+    let tables = std::sync::Arc::new(tables);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(units)));
+    let outcomes =
+        std::sync::Arc::new(std::sync::Mutex::new((0..tables.len()).map(|_| Outcome::default()).collect::<Vec<_>>()));
+    let workers = parallel.min(queue.lock().expect("queue").len()).max(1);
+    let mut handles = Vec::new();
+    let mut first = Some((src, target));
+    for _ in 0..workers {
+        let (tables, queue, outcomes, sink, cfg) =
+            (tables.clone(), queue.clone(), outcomes.clone(), sink.clone(), cfg.clone());
+        let conns = first.take();
+        handles.push(tokio::spawn(async move {
+            let (mut src, mut target) = match conns {
+                Some(c) => c,
+                None => (connect_source(&cfg).await?, connect_target(&sink, mysql_target).await?),
+            };
+            loop {
+                let Some((i, range)) = queue.lock().expect("queue").pop_front() else { break };
+                let t = &tables[i];
+                let db = sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
+                let mut out = Outcome::default();
+                compare(&mut src, &mut target, &db, t, &range, mysql_target, &mut out).await?;
+                let mut all = outcomes.lock().expect("outcomes");
+                let o = &mut all[i];
+                o.source_rows += out.source_rows;
+                o.target_rows += out.target_rows;
+                o.problems.extend(out.problems);
+                o.ranges.extend(out.ranges);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await.context("a verify worker failed")??;
+    }
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
     println!("{:<40} {:>12} {:>12}  result", "table", "source rows", "target rows");
     let mut failed = 0usize;
-    for t in &tables {
-        let tschema = sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
-        let buckets = bucket_count(t.estimate);
-        let s = summarize_source(&mut src, t, buckets, mysql_target, None).await?;
-        let d = summarize_target(&mut target, &tschema, t, buckets, None).await?;
-        let Some(d) = d else {
+    for (i, (t, mut o)) in tables.iter().zip(outcomes).enumerate() {
+        let name = t.schema.id.to_string();
+        if missing[i] {
             println!(
-                "{:<40} {:>12} {:>12}  MISSING (no table {tschema}.{} in the target)",
-                t.schema.id.to_string(),
-                s.summary.rows,
+                "{name:<40} {:>12} {:>12}  MISSING (no table {}.{} in the target)",
                 "-",
+                "-",
+                db_of(t),
                 t.schema.id.name
             );
             failed += 1;
             continue;
-        };
-        let differing: Vec<bool> = s.summary.buckets.iter().zip(&d.summary.buckets).map(|(a, b)| a != b).collect();
-        if !differing.iter().any(|x| *x) {
-            println!("{:<40} {:>12} {:>12}  ok", t.schema.id.to_string(), s.summary.rows, d.summary.rows);
+        }
+        if o.ranges.is_empty() {
+            println!("{name:<40} {:>12} {:>12}  ok", o.source_rows, o.target_rows);
             continue;
         }
         failed += 1;
-        // Second pass over the differing buckets only: name the keys.
-        let s2 = summarize_source(&mut src, t, buckets, mysql_target, Some(differing.clone())).await?;
-        let d2 = summarize_target(&mut target, &tschema, t, buckets, Some(differing)).await?.expect("exists");
-        let (sd, dd) = (s2.detail.expect("detail").1, d2.detail.expect("detail").1);
-        let mut problems = Vec::new();
-        for (k, h) in &sd {
-            match dd.get(k) {
-                None => problems.push(format!("missing in target: {k}")),
-                Some(x) if x != h => problems.push(format!("differs: {k}")),
-                _ => {}
-            }
-        }
-        for k in dd.keys() {
-            if !sd.contains_key(k) {
-                problems.push(format!("extra in target: {k}"));
-            }
-        }
-        let n = problems.len();
-        problems.truncate(5);
+        o.problems.sort();
+        let n = o.problems.len();
+        o.problems.truncate(5);
+        o.ranges.sort();
+        o.ranges.truncate(3);
         println!(
-            "{:<40} {:>12} {:>12}  MISMATCH ({n} rows; first: {})",
-            t.schema.id.to_string(),
-            s.summary.rows,
-            d.summary.rows,
-            problems.join("; ")
+            "{name:<40} {:>12} {:>12}  MISMATCH ({n} rows in {}; first: {})",
+            o.source_rows,
+            o.target_rows,
+            o.ranges.join(", "),
+            o.problems.join("; ")
         );
     }
     if failed == 0 {

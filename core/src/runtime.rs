@@ -458,7 +458,9 @@ async fn drive<K: Sink>(
                                         position = Some(later(position.take(), p));
                                     }
                                 }
-                                SourceMessage::TableSnapshotStarted { table, position: p, estimated_rows } => {
+                                SourceMessage::TableSnapshotStarted { schema, position: p, estimated_rows } => {
+                                    f.sink.snapshot_started(&schema).await?;
+                                    let table = schema.id.clone();
                                     f.cp.tables.insert(
                                         table.to_string(),
                                         TableState { snapshot: SnapshotState::Copying, snapshot_position: Some(p), snapshot_rows: 0 },

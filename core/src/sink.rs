@@ -2,12 +2,13 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::SinkError;
 use crate::event::ChangeEvent;
-use crate::schema::TableId;
+use crate::schema::{TableId, TableSchema};
 
 /// A destination for change events.
 ///
@@ -49,6 +50,13 @@ pub trait Sink: Send {
         async { Ok(None) }
     }
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// A table's snapshot copy begins (before any of its rows, also for an
+    /// empty table). Replica sinks create the table and empty it here, in
+    /// the transaction that will hold the rows.
+    fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = schema;
+        async { Ok(()) }
+    }
     /// Human-readable summary for the end-of-run report.
     fn describe(&self) -> String;
 }

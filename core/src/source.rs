@@ -1,13 +1,14 @@
 //! The `Source` trait: what a connector promises the runtime.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::SourceError;
 use crate::event::{ChangeEvent, Position};
-use crate::schema::TableId;
+use crate::schema::{TableId, TableSchema};
 
 /// What a source sends to the runtime, in order, in batches.
 #[derive(Debug)]
@@ -26,8 +27,10 @@ pub enum SourceMessage {
     /// forgotten with the next checkpoint, so a table dropped from the
     /// configuration and added back later is copied again.
     Tables { included: Vec<TableId> },
-    /// A table's snapshot copy begins, in a snapshot consistent with `position`.
-    TableSnapshotStarted { table: TableId, position: Position, estimated_rows: u64 },
+    /// A table's snapshot copy begins, in a snapshot consistent with
+    /// `position`; its rows will carry `schema`. Sent for empty tables too,
+    /// so replicas start the table from empty.
+    TableSnapshotStarted { schema: Arc<TableSchema>, position: Position, estimated_rows: u64 },
     /// All of the table's snapshot rows have been sent.
     TableSnapshotDone { table: TableId, rows: u64 },
     /// `--until-caught-up`: the end position noted at start has been reached

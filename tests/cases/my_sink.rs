@@ -110,15 +110,30 @@ async fn postgres_to_mysql_exactly_once() {
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert!(v.stdout.contains("all 4 tables match"), "{}", v.stdout);
+    // Tamper with rows that exist (the workload deletes and rolls back at random).
+    let (a, h): (i64, i64) = {
+        let r = c
+            .query_one("SELECT (SELECT min(id) FROM acct WHERE id > 0), (SELECT max(id) FROM hist)", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
     target
-        .sql(
-            "UPDATE public.acct SET v = 'tampered' WHERE id = 17; DELETE FROM public.hist WHERE id = 3; \
-             INSERT INTO `Odd Schema`.`Odd Table` (`Key`) VALUES (-5);",
-        )
+        .sql(&format!(
+            "UPDATE public.acct SET v = 'tampered' WHERE id = {a}; DELETE FROM public.hist WHERE id = {h}; \
+             INSERT INTO `Odd Schema`.`Odd Table` (`Key`) VALUES (-5);"
+        ))
         .unwrap();
-    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    // In key ranges of about 20k rows (acct has 140k), compared two at a time.
+    let v = sluice(&["verify", p.to_str().unwrap(), "--chunk-rows", "20000", "--parallel", "2"]).await;
     assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
-    for want in ["differs: 17", "missing in target: 3", "extra in target: -5", "3 of 4 tables differ"] {
+    for want in [
+        &format!("differs: {a}"),
+        &format!("missing in target: {h}"),
+        "extra in target: -5",
+        "3 of 4 tables differ",
+        "MISMATCH (1 rows in id in [",
+    ] {
         assert!(v.stdout.contains(want), "verify output lacks {want:?}:\n{}", v.stdout);
     }
     target.sql("DELETE FROM `Odd Schema`.`Odd Table` WHERE `Key` = -5").unwrap();
@@ -133,13 +148,15 @@ async fn postgres_to_mysql_exactly_once() {
     // rolled back and replayed), a column added between transactions, and a
     // dropped column.
     // The tampered rows come back with their next change (updates are upserts by key).
-    c.batch_execute("UPDATE acct SET ver = ver + 1 WHERE id = 17; UPDATE hist SET note = note || '.' WHERE id = 3;")
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "UPDATE acct SET ver = ver + 1 WHERE id = {a}; UPDATE hist SET note = note || '.' WHERE id = {h};"
+    ))
+    .await
+    .unwrap();
     c.batch_execute(
         "BEGIN; INSERT INTO hist (acct, note) VALUES (1, 'before'); ALTER TABLE hist ADD COLUMN extra int; \
          INSERT INTO hist (acct, note, extra) VALUES (1, 'new', 6); UPDATE hist SET extra = 7 WHERE id = 1; COMMIT; \
-         ALTER TABLE acct ADD COLUMN \"Added Col\" text; UPDATE acct SET \"Added Col\" = 'x' WHERE id < 10; \
+         ALTER TABLE acct ADD COLUMN \"Added Col\" text; UPDATE acct SET \"Added Col\" = 'x' WHERE id BETWEEN 1 AND 9; \
          INSERT INTO nokey VALUES (98, 'x'); ALTER TABLE nokey DROP COLUMN b; INSERT INTO nokey VALUES (99);",
     )
     .await
@@ -156,7 +173,9 @@ async fn postgres_to_mysql_exactly_once() {
     );
     assert_same("hist after ADD COLUMN", &got, &want);
     let n = target.sql("SELECT COUNT(*) FROM public.acct WHERE `Added Col` = 'x'").unwrap();
-    assert_eq!(n.trim(), "9");
+    let want: i64 = c.query_one("SELECT count(*) FROM acct WHERE \"Added Col\" = 'x'", &[]).await.unwrap().get(0);
+    assert!(want > 0);
+    assert_eq!(n.trim(), want.to_string());
     let cols = target
         .sql("SELECT GROUP_CONCAT(COLUMN_NAME) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'public' AND TABLE_NAME = 'nokey'")
         .unwrap();
@@ -372,4 +391,44 @@ async fn mysql_to_mysql_exactly_once() {
     for want in ["differs: 1", "missing in target: 5"] {
         assert!(v.stdout.contains(want), "verify output lacks {want:?}:\n{}", v.stdout);
     }
+}
+
+/// Bad sink settings: one clear error each, exit 2 for configuration and 1
+/// for a target that refuses or cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sink_errors() {
+    let env = Env::new("mysinkerr");
+    let target = MyCluster::start(&[]).unwrap();
+    target.sql("CREATE USER app@'%' IDENTIFIED BY 'right'; GRANT ALL ON *.* TO app@'%';").unwrap();
+    env.client().await.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    let port = target.port;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (sink, code, want) in [
+        ("  type: mysql\n  url: postgres://x@127.0.0.1/db\n".to_string(), 2, "is not a MySQL URL"),
+        (
+            format!("  type: mysql\n  url: mysql://app:wrong@127.0.0.1:{port}\n"),
+            1,
+            "check the user and password in sink.url",
+        ),
+        (format!("  type: mysql\n  url: mysql://app@127.0.0.1:{closed}\n"), 1, "cannot connect to MySQL"),
+        (
+            format!("  type: mysql\n  url: mysql://app:right@127.0.0.1:{port}\n  batch:\n    max_rows: 0\n"),
+            2,
+            "sink.batch",
+        ),
+    ] {
+        let p = env.pipeline("bad", &["public.t"], &sink, "");
+        let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+        assert_eq!(r.code, code, "{sink}\n{}", r.stderr);
+        assert!(r.stderr.contains(want), "{sink}: stderr lacks {want:?}:\n{}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    // And with the right password it runs.
+    let p =
+        env.pipeline("good", &["public.t"], &format!("  type: mysql\n  url: mysql://app:right@127.0.0.1:{port}\n"), "");
+    catch_up(&p).await;
+    assert_eq!(target.sql("SELECT COUNT(*) FROM public.t").unwrap().trim(), "0");
 }

@@ -168,7 +168,11 @@ async fn copy_one(
     let position = Position::Mysql { file: point.coord.file.clone(), pos: point.coord.pos, gtid: point.gtid.clone() };
     send(
         tx,
-        vec![SourceMessage::TableSnapshotStarted { table: id.clone(), position, estimated_rows: job.estimated_rows }],
+        vec![SourceMessage::TableSnapshotStarted {
+            schema: schema.clone(),
+            position,
+            estimated_rows: job.estimated_rows,
+        }],
     )
     .await?;
     let cols = schema.columns.iter().map(|c| quote_my(&c.name)).collect::<Vec<_>>().join(", ");

@@ -513,7 +513,11 @@ async fn handle_event(
                 setup.admit_from.insert(id.clone(), st.tx_start.key());
                 let position =
                     Position::Mysql { file: st.tx_start.file.clone(), pos: st.tx_start.pos, gtid: st.gtid.render() };
-                out.push(SourceMessage::TableSnapshotStarted { table: id.clone(), position, estimated_rows: 0 });
+                out.push(SourceMessage::TableSnapshotStarted {
+                    schema: plan.schema.clone(),
+                    position,
+                    estimated_rows: 0,
+                });
                 out.push(SourceMessage::TableSnapshotDone { table: id.clone(), rows: 0 });
             }
             if hdr.ncols != plan.kinds.len() {

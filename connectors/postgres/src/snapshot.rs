@@ -107,7 +107,7 @@ async fn copy_one(
     send(
         tx,
         vec![SourceMessage::TableSnapshotStarted {
-            table: id.clone(),
+            schema: schema.clone(),
             position: Position::Postgres { lsn: consistent_lsn },
             estimated_rows: job.estimated_rows,
         }],

@@ -632,6 +632,18 @@ impl MysqlSink {
     }
 }
 
+/// Start-up check: the target is reachable, the credentials work, and the
+/// checkpoint database can be used (later connection losses are retried).
+pub async fn check(cfg: &DbSinkConfig) -> Result<(), SinkError> {
+    let mut conn = connect(cfg).await?;
+    let db = checkpoint_db(cfg);
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_my(&db))).await.map_err(
+        |e| sql_err(format!("creating the checkpoint database {db} (grant CREATE, or set sink.checkpoint_schema)"), e),
+    )?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
 /// `teardown`: forget the pipeline's checkpoint in the target (the
 /// replicated tables stay). Returns what was done.
 pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkError> {
@@ -692,17 +704,22 @@ impl Sink for MysqlSink {
         Ok(self.stored.take())
     }
 
+    async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        // The table's copy in this run starts from empty (TRUNCATE would commit).
+        self.target(schema).await?;
+        self.flush_batch().await?;
+        self.begin().await?;
+        self.copying.insert(schema.id.clone());
+        self.touched.insert(schema.id.clone());
+        self.unflushed = true;
+        let sql = format!("DELETE FROM {}", self.targets[&schema.id].name);
+        self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))
+    }
+
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
             if ev.op == Op::Read && !self.copying.contains(&ev.table.id) {
-                // First snapshot row of this table in this run: start from empty.
-                self.target(&ev.table).await?;
-                self.flush_batch().await?;
-                self.begin().await?;
-                self.copying.insert(ev.table.id.clone());
-                self.touched.insert(ev.table.id.clone());
-                let sql = format!("DELETE FROM {}", self.targets[&ev.table.id].name);
-                self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))?;
+                self.snapshot_started(&ev.table).await?;
             }
             self.add(ev).await?;
         }

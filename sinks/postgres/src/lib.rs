@@ -560,6 +560,12 @@ async fn connect(cfg: &DbSinkConfig) -> Result<Client, SinkError> {
         .map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))
 }
 
+/// Start-up check: the target is reachable and the credentials work (later
+/// connection losses are retried).
+pub async fn check(cfg: &DbSinkConfig) -> Result<(), SinkError> {
+    connect(cfg).await.map(drop)
+}
+
 /// `teardown`: forget the pipeline's checkpoint in the target (the
 /// replicated tables stay). Returns what was done.
 pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkError> {
@@ -617,18 +623,23 @@ impl Sink for PostgresSink {
         Ok(self.stored.take())
     }
 
+    async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        // The table's copy in this run starts from empty.
+        self.flush_copies().await?;
+        self.target(schema).await?;
+        self.flush_batch().await?;
+        self.begin().await?;
+        self.copying.insert(schema.id.clone());
+        let sql = format!("TRUNCATE {}", self.targets[&schema.id].name);
+        self.unflushed = true;
+        self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
+    }
+
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
             if ev.op == Op::Read {
-                if self.copying.insert(ev.table.id.clone()) {
-                    // First snapshot row of this table in this run: start from empty.
-                    self.flush_copies().await?;
-                    self.target(&ev.table).await?;
-                    self.flush_batch().await?;
-                    self.begin().await?;
-                    let t = self.targets.get(&ev.table.id).expect("target");
-                    let sql = format!("TRUNCATE {}", t.name);
-                    self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+                if !self.copying.contains(&ev.table.id) {
+                    self.snapshot_started(&ev.table).await?;
                 }
                 self.copy_row(ev).await?;
                 continue;
