@@ -164,6 +164,9 @@ pub struct DbSinkConfig {
     /// Create missing target tables from the source schema (default true).
     #[serde(default = "default_true")]
     pub create_tables: bool,
+    /// Keep a column the source drops (new rows leave it NULL) instead of dropping it.
+    #[serde(default)]
+    pub keep_dropped_columns: bool,
     /// Schema of the `sluice_checkpoints` table (Postgres default `public`;
     /// MySQL: a database, default the URL's database, else `sluice`).
     pub checkpoint_schema: Option<String>,

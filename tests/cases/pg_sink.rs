@@ -26,6 +26,39 @@ const QUERIES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// Beside `crash::SETUP`: a keyless table (REPLICA IDENTITY FULL) and quoted,
+/// mixed-case identifiers with reserved words and many types.
+pub(crate) const ODD_SETUP: &str = "CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL; \
+     INSERT INTO nokey SELECT g % 50, 'b' || g FROM generate_series(1, 200) g; \
+     CREATE SCHEMA \"Odd Schema\"; \
+     CREATE TABLE \"Odd Schema\".\"Odd Table\" (\"Key\" int PRIMARY KEY, \"select\" text, ts timestamptz, j jsonb, arr int[], \"by\" bytea, u uuid); \
+     INSERT INTO \"Odd Schema\".\"Odd Table\" SELECT g, 'it''s \"q\" `b` ' || g, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour 1 microsecond', \
+       jsonb_build_object('g', g, 'a', array[g, g + 1]), array[g, NULL, -g], decode(lpad(to_hex(g), 8, '0'), 'hex'), md5(g::text)::uuid \
+     FROM generate_series(1, 300) g;";
+
+/// The crash workload, then updates and deletes of single keyless rows,
+/// JSON and text updates and key changes of the odd table.
+pub(crate) async fn replica_workload(url: String, seed: u64) {
+    super::crash::workload(url.clone(), seed, 120).await;
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..200 {
+        c.batch_execute(&format!(
+            "UPDATE nokey SET b = b || '+' WHERE ctid = (SELECT ctid FROM nokey WHERE a = {} LIMIT 1); \
+             DELETE FROM nokey WHERE ctid = (SELECT ctid FROM nokey WHERE a = {} AND {} % 4 = 0 LIMIT 1); \
+             UPDATE \"Odd Schema\".\"Odd Table\" SET \"select\" = \"select\" || '!', j = j || '{{\"x\": 1}}' WHERE \"Key\" = {}; \
+             UPDATE \"Odd Schema\".\"Odd Table\" SET \"Key\" = \"Key\" + 10000 WHERE \"Key\" = {};",
+            i % 50,
+            (i + 7) % 50,
+            i,
+            i + 1,
+            300 - i
+        ))
+        .await
+        .unwrap();
+    }
+}
+
 /// SIGKILL runs of `p` at random moments (the first within `first_ms`) until
 /// the workload is done and at least five kills happened.
 pub(crate) async fn kill_repeatedly(
@@ -65,17 +98,7 @@ async fn postgres_to_postgres_exactly_once() {
     let target = PgCluster::start(&[]).unwrap();
     let c = env.client().await;
     c.batch_execute(super::crash::SETUP).await.unwrap();
-    c.batch_execute(
-        "CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL; \
-         INSERT INTO nokey SELECT g % 50, 'b' || g FROM generate_series(1, 200) g; \
-         CREATE SCHEMA \"Odd Schema\"; \
-         CREATE TABLE \"Odd Schema\".\"Odd Table\" (\"Key\" int PRIMARY KEY, \"select\" text, ts timestamptz, j jsonb, arr int[], \"by\" bytea, u uuid); \
-         INSERT INTO \"Odd Schema\".\"Odd Table\" SELECT g, 'it''s \"q\" ' || g, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour', \
-           jsonb_build_object('g', g, 'a', array[g, g + 1]), array[g, NULL, -g], decode(lpad(to_hex(g), 8, '0'), 'hex'), md5(g::text)::uuid \
-         FROM generate_series(1, 300) g;",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(ODD_SETUP).await.unwrap();
     let sink = format!(
         "  type: postgres\n  url: {}\n  batch:\n    max_rows: 5000\n    max_delay_ms: 100\n",
         target.url("postgres")
@@ -84,27 +107,7 @@ async fn postgres_to_postgres_exactly_once() {
     let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("pg sink crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let url = env.url();
-    let work = tokio::spawn(async move {
-        super::crash::workload(url.clone(), seed, 120).await;
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        for i in 0..200 {
-            c.batch_execute(&format!(
-                "UPDATE nokey SET b = b || '+' WHERE ctid = (SELECT ctid FROM nokey WHERE a = {} LIMIT 1); \
-                 DELETE FROM nokey WHERE ctid = (SELECT ctid FROM nokey WHERE a = {} AND {} % 4 = 0 LIMIT 1); \
-                 UPDATE \"Odd Schema\".\"Odd Table\" SET \"select\" = \"select\" || '!', j = j || '{{\"x\": 1}}' WHERE \"Key\" = {}; \
-                 UPDATE \"Odd Schema\".\"Odd Table\" SET \"Key\" = \"Key\" + 10000 WHERE \"Key\" = {};",
-                i % 50,
-                (i + 7) % 50,
-                i,
-                i + 1,
-                300 - i
-            ))
-            .await
-            .unwrap();
-        }
-    });
+    let work = tokio::spawn(replica_workload(env.url(), seed));
     kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
     let dst = target_client(&target).await;

@@ -372,7 +372,9 @@ impl MysqlSink {
             // Schema change mid-stream: a type the mapping cannot follow stops the table.
             for (c, m) in schema.columns.iter().zip(&cols) {
                 if let Some(j) = old.schema.column_index(&c.name) {
-                    if old.cols[j].ty != m.ty {
+                    // Logical types: the binlog and the catalog spell the same
+                    // column differently (`bigint` / `bigint(20)`).
+                    if old.schema.columns[j].ty != c.ty {
                         return Err(Self::table_err(
                             &schema.id,
                             format!(
@@ -385,7 +387,10 @@ impl MysqlSink {
                 }
             }
             for o in &old.schema.columns {
-                if schema.column_index(&o.name).is_none() && have.contains_key(&o.name) {
+                if schema.column_index(&o.name).is_none()
+                    && have.contains_key(&o.name)
+                    && !self.cfg.keep_dropped_columns
+                {
                     self.drops.push(format!("ALTER TABLE {name} DROP COLUMN {}", quote_my(&o.name)));
                 }
             }

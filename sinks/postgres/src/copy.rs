@@ -87,17 +87,41 @@ pub fn binary_trailer(out: &mut Vec<u8>) {
     out.extend_from_slice(&(-1i16).to_be_bytes());
 }
 
-/// One row in binary COPY format.
-pub fn binary_row(out: &mut Vec<u8>, row: &[Value], encs: &[Enc]) -> Result<(), String> {
+/// One row in binary COPY format (every column must have an encoding).
+pub fn binary_row(out: &mut Vec<u8>, row: &[Value], encs: &[Option<Enc>]) -> Result<(), String> {
     out.extend_from_slice(&(row.len() as i16).to_be_bytes());
     for (i, (v, e)) in row.iter().zip(encs).enumerate() {
+        let e = e.ok_or_else(|| format!("column {} has no binary encoding", i + 1))?;
         if matches!(v, Value::Null | Value::Unchanged) {
             out.extend_from_slice(&(-1i32).to_be_bytes());
             continue;
         }
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
-        encode(v, *e, out).map_err(|m| format!("column {}: {m}", i + 1))?;
+        encode(v, e, out).map_err(|m| format!("column {}: {m}", i + 1))?;
+        let len = (out.len() - at - 4) as i32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// A one-dimensional array in binary form (a statement parameter), its
+/// elements of type `elem_oid` encoded with `e`.
+pub fn binary_array(values: &[Value], e: Enc, elem_oid: u32, out: &mut Vec<u8>) -> Result<(), String> {
+    let nulls = values.iter().any(|v| matches!(v, Value::Null | Value::Unchanged));
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(nulls as i32).to_be_bytes());
+    out.extend_from_slice(&elem_oid.to_be_bytes());
+    out.extend_from_slice(&(values.len() as i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    for v in values {
+        if matches!(v, Value::Null | Value::Unchanged) {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            continue;
+        }
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode(v, e, out)?;
         let len = (out.len() - at - 4) as i32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
@@ -313,7 +337,7 @@ mod tests {
         binary_row(
             &mut out,
             &[Value::Date(0), Value::Null, Value::TimestampTz(i64::MAX)],
-            &[Enc::Date, Enc::Int4, Enc::Timestamp],
+            &[Some(Enc::Date), Some(Enc::Int4), Some(Enc::Timestamp)],
         )
         .unwrap();
         let mut want = 3i16.to_be_bytes().to_vec();

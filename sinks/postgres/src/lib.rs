@@ -37,7 +37,7 @@ use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
 use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
 use sluice_schemas::target::{pg_text, pg_type, Conv};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{Kind as Kind_, ToSql, Type};
 use tokio_postgres::Client;
 
 /// Rows per statement (each column is one text array parameter).
@@ -52,8 +52,8 @@ struct Target {
     types: Vec<String>,
     convs: Vec<Conv>,
     key: Vec<usize>,
-    /// Binary COPY encodings, when every column has one.
-    encs: Option<Vec<copy::Enc>>,
+    /// Per column, its binary encoding (COPY and statement parameters), if it has one.
+    bin: Vec<Option<copy::Enc>>,
 }
 
 /// Snapshot rows of one table waiting for their COPY.
@@ -74,10 +74,43 @@ struct Batch {
     kind: Kind,
     /// Columns carried (for updates: the columns the source sent).
     mask: Vec<bool>,
-    /// Per column, the values (for updates: old key columns first, then the masked columns).
-    cols: Vec<Vec<Option<String>>>,
+    /// Per parameter, the values (for updates: old key columns first, then the masked columns).
+    cols: Vec<Vec<Value>>,
     rows: usize,
-    keys: HashSet<Vec<Option<String>>>,
+    /// Hashes of the keys the batch touches (a collision only cuts a batch early).
+    keys: HashSet<u64>,
+}
+
+/// One statement parameter: an array in binary form, or text values cast by the statement.
+#[derive(Debug)]
+enum Param<'a> {
+    Text(Vec<Option<String>>),
+    Bin(&'a [Value], copy::Enc),
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::Text(v) => v.to_sql(ty, out),
+            Param::Bin(values, enc) => {
+                let Kind_::Array(member) = ty.kind() else { return Err(format!("{ty} is not an array type").into()) };
+                let mut buf = Vec::new();
+                copy::binary_array(values, *enc, member.oid(), &mut buf)?;
+                out.extend_from_slice(&buf);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind_::Array(_))
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 pub struct PostgresSink {
@@ -92,6 +125,8 @@ pub struct PostgresSink {
     copying: HashSet<TableId>,
     copies: HashMap<TableId, CopyBuf>,
     copy_bytes: usize,
+    /// Prepared apply statements by SQL text (cleared by DDL).
+    stmts: HashMap<String, tokio_postgres::Statement>,
     stored: Option<Checkpoint>,
     total: u64,
 }
@@ -119,6 +154,7 @@ impl PostgresSink {
             copying: HashSet::new(),
             copies: HashMap::new(),
             copy_bytes: 0,
+            stmts: HashMap::new(),
             stored: None,
             total: 0,
         }
@@ -241,7 +277,7 @@ impl PostgresSink {
                     }
                 }
                 for o in &old.schema.columns {
-                    if schema.column_index(&o.name).is_none() {
+                    if schema.column_index(&o.name).is_none() && !self.cfg.keep_dropped_columns {
                         ddl.push(format!("DROP COLUMN IF EXISTS {}", quote_ident(&o.name)));
                     }
                 }
@@ -252,19 +288,28 @@ impl PostgresSink {
                 }
             }
         }
-        let encs: Option<Vec<copy::Enc>> = schema
+        let bin = schema
             .columns
             .iter()
             .zip(types.iter().zip(&convs))
             .map(|(c, (t, v))| copy::encoding(t, *v, &c.ty))
             .collect();
-        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, encs });
+        self.stmts.clear();
+        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, bin });
         Ok(())
     }
 
     /// Buffer one snapshot row for the table's COPY.
     async fn copy_row(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
-        let current = self.targets.get(&ev.table.id).is_some_and(|t| Arc::ptr_eq(&t.schema, &ev.table));
+        let current = match self.targets.get_mut(&ev.table.id) {
+            Some(t) if Arc::ptr_eq(&t.schema, &ev.table) => true,
+            Some(t) if t.schema.same_shape(&ev.table) => {
+                // The same schema in another allocation: remember this one.
+                t.schema = ev.table.clone();
+                true
+            }
+            _ => false,
+        };
         if !current {
             // A new table, or a new schema: rows buffered so far go first.
             self.flush_copies().await?;
@@ -273,20 +318,23 @@ impl PostgresSink {
         let t = self.targets.get(&ev.table.id).expect("target");
         let row = &ev.after.as_ref().expect("snapshot row").values;
         let buf = self.copies.entry(ev.table.id.clone()).or_insert_with(|| {
+            let binary = t.bin.iter().all(Option::is_some);
             let mut data = Vec::with_capacity(64 << 10);
-            if t.encs.is_some() {
+            if binary {
                 copy::binary_header(&mut data);
             }
-            CopyBuf { binary: t.encs.is_some(), data }
+            CopyBuf { binary, data }
         });
         let before = buf.data.len();
-        match &t.encs {
-            Some(encs) => copy::binary_row(&mut buf.data, row, encs)
-                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", t.schema.id)))?,
-            None => copy::text_row(&mut buf.data, row, &t.convs),
+        if buf.binary {
+            copy::binary_row(&mut buf.data, row, &t.bin)
+                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", t.schema.id)))?;
+        } else {
+            copy::text_row(&mut buf.data, row, &t.convs);
         }
         self.copy_bytes += buf.data.len() - before;
-        self.applied += 1;
+        // Not counted towards `batch.max_rows`: an interrupted table is
+        // copied again from scratch, so commits inside a copy buy nothing.
         self.total += 1;
         if self.copy_bytes >= COPY_BYTES {
             self.flush_copies().await?;
@@ -321,8 +369,18 @@ impl PostgresSink {
         Ok(())
     }
 
-    fn key_values(t: &Target, row: &[Value]) -> Vec<Option<String>> {
-        t.key.iter().map(|&i| pg_text(&row[i], t.convs[i])).collect()
+    fn key_values(t: &Target, row: &[Value]) -> Vec<Value> {
+        t.key.iter().map(|&i| row[i].clone()).collect()
+    }
+
+    /// A hash of the key columns' values.
+    fn key_hash(t: &Target, row: &[Value]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for &i in &t.key {
+            hash_value(&row[i], &mut h);
+        }
+        h.finish()
     }
 
     /// Queue one change; flushes the current batch when it cannot take it.
@@ -341,40 +399,30 @@ impl PostgresSink {
             return Ok(());
         }
         let t = self.targets.get(&ev.table.id).expect("target");
-        let masked = |row: &[Value]| -> Vec<Option<String>> {
-            row.iter()
-                .zip(&t.convs)
-                .filter(|(v, _)| !matches!(v, Value::Unchanged))
-                .map(|(v, c)| pg_text(v, *c))
-                .collect()
-        };
+        let masked =
+            |row: &[Value]| -> Vec<Value> { row.iter().filter(|v| !matches!(v, Value::Unchanged)).cloned().collect() };
         // (kind, column mask, the keys it touches, values)
         let (kind, mask, touched, values) = match ev.op {
             Op::Read | Op::Create => {
                 let row = &ev.after.as_ref().expect("insert has a row").values;
                 let mask: Vec<bool> = row.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
-                let k = Self::key_values(t, row);
-                (Kind::Upsert, mask, vec![k], masked(row))
+                (Kind::Upsert, mask, vec![Self::key_hash(t, row)], masked(row))
             }
             Op::Update => {
                 let after = &ev.after.as_ref().expect("update has a row").values;
-                let old_key = match &ev.before {
-                    Some(b) if t.key.iter().all(|&i| !matches!(b.values[i], Value::Unchanged)) => {
-                        Self::key_values(t, &b.values)
-                    }
-                    _ => Self::key_values(t, after),
+                let old = match &ev.before {
+                    Some(b) if t.key.iter().all(|&i| !matches!(b.values[i], Value::Unchanged)) => &b.values,
+                    _ => after,
                 };
-                let new_key = Self::key_values(t, after);
                 let mask: Vec<bool> = after.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
-                let mut vals = old_key.clone();
+                let mut vals = Self::key_values(t, old);
                 vals.extend(masked(after));
                 // Both keys count as touched: a chain a→b, b→c must not share a statement.
-                (Kind::Update, mask, vec![old_key, new_key], vals)
+                (Kind::Update, mask, vec![Self::key_hash(t, old), Self::key_hash(t, after)], vals)
             }
             Op::Delete => {
                 let before = &ev.before.as_ref().expect("delete has a row").values;
-                let k = Self::key_values(t, before);
-                (Kind::Delete, vec![], vec![k.clone()], k)
+                (Kind::Delete, vec![], vec![Self::key_hash(t, before)], Self::key_values(t, before))
             }
             Op::Truncate => unreachable!("handled above"),
         };
@@ -420,11 +468,22 @@ impl PostgresSink {
         let s = &t.schema;
         let q = |i: usize| quote_ident(&s.columns[i].name);
         let cast = |p: usize, i: usize| format!("u.p{p}::{}", t.types[i]);
+        // The table column behind each parameter.
+        let upd: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask.get(i).copied().unwrap_or(false)).collect();
+        let param_cols: Vec<usize> = match b.kind {
+            Kind::Upsert => upd.clone(),
+            Kind::Update => t.key.iter().copied().chain(upd.iter().copied()).collect(),
+            Kind::Delete => t.key.clone(),
+        };
+        let param = |p: usize| match t.bin[param_cols[p]] {
+            Some(_) => format!("${}::{}[]", p + 1, t.types[param_cols[p]]),
+            None => format!("${}::text[]", p + 1),
+        };
         let sql = match b.kind {
             Kind::Upsert => {
                 let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
                 let aliases = (0..cols.len()).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
-                let params = (0..cols.len()).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let params = (0..cols.len()).map(param).collect::<Vec<_>>().join(", ");
                 let select = cols.iter().enumerate().map(|(p, &i)| cast(p, i)).collect::<Vec<_>>().join(", ");
                 let names = cols.iter().map(|&i| q(i)).collect::<Vec<_>>().join(", ");
                 let conflict = if t.key.is_empty() {
@@ -452,7 +511,7 @@ impl PostgresSink {
                 let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
                 let total = nk + cols.len();
                 let aliases = (0..total).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
-                let params = (0..total).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let params = (0..total).map(param).collect::<Vec<_>>().join(", ");
                 let sets = cols
                     .iter()
                     .enumerate()
@@ -470,7 +529,7 @@ impl PostgresSink {
             Kind::Delete => {
                 let nk = t.key.len();
                 let aliases = (0..nk).map(|p| format!("p{p}")).collect::<Vec<_>>().join(", ");
-                let params = (0..nk).map(|p| format!("${}::text[]", p + 1)).collect::<Vec<_>>().join(", ");
+                let params = (0..nk).map(param).collect::<Vec<_>>().join(", ");
                 let conds =
                     t.key.iter().enumerate().map(|(p, &i)| format!("t.{} = {}", q(i), cast(p, i))).collect::<Vec<_>>();
                 format!(
@@ -480,12 +539,26 @@ impl PostgresSink {
                 )
             }
         };
-        let types = vec![Type::TEXT_ARRAY; b.cols.len()];
-        let params: Vec<&(dyn ToSql + Sync)> = b.cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        let client = self.client()?;
-        let stmt =
-            client.prepare_typed(&sql, &types).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
-        client.execute(&stmt, &params).await.map_err(|e| sql_err(format!("applying changes to {}", s.id), e))?;
+        let params: Vec<Param> = b
+            .cols
+            .iter()
+            .zip(&param_cols)
+            .map(|(vals, &i)| match t.bin[i] {
+                Some(enc) => Param::Bin(vals, enc),
+                None => Param::Text(vals.iter().map(|v| pg_text(v, t.convs[i])).collect()),
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let client = self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
+        let stmt = match self.stmts.get(&sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = client.prepare(&sql).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
+                self.stmts.insert(sql, st.clone());
+                st
+            }
+        };
+        client.execute(&stmt, &refs).await.map_err(|e| sql_err(format!("applying changes to {}", s.id), e))?;
         self.applied += b.rows as u64;
         self.total += b.rows as u64;
         Ok(())
@@ -542,6 +615,23 @@ impl PostgresSink {
         self.applied += 1;
         self.total += 1;
         Ok(())
+    }
+}
+
+/// Feed a value into a hasher (floats by their bits).
+fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Null | Value::Unchanged => {}
+        Value::Bool(b) => b.hash(h),
+        Value::Int(i) | Value::Time(i) | Value::Timestamp(i) | Value::TimestampTz(i) => i.hash(h),
+        Value::UInt(u) => u.hash(h),
+        Value::Float(f) => f.to_bits().hash(h),
+        Value::Date(d) => d.hash(h),
+        Value::Numeric(t) | Value::Text(t) | Value::Uuid(t) | Value::Json(t) => t.hash(h),
+        Value::Bytes(b) => b.hash(h),
+        Value::Array(items) => items.iter().for_each(|x| hash_value(x, h)),
     }
 }
 
