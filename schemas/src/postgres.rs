@@ -138,6 +138,158 @@ fn bad(what: &str, s: &str) -> ParseError {
     ParseError(format!("invalid {what} text {s:?}"))
 }
 
+/// Does the snapshot read this type (by OID) in COPY's binary format?
+/// These are the built-in types whose binary form [`parse_binary`] decodes
+/// into exactly the value its text form gives; others are read as text.
+pub fn binary_decodable(oid: u32) -> bool {
+    matches!(
+        oid,
+        16 | 17
+            | 19
+            | 20
+            | 21
+            | 23
+            | 25
+            | 26
+            | 114
+            | 700
+            | 701
+            | 1042
+            | 1043
+            | 1082
+            | 1083
+            | 1114
+            | 1184
+            | 1700
+            | 2950
+            | 3802
+    )
+}
+
+/// Microseconds between 1970-01-01 and Postgres's epoch, 2000-01-01.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// Decode one value from its binary (`send`) form; `oid` must be
+/// [`binary_decodable`].
+pub fn parse_binary(oid: u32, b: &[u8]) -> Result<Value, ParseError> {
+    let short = || ParseError(format!("binary value of type {oid} has a wrong length ({} bytes)", b.len()));
+    let be = |n: usize| -> Result<&[u8], ParseError> {
+        if b.len() == n {
+            Ok(b)
+        } else {
+            Err(short())
+        }
+    };
+    let text = || String::from_utf8(b.to_vec()).map_err(|_| ParseError(format!("type {oid}: invalid UTF-8")));
+    Ok(match oid {
+        16 => Value::Bool(be(1)?[0] != 0),
+        21 => Value::Int(i16::from_be_bytes(be(2)?.try_into().expect("2")) as i64),
+        23 => Value::Int(i32::from_be_bytes(be(4)?.try_into().expect("4")) as i64),
+        26 => Value::Int(u32::from_be_bytes(be(4)?.try_into().expect("4")) as i64),
+        20 => Value::Int(i64::from_be_bytes(be(8)?.try_into().expect("8"))),
+        700 => {
+            let f = f32::from_be_bytes(be(4)?.try_into().expect("4"));
+            // As the shortest text form reads back: 1.1, not 1.100000023841858.
+            Value::Float(if f.is_finite() {
+                ryu::Buffer::new().format_finite(f).parse().expect("ryu")
+            } else {
+                f as f64
+            })
+        }
+        701 => Value::Float(f64::from_be_bytes(be(8)?.try_into().expect("8"))),
+        1700 => Value::Numeric(numeric_text(b).ok_or_else(short)?),
+        17 => Value::Bytes(b.to_vec()),
+        19 | 25 | 1042 | 1043 => Value::Text(text()?),
+        114 => Value::Json(text()?),
+        3802 => match b.split_first() {
+            Some((1, rest)) => {
+                Value::Json(String::from_utf8(rest.to_vec()).map_err(|_| ParseError("jsonb: invalid UTF-8".into()))?)
+            }
+            _ => return Err(ParseError("jsonb: unknown binary version".into())),
+        },
+        1082 => {
+            let d = i32::from_be_bytes(be(4)?.try_into().expect("4"));
+            Value::Date(if d == INFINITY_DATE || d == NEG_INFINITY_DATE { d } else { d + PG_EPOCH_DAYS })
+        }
+        1083 => Value::Time(i64::from_be_bytes(be(8)?.try_into().expect("8"))),
+        1114 | 1184 => {
+            let t = i64::from_be_bytes(be(8)?.try_into().expect("8"));
+            let t = if t == INFINITY_TS || t == NEG_INFINITY_TS { t } else { t + PG_EPOCH_US };
+            if oid == 1114 {
+                Value::Timestamp(t)
+            } else {
+                Value::TimestampTz(t)
+            }
+        }
+        2950 => {
+            const H: &[u8; 16] = b"0123456789abcdef";
+            let mut s = String::with_capacity(36);
+            for (i, x) in be(16)?.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    s.push('-');
+                }
+                s.push(H[(x >> 4) as usize] as char);
+                s.push(H[(x & 15) as usize] as char);
+            }
+            Value::Uuid(s)
+        }
+        _ => return Err(ParseError(format!("type {oid} has no binary decoder"))),
+    })
+}
+
+/// numeric's binary form (base-10000 digits, weight, sign, display scale)
+/// as its text form.
+fn numeric_text(b: &[u8]) -> Option<String> {
+    let word = |i: usize| b.get(i..i + 2).map(|w| u16::from_be_bytes([w[0], w[1]]));
+    let (ndigits, weight, sign, dscale) = (word(0)? as usize, word(2)? as i16 as i64, word(4)?, word(6)? as usize);
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    if b.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    // The group of 10000^e is digits[weight - e].
+    let group = |e: i64| -> u16 {
+        let i = weight - e;
+        if i < 0 || i as usize >= ndigits {
+            0
+        } else {
+            word(8 + 2 * i as usize).unwrap_or(0)
+        }
+    };
+    let mut s = String::with_capacity(2 + 4 * (ndigits + 2));
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        s.push_str(itoa::Buffer::new().format(group(weight)));
+        for e in (0..weight).rev() {
+            let g = group(e);
+            s.push_str(&format!("{g:04}"));
+        }
+    }
+    if dscale > 0 {
+        s.push('.');
+        let mut left = dscale;
+        let mut e = -1;
+        while left > 0 {
+            let g = format!("{:04}", group(e));
+            let take = left.min(4);
+            s.push_str(&g[..take]);
+            left -= take;
+            e -= 1;
+        }
+    }
+    Some(s)
+}
+
 /// Parse one value from its Postgres text form.
 pub fn parse_text(ty: &ColumnType, s: &str) -> Result<Value, ParseError> {
     Ok(match ty {
@@ -560,5 +712,29 @@ mod tests {
         split_copy_line(b"1\t\\N\ta\\tb\\\\c\\n\t\\101", &mut out).unwrap();
         let got: Vec<Option<String>> = out.iter().map(|f| f.as_ref().map(|s| s.to_string())).collect();
         assert_eq!(got, vec![Some("1".into()), None, Some("a\tb\\c\n".into()), Some("A".into())]);
+    }
+    #[test]
+    fn binary_values() {
+        let num = |words: &[u16]| -> String {
+            let b: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            match parse_binary(1700, &b).unwrap() {
+                Value::Numeric(t) => t,
+                v => panic!("{v:?}"),
+            }
+        };
+        assert_eq!(num(&[2, 0, 0x4000, 4, 123, 4500]), "-123.4500");
+        assert_eq!(num(&[3, 1, 0, 1, 1234, 5678, 9000]), "12345678.9");
+        assert_eq!(num(&[1, (-2i16) as u16, 0, 8, 1234]), "0.00001234");
+        assert_eq!(num(&[0, 0, 0, 2]), "0.00");
+        assert_eq!(num(&[1, 1, 0, 0, 1]), "10000");
+        assert_eq!(num(&[1, 2, 0, 0, 7]), "700000000");
+        assert_eq!(num(&[0, 0, 0xC000, 0]), "NaN");
+        assert_eq!(parse_binary(700, &1.1f32.to_be_bytes()).unwrap(), Value::Float(1.1));
+        assert_eq!(parse_binary(1082, &(-10_957i32).to_be_bytes()).unwrap(), Value::Date(0));
+        assert_eq!(parse_binary(1184, &i64::MAX.to_be_bytes()).unwrap(), Value::TimestampTz(INFINITY_TS));
+        let u: Vec<u8> = (0..16).collect();
+        assert_eq!(parse_binary(2950, &u).unwrap(), Value::Uuid("00010203-0405-0607-0809-0a0b0c0d0e0f".into()));
+        assert_eq!(parse_binary(3802, b"\x01{}").unwrap(), Value::Json("{}".into()));
+        assert!(parse_binary(23, &[0, 1]).is_err());
     }
 }

@@ -113,52 +113,86 @@ async fn copy_one(
         }],
     )
     .await?;
+    // Binary COPY: built-in types arrive in their binary form (cheaper to
+    // produce and to decode); any other column is cast to text in the query
+    // and parsed from its text form, as the stream does.
+    let binary: Vec<bool> =
+        schema.columns.iter().map(|c| sluice_schemas::postgres::binary_decodable(c.type_id)).collect();
     let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-    client
-        .copy_out(&if job.partitioned {
-            format!("COPY (SELECT {cols} FROM {}) TO STDOUT", id.quoted())
-        } else {
-            format!("COPY {} ({cols}) TO STDOUT", id.quoted())
-        })
-        .await
-        .map_err(|e| SourceError::new(e.kind, format!("snapshot of {id}: {}", e.message)))?;
+    let sql = if binary.iter().all(|b| *b) && !job.partitioned {
+        format!("COPY {} ({cols}) TO STDOUT (FORMAT binary)", id.quoted())
+    } else {
+        let select = schema
+            .columns
+            .iter()
+            .zip(&binary)
+            .map(|(c, b)| if *b { quote_ident(&c.name) } else { format!("{}::text", quote_ident(&c.name)) })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("COPY (SELECT {select} FROM {}) TO STDOUT (FORMAT binary)", id.quoted())
+    };
+    client.copy_out(&sql).await.map_err(|e| SourceError::new(e.kind, format!("snapshot of {id}: {}", e.message)))?;
     let ts = now_us();
     let ncols = schema.columns.len();
     let mut batch = Vec::with_capacity(BATCH);
     let mut rows = 0u64;
+    let mut header = true;
+    let bad = |what: &str| SourceError::fatal(format!("COPY of {id}: {what}"));
     while let Some(data) = client.copy_row().await? {
-        let mut fields = Vec::with_capacity(ncols);
-        // One CopyData message holds one row and its newline.
-        let line = data.strip_suffix(b"\n").unwrap_or(&data);
-        sluice_schemas::postgres::split_copy_line(line, &mut fields)
-            .map_err(|e| SourceError::fatal(format!("COPY of {id}: {e}")))?;
-        if fields.len() != ncols {
-            return Err(SourceError::fatal(format!(
-                "COPY of {id}: expected {ncols} columns, got {} (did the table change during the snapshot?)",
-                fields.len()
-            )));
+        let mut b: &[u8] = &data;
+        if header {
+            // PGCOPY\n\377\r\n\0, flags, header extension length and extension.
+            if b.len() < 19 || &b[..11] != b"PGCOPY\n\xff\r\n\0" {
+                return Err(bad("not a binary COPY stream"));
+            }
+            let ext = u32::from_be_bytes([b[15], b[16], b[17], b[18]]) as usize;
+            b = b.get(19 + ext..).ok_or_else(|| bad("truncated header"))?;
+            header = false;
         }
-        let mut values = Vec::with_capacity(ncols);
-        for (f, c) in fields.iter().zip(&schema.columns) {
-            values.push(match f {
-                None => Value::Null,
-                Some(s) => sluice_schemas::postgres::parse_text(&c.ty, s)
-                    .map_err(|e| SourceError::fatal(format!("COPY of {id}, column {}: {e}", c.name)))?,
-            });
+        while b.len() >= 2 {
+            let n = i16::from_be_bytes([b[0], b[1]]);
+            b = &b[2..];
+            if n == -1 {
+                break; // trailer
+            }
+            if n as usize != ncols {
+                return Err(bad(&format!(
+                    "expected {ncols} columns, got {n} (did the table change during the snapshot?)"
+                )));
+            }
+            let mut values = Vec::with_capacity(ncols);
+            for (c, bin) in schema.columns.iter().zip(&binary) {
+                let len = i32::from_be_bytes(b.get(..4).ok_or_else(|| bad("truncated row"))?.try_into().expect("4"));
+                b = &b[4..];
+                if len < 0 {
+                    values.push(Value::Null);
+                    continue;
+                }
+                let field = b.get(..len as usize).ok_or_else(|| bad("truncated row"))?;
+                b = &b[len as usize..];
+                let v = if *bin {
+                    sluice_schemas::postgres::parse_binary(c.type_id, field)
+                } else {
+                    std::str::from_utf8(field)
+                        .map_err(|_| sluice_schemas::postgres::ParseError("invalid UTF-8".into()))
+                        .and_then(|s| sluice_schemas::postgres::parse_text(&c.ty, s))
+                };
+                values.push(v.map_err(|e| bad(&format!("column {}: {e}", c.name)))?);
+            }
+            batch.push(SourceMessage::Event(ChangeEvent {
+                op: Op::Read,
+                table: schema.clone(),
+                before: None,
+                after: Some(Row::new(values)),
+                commit_lsn: consistent_lsn,
+                lsn: consistent_lsn,
+                tx_id: None,
+                commit_ts_us: ts,
+                snapshot: true,
+                mysql: None,
+            }));
+            rows += 1;
         }
-        batch.push(SourceMessage::Event(ChangeEvent {
-            op: Op::Read,
-            table: schema.clone(),
-            before: None,
-            after: Some(Row::new(values)),
-            commit_lsn: consistent_lsn,
-            lsn: consistent_lsn,
-            tx_id: None,
-            commit_ts_us: ts,
-            snapshot: true,
-            mysql: None,
-        }));
-        rows += 1;
         if batch.len() >= BATCH {
             send(tx, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await?;
         }

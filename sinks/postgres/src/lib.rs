@@ -42,8 +42,8 @@ use tokio_postgres::Client;
 
 /// Rows per statement (each column is one text array parameter).
 const STATEMENT_ROWS: usize = 2000;
-/// Snapshot rows buffered for COPY (all tables together) before they are sent.
-const COPY_BYTES: usize = 8 << 20;
+/// Snapshot rows buffered for one table before they go into its COPY.
+const COPY_CHUNK: usize = 256 << 10;
 
 struct Target {
     /// Quoted `schema.table`.
@@ -56,10 +56,22 @@ struct Target {
     bin: Vec<Option<copy::Enc>>,
 }
 
-/// Snapshot rows of one table waiting for their COPY.
+/// Snapshot rows of one table (of one schema) waiting for their COPY.
 struct CopyBuf {
+    schema: Arc<TableSchema>,
+    /// The target's quoted name and encodings when the buffer was started.
+    name: String,
+    bin: Vec<Option<copy::Enc>>,
+    convs: Vec<Conv>,
     binary: bool,
     data: Vec<u8>,
+}
+
+/// The COPY the session is in.
+struct ActiveCopy {
+    schema: Arc<TableSchema>,
+    binary: bool,
+    sink: std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,8 +135,8 @@ pub struct PostgresSink {
     unflushed: bool,
     applied: u64,
     copying: HashSet<TableId>,
-    copies: HashMap<TableId, CopyBuf>,
-    copy_bytes: usize,
+    copies: Vec<CopyBuf>,
+    active: Option<ActiveCopy>,
     /// Prepared apply statements by SQL text (cleared by DDL).
     stmts: HashMap<String, tokio_postgres::Statement>,
     stored: Option<Checkpoint>,
@@ -152,8 +164,8 @@ impl PostgresSink {
             unflushed: false,
             applied: 0,
             copying: HashSet::new(),
-            copies: HashMap::new(),
-            copy_bytes: 0,
+            copies: Vec::new(),
+            active: None,
             stmts: HashMap::new(),
             stored: None,
             total: 0,
@@ -301,72 +313,97 @@ impl PostgresSink {
 
     /// Buffer one snapshot row for the table's COPY.
     async fn copy_row(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
-        let current = match self.targets.get_mut(&ev.table.id) {
-            Some(t) if Arc::ptr_eq(&t.schema, &ev.table) => true,
-            Some(t) if t.schema.same_shape(&ev.table) => {
-                // The same schema in another allocation: remember this one.
-                t.schema = ev.table.clone();
-                true
+        // The common case, per row: a buffer of this very schema exists.
+        let i = match self.copies.iter().position(|c| Arc::ptr_eq(&c.schema, &ev.table)) {
+            Some(i) => i,
+            None => {
+                if !self.copying.contains(&ev.table.id) {
+                    // No TableSnapshotStarted seen for it: start it here.
+                    self.snapshot_started(&ev.table).await?;
+                }
+                if !self.targets.get(&ev.table.id).is_some_and(|t| t.schema.same_shape(&ev.table)) {
+                    // A new table, or a new schema: rows buffered so far go first.
+                    self.flush_copies().await?;
+                    self.target(&ev.table).await?;
+                }
+                let t = self.targets.get(&ev.table.id).expect("target");
+                self.copies.push(CopyBuf {
+                    schema: ev.table.clone(),
+                    name: t.name.clone(),
+                    bin: t.bin.clone(),
+                    convs: t.convs.clone(),
+                    binary: t.bin.iter().all(Option::is_some),
+                    data: Vec::with_capacity(COPY_CHUNK + (64 << 10)),
+                });
+                self.copies.len() - 1
             }
-            _ => false,
         };
-        if !current {
-            // A new table, or a new schema: rows buffered so far go first.
-            self.flush_copies().await?;
-            self.target(&ev.table).await?;
-        }
-        let t = self.targets.get(&ev.table.id).expect("target");
+        let buf = &mut self.copies[i];
         let row = &ev.after.as_ref().expect("snapshot row").values;
-        let buf = self.copies.entry(ev.table.id.clone()).or_insert_with(|| {
-            let binary = t.bin.iter().all(Option::is_some);
-            let mut data = Vec::with_capacity(64 << 10);
-            if binary {
-                copy::binary_header(&mut data);
-            }
-            CopyBuf { binary, data }
-        });
-        let before = buf.data.len();
         if buf.binary {
-            copy::binary_row(&mut buf.data, row, &t.bin)
-                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", t.schema.id)))?;
+            copy::binary_row(&mut buf.data, row, &buf.bin)
+                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", buf.schema.id)))?;
         } else {
-            copy::text_row(&mut buf.data, row, &t.convs);
+            copy::text_row(&mut buf.data, row, &buf.convs);
         }
-        self.copy_bytes += buf.data.len() - before;
         // Not counted towards `batch.max_rows`: an interrupted table is
         // copied again from scratch, so commits inside a copy buy nothing.
         self.total += 1;
-        if self.copy_bytes >= COPY_BYTES {
-            self.flush_copies().await?;
+        if buf.data.len() >= COPY_CHUNK {
+            self.send_chunk(i).await?;
         }
         Ok(())
     }
 
-    /// Send every buffered snapshot row (one COPY per table).
-    async fn flush_copies(&mut self) -> Result<(), SinkError> {
-        if self.copies.is_empty() {
-            return Ok(());
-        }
-        self.begin().await?;
-        for (id, mut buf) in std::mem::take(&mut self.copies) {
-            let t = self.targets.get(&id).expect("target");
-            let cols = t.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-            let format = if buf.binary {
-                copy::binary_trailer(&mut buf.data);
-                " (FORMAT binary)"
-            } else {
-                ""
-            };
-            let sql = format!("COPY {} ({cols}) FROM STDIN{format}", t.name);
+    /// Send buffer `i`'s rows into its table's COPY, starting that COPY (and
+    /// ending another) if needed. The COPY stays open, so the server loads
+    /// while the next rows are encoded.
+    async fn send_chunk(&mut self, i: usize) -> Result<(), SinkError> {
+        let what = format!("copying snapshot rows into {}", self.copies[i].name);
+        if !self.active.as_ref().is_some_and(|a| Arc::ptr_eq(&a.schema, &self.copies[i].schema)) {
+            self.finish_copy().await?;
+            self.begin().await?;
+            let buf = &self.copies[i];
+            let cols = buf.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+            let format = if buf.binary { " (FORMAT binary)" } else { "" };
+            let sql = format!("COPY {} ({cols}) FROM STDIN{format}", buf.name);
             let client = self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
-            let what = format!("copying snapshot rows into {}", t.name);
-            let sink = client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(|e| sql_err(&what, e))?;
-            futures_util::pin_mut!(sink);
-            sink.send(bytes::Bytes::from(buf.data)).await.map_err(|e| sql_err(&what, e))?;
-            sink.as_mut().finish().await.map_err(|e| sql_err(&what, e))?;
+            let mut sink = Box::pin(client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(|e| sql_err(&what, e))?);
+            if buf.binary {
+                let mut header = Vec::new();
+                copy::binary_header(&mut header);
+                sink.send(bytes::Bytes::from(header)).await.map_err(|e| sql_err(&what, e))?;
+            }
+            self.active = Some(ActiveCopy { schema: buf.schema.clone(), binary: buf.binary, sink });
         }
-        self.copy_bytes = 0;
+        let data = std::mem::replace(&mut self.copies[i].data, Vec::with_capacity(COPY_CHUNK + (64 << 10)));
+        let a = self.active.as_mut().expect("active copy");
+        a.sink.send(bytes::Bytes::from(data)).await.map_err(|e| sql_err(what, e))
+    }
+
+    /// End the open COPY, if any.
+    async fn finish_copy(&mut self) -> Result<(), SinkError> {
+        let Some(mut a) = self.active.take() else { return Ok(()) };
+        let what = format!("copying snapshot rows into {}", a.schema.id);
+        if a.binary {
+            let mut trailer = Vec::new();
+            copy::binary_trailer(&mut trailer);
+            a.sink.send(bytes::Bytes::from(trailer)).await.map_err(|e| sql_err(&what, e))?;
+        }
+        a.sink.as_mut().finish().await.map_err(|e| sql_err(&what, e))?;
         Ok(())
+    }
+
+    /// Send every buffered snapshot row and end the COPY: the session is free
+    /// for other statements afterwards.
+    async fn flush_copies(&mut self) -> Result<(), SinkError> {
+        for i in 0..self.copies.len() {
+            if !self.copies[i].data.is_empty() {
+                self.send_chunk(i).await?;
+            }
+        }
+        self.copies.clear();
+        self.finish_copy().await
     }
 
     fn key_values(t: &Target, row: &[Value]) -> Vec<Value> {
@@ -728,9 +765,6 @@ impl Sink for PostgresSink {
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
             if ev.op == Op::Read {
-                if !self.copying.contains(&ev.table.id) {
-                    self.snapshot_started(&ev.table).await?;
-                }
                 self.copy_row(ev).await?;
                 continue;
             }
