@@ -40,8 +40,10 @@ use sluice_schemas::target::{pg_text, pg_type, Conv};
 use tokio_postgres::types::{Kind as Kind_, ToSql, Type};
 use tokio_postgres::Client;
 
-/// Rows per statement (each column is one text array parameter).
+/// Rows per statement (each column is one array parameter).
 const STATEMENT_ROWS: usize = 2000;
+/// Apply statements sent ahead of their answers.
+const MAX_IN_FLIGHT: usize = 4;
 /// Snapshot rows buffered for one table before they go into its COPY.
 const COPY_CHUNK: usize = 256 << 10;
 
@@ -93,14 +95,17 @@ struct Batch {
     keys: HashSet<u64>,
 }
 
+/// A statement already sent, its answer not yet read.
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
 /// One statement parameter: an array in binary form, or text values cast by the statement.
 #[derive(Debug)]
-enum Param<'a> {
+enum Param {
     Text(Vec<Option<String>>),
-    Bin(&'a [Value], copy::Enc),
+    Bin(Vec<Value>, copy::Enc),
 }
 
-impl ToSql for Param<'_> {
+impl ToSql for Param {
     fn to_sql(
         &self,
         ty: &Type,
@@ -128,7 +133,10 @@ impl ToSql for Param<'_> {
 pub struct PostgresSink {
     cfg: DbSinkConfig,
     pipeline: String,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
+    /// Apply statements sent and not yet answered (pipelined within the
+    /// transaction; all are awaited before anything else uses the session).
+    pending: std::collections::VecDeque<(String, Pending)>,
     in_tx: bool,
     targets: HashMap<TableId, Target>,
     batch: Option<Batch>,
@@ -158,6 +166,7 @@ impl PostgresSink {
             cfg,
             pipeline: pipeline.to_string(),
             client: None,
+            pending: std::collections::VecDeque::new(),
             in_tx: false,
             targets: HashMap::new(),
             batch: None,
@@ -176,13 +185,27 @@ impl PostgresSink {
         format!("{}.sluice_checkpoints", quote_ident(self.cfg.checkpoint_schema.as_deref().unwrap_or("public")))
     }
 
-    fn client(&self) -> Result<&Client, SinkError> {
-        self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "postgres sink: not connected"))
+    /// The session, once every pipelined statement has been answered.
+    async fn client(&mut self) -> Result<Arc<Client>, SinkError> {
+        self.settle(0).await?;
+        self.client.clone().ok_or_else(|| SinkError::new(ErrorKind::Transient, "postgres sink: not connected"))
+    }
+
+    /// Await pipelined statements until at most `keep` are in flight.
+    async fn settle(&mut self, keep: usize) -> Result<(), SinkError> {
+        while self.pending.len() > keep {
+            let (what, answer) = self.pending.pop_front().expect("pending");
+            if let Err(e) = answer.await {
+                self.pending.clear();
+                return Err(sql_err(what, e));
+            }
+        }
+        Ok(())
     }
 
     async fn begin(&mut self) -> Result<(), SinkError> {
         if !self.in_tx {
-            self.client()?.batch_execute("BEGIN").await.map_err(|e| sql_err("BEGIN", e))?;
+            self.client().await?.batch_execute("BEGIN").await.map_err(|e| sql_err("BEGIN", e))?;
             self.in_tx = true;
         }
         Ok(())
@@ -214,7 +237,7 @@ impl PostgresSink {
         } else {
             schema.key_columns().map(|(i, _)| i).collect()
         };
-        let client = self.client()?;
+        let client = self.client().await?;
         match self.targets.get(&schema.id) {
             None => {
                 if self.cfg.create_tables {
@@ -363,11 +386,11 @@ impl PostgresSink {
         if !self.active.as_ref().is_some_and(|a| Arc::ptr_eq(&a.schema, &self.copies[i].schema)) {
             self.finish_copy().await?;
             self.begin().await?;
+            let client = self.client().await?;
             let buf = &self.copies[i];
             let cols = buf.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
             let format = if buf.binary { " (FORMAT binary)" } else { "" };
             let sql = format!("COPY {} ({cols}) FROM STDIN{format}", buf.name);
-            let client = self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
             let mut sink = Box::pin(client.copy_in::<_, bytes::Bytes>(&sql).await.map_err(|e| sql_err(&what, e))?);
             if buf.binary {
                 let mut header = Vec::new();
@@ -432,7 +455,7 @@ impl PostgresSink {
             self.flush_batch().await?;
             self.begin().await?;
             let sql = format!("TRUNCATE {}", self.targets.get(&ev.table.id).expect("target").name);
-            self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
+            self.client().await?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))?;
             return Ok(());
         }
         let t = self.targets.get(&ev.table.id).expect("target");
@@ -576,17 +599,18 @@ impl PostgresSink {
                 )
             }
         };
+        let rows = b.rows as u64;
         let params: Vec<Param> = b
             .cols
-            .iter()
+            .into_iter()
             .zip(&param_cols)
             .map(|(vals, &i)| match t.bin[i] {
                 Some(enc) => Param::Bin(vals, enc),
                 None => Param::Text(vals.iter().map(|v| pg_text(v, t.convs[i])).collect()),
             })
             .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let client = self.client.as_ref().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
+        let what = format!("applying changes to {}", s.id);
+        let client = self.client.clone().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
         let stmt = match self.stmts.get(&sql) {
             Some(st) => st.clone(),
             None => {
@@ -595,15 +619,28 @@ impl PostgresSink {
                 st
             }
         };
-        client.execute(&stmt, &refs).await.map_err(|e| sql_err(format!("applying changes to {}", s.id), e))?;
-        self.applied += b.rows as u64;
-        self.total += b.rows as u64;
+        // Pipelined: the server applies this batch while the next is built.
+        // The first poll sends the request, so requests leave in order.
+        self.settle(MAX_IN_FLIGHT - 1).await?;
+        let mut answer: Pending = Box::pin(async move {
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            client.execute(&stmt, &refs).await
+        });
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await {
+            std::task::Poll::Ready(r) => {
+                r.map_err(|e| sql_err(&what, e))?;
+            }
+            std::task::Poll::Pending => self.pending.push_back((what, answer)),
+        }
+        self.applied += rows;
+        self.total += rows;
         Ok(())
     }
 
     /// Update/delete one row of a table without a key, matched by its full old image.
     async fn apply_keyless(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
         self.begin().await?;
+        let client = self.client().await?;
         let t = self.targets.get(&ev.table.id).expect("target");
         let s = &t.schema;
         let before = &ev.before.as_ref().ok_or_else(|| {
@@ -645,7 +682,6 @@ impl PostgresSink {
         };
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let types = vec![Type::TEXT; refs.len()];
-        let client = self.client()?;
         let stmt =
             client.prepare_typed(&sql, &types).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
         client.execute(&stmt, &refs).await.map_err(|e| sql_err(format!("applying a change to {}", s.id), e))?;
@@ -742,7 +778,7 @@ impl Sink for PostgresSink {
             })?;
             self.stored = Some(cp);
         }
-        self.client = Some(client);
+        self.client = Some(Arc::new(client));
         Ok(())
     }
 
@@ -759,7 +795,7 @@ impl Sink for PostgresSink {
         self.copying.insert(schema.id.clone());
         let sql = format!("TRUNCATE {}", self.targets[&schema.id].name);
         self.unflushed = true;
-        self.client()?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
+        self.client().await?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
@@ -803,7 +839,7 @@ impl Sink for PostgresSink {
              updated_at = now()",
             self.checkpoint_table()
         );
-        let client = self.client()?;
+        let client = self.client().await?;
         let stmt = client
             .prepare_typed(&sql, &[Type::TEXT, Type::TEXT, Type::TEXT])
             .await
