@@ -257,6 +257,12 @@ impl Sink for AnySink {
     fn describe(&self) -> String {
         each_sink!(self, s => s.describe())
     }
+    fn tables_included(&mut self, included: &[sluice_core::TableId]) {
+        each_sink!(self, s => s.tables_included(included))
+    }
+    fn stopped_tables(&self) -> Vec<(sluice_core::TableId, String)> {
+        each_sink!(self, s => s.stopped_tables())
+    }
     async fn snapshot_started(&mut self, schema: &std::sync::Arc<sluice_core::TableSchema>) -> Result<(), SinkError> {
         each_sink!(self, s => s.snapshot_started(schema).await)
     }
@@ -368,6 +374,13 @@ async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Failure> {
         summary.sink,
         peak_rss_mb()
     );
+    if !summary.stopped.is_empty() {
+        for (t, e) in &summary.stopped {
+            eprintln!("error: table {t} is stopped: {e}");
+        }
+        eprintln!("error: {} table(s) stopped; the others are up to date", summary.stopped.len());
+        return Ok(1);
+    }
     Ok(0)
 }
 

@@ -164,6 +164,8 @@ pub struct RunSummary {
     pub position: Option<Position>,
     pub caught_up: bool,
     pub sink: String,
+    /// Tables the sink stopped after per-table errors.
+    pub stopped: Vec<(TableId, String)>,
 }
 
 enum Ending {
@@ -221,7 +223,7 @@ where
 
 fn stopped_summary(store: &dyn CheckpointStore) -> RunSummary {
     let position = store.load().ok().flatten().and_then(|c| c.position);
-    RunSummary { position, caught_up: false, sink: "stopped before reconnecting".into() }
+    RunSummary { position, caught_up: false, sink: "stopped before reconnecting".into(), stopped: Vec::new() }
 }
 
 /// Render an error with its cause chain on one line.
@@ -341,7 +343,7 @@ async fn run_once<S: Source, K: Sink>(
     };
     let caught_up = matches!(ending, Ending::CaughtUp);
     stats.caught_up.store(caught_up, Ordering::Relaxed);
-    Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe() })
+    Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe(), stopped: f.sink.stopped_tables() })
 }
 
 async fn drive<K: Sink>(
@@ -479,6 +481,7 @@ async fn drive<K: Sink>(
                                 }
                                 SourceMessage::CaughtUp => caught_up = true,
                                 SourceMessage::Tables { included } => {
+                                    f.sink.tables_included(&included);
                                     let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
                                     f.cp.tables.retain(|name, _| names.contains(name));
                                 }

@@ -57,6 +57,82 @@ pub trait Sink: Send {
         let _ = schema;
         async { Ok(()) }
     }
+    /// The tables this run includes (sent once at start): state kept for
+    /// other tables may be forgotten.
+    fn tables_included(&mut self, included: &[TableId]) {
+        let _ = included;
+    }
+    /// Tables this sink stopped applying after a per-table error, with the
+    /// error; the run reports them and ends with a failure.
+    fn stopped_tables(&self) -> Vec<(TableId, String)> {
+        Vec::new()
+    }
     /// Human-readable summary for the end-of-run report.
     fn describe(&self) -> String;
+}
+
+/// Tables a sink has stopped after a per-table error ([`crate::ErrorKind::Table`]):
+/// their changes are skipped, the other tables go on. Kept in the sink's
+/// checkpoint state (so a restart keeps them stopped), and lifted when the
+/// table's snapshot starts again (a re-copy brings it back in line).
+#[derive(Debug, Default, Clone)]
+pub struct StoppedTables {
+    tables: std::collections::BTreeMap<TableId, String>,
+}
+
+impl StoppedTables {
+    pub fn contains(&self, id: &TableId) -> bool {
+        !self.tables.is_empty() && self.tables.contains_key(id)
+    }
+
+    /// Stop `id` because of `error`.
+    pub fn stop(&mut self, id: &TableId, error: &SinkError) {
+        tracing::error!(
+            table = %id,
+            "{error}; the table is stopped (its changes are skipped, the other tables go on); fix the cause, then \
+             re-copy it: drop it from tables.include for one run and add it back"
+        );
+        self.tables.insert(id.clone(), error.message.clone());
+    }
+
+    /// Forget tables no longer included (added back, they are copied again).
+    pub fn retain(&mut self, included: &[TableId]) {
+        self.tables.retain(|t, _| included.contains(t));
+    }
+
+    /// The table's snapshot starts again: apply it again.
+    pub fn resume(&mut self, id: &TableId) {
+        if self.tables.remove(id).is_some() {
+            tracing::info!(table = %id, "stopped table is copied again; applying its changes again");
+        }
+    }
+
+    pub fn list(&self) -> Vec<(TableId, String)> {
+        self.tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// As sink checkpoint state (`null` when none).
+    pub fn to_state(&self) -> serde_json::Value {
+        if self.tables.is_empty() {
+            return serde_json::Value::Null;
+        }
+        let list: Vec<serde_json::Value> =
+            self.tables.iter().map(|(k, v)| serde_json::json!([k.schema, k.name, v])).collect();
+        serde_json::json!({ "stopped_tables": list })
+    }
+
+    /// From sink checkpoint state written by [`Self::to_state`].
+    pub fn from_state(state: &serde_json::Value) -> StoppedTables {
+        let mut out = StoppedTables::default();
+        for t in state.get("stopped_tables").and_then(|v| v.as_array()).into_iter().flatten() {
+            if let (Some(s), Some(n), Some(e)) = (t.get(0), t.get(1), t.get(2)) {
+                if let (Some(s), Some(n), Some(e)) = (s.as_str(), n.as_str(), e.as_str()) {
+                    let id = TableId::new(s, n);
+                    tracing::error!(table = %id, "table stopped earlier: {e}; its changes are skipped until it is copied again");
+                    out.tables.insert(id, e.to_string());
+                }
+            }
+        }
+        out
+    }
 }

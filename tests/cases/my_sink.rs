@@ -258,19 +258,37 @@ async fn postgres_to_mysql_types() {
     // The checkpoint sits in the URL's database.
     let n = target.sql("SELECT COUNT(*) FROM analytics.sluice_checkpoints WHERE pipeline = 'pgmt'").unwrap();
     assert_eq!(n.trim(), "1");
-    // MySQL has no NaN: the run stops, naming the table and the column, and
-    // nothing of that transaction is applied.
+    // MySQL has no NaN: that table stops with an error naming it and the
+    // column, the others go on; the run ends with exit 1.
     c.batch_execute("BEGIN; INSERT INTO ci VALUES ('nan', 1); INSERT INTO ty (id, d) VALUES (100, 'NaN'); COMMIT;")
         .await
         .unwrap();
     let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains("public.ty") && r.stderr.contains("column d") && r.stderr.contains("NaN"),
+        r.stderr.contains("table public.ty is stopped") && r.stderr.contains("column d") && r.stderr.contains("NaN"),
         "{}",
         r.stderr
     );
-    assert_eq!(target.sql("SELECT COUNT(*) FROM replica.ci WHERE k = 'nan'").unwrap().trim(), "0");
+    assert_eq!(target.sql("SELECT COUNT(*) FROM replica.ci WHERE k = 'nan'").unwrap().trim(), "1");
+    // It stays stopped across restarts (the state is in the checkpoint row),
+    // and the other tables keep going.
+    c.batch_execute("INSERT INTO ci VALUES ('after', 2); UPDATE ty SET t = 'skipped' WHERE id = 1;").await.unwrap();
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("table public.ty is stopped"), "{}", r.stderr);
+    assert_eq!(target.sql("SELECT COUNT(*) FROM replica.ci WHERE k = 'after'").unwrap().trim(), "1");
+    assert_eq!(target.sql("SELECT COUNT(*) FROM replica.ty WHERE t = 'skipped'").unwrap().trim(), "0");
+    // Fixed at the source, then copied again (out of tables.include for one
+    // run, back in the next): the table is back in line.
+    c.batch_execute("DELETE FROM ty WHERE id = 100").await.unwrap();
+    let only_ci = env.pipeline("pgmt", &["public.ci"], &sink, "");
+    catch_up(&only_ci).await;
+    let p = env.pipeline("pgmt", &["public.*"], &sink, "");
+    catch_up(&p).await;
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(target.sql("SELECT COUNT(*) FROM replica.ty WHERE t = 'skipped'").unwrap().trim(), "1");
 }
 
 /// MySQL → MySQL: every type through the snapshot and the binlog, then

@@ -352,4 +352,18 @@ async fn postgres_to_postgres_types() {
     }
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    // A type change the mapping cannot follow stops that table alone.
+    c.batch_execute(
+        "ALTER TABLE txt ALTER COLUMN m TYPE numeric USING m::numeric; INSERT INTO txt (id, m) VALUES (4, 5); \
+         INSERT INTO bin (id, t) VALUES (50, 'still applied');",
+    )
+    .await
+    .unwrap();
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("table public.txt is stopped") && r.stderr.contains("changed type"), "{}", r.stderr);
+    let n: i64 = dst.query_one("SELECT count(*) FROM replica.bin WHERE id = 50", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let n: i64 = dst.query_one("SELECT count(*) FROM replica.txt WHERE id = 4", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
 }

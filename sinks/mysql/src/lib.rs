@@ -40,6 +40,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value as MyValue};
 use sluice_core::config::DbSinkConfig;
 use sluice_core::error::{ErrorKind, SinkError};
+use sluice_core::sink::StoppedTables;
 use sluice_core::value::{civil_from_days, NEG_INFINITY_DATE, NEG_INFINITY_TS};
 use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
 use sluice_mysql::conn::{classify, ConnInfo, Flavor};
@@ -97,6 +98,7 @@ pub struct MysqlSink {
     applied: u64,
     copying: HashSet<TableId>,
     stored: Option<Checkpoint>,
+    stopped: StoppedTables,
     total: u64,
 }
 
@@ -224,6 +226,24 @@ fn check_decimal(t: &str, int_digits: u32, scale: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Do two MySQL column types have the same base type (`int(11) unsigned`
+/// and `int`, `tinyint(1)` and `boolean`, MariaDB's `longtext` and `json`)?
+fn same_base_type(a: &str, b: &str) -> bool {
+    let base = |t: &str| -> String {
+        let t = t.trim().to_ascii_lowercase();
+        let b = t.split(['(', ' ']).next().unwrap_or("").to_string();
+        match b.as_str() {
+            "boolean" | "bool" => "tinyint".into(),
+            "integer" => "int".into(),
+            "dec" | "numeric" | "fixed" => "decimal".into(),
+            "real" => "double".into(),
+            "json" => "longtext".into(),
+            _ => b,
+        }
+    };
+    base(a) == base(b)
+}
+
 fn value_bytes(v: &MyValue) -> usize {
     match v {
         MyValue::Bytes(b) => b.len() + 8,
@@ -258,6 +278,7 @@ impl MysqlSink {
             applied: 0,
             copying: HashSet::new(),
             stored: None,
+            stopped: StoppedTables::default(),
             total: 0,
         }
     }
@@ -368,6 +389,24 @@ impl MysqlSink {
             tracing::info!(table = %schema.id, "created target table {name}");
             have = self.target_columns(&db, &schema.id.name).await?;
         }
+        if !self.targets.contains_key(&schema.id) {
+            // A table that predates this run: its columns must have the types the source's map to.
+            for (c, m) in schema.columns.iter().zip(&cols) {
+                if let Some(have) = have.get(&c.name) {
+                    if !same_base_type(have, &m.ty) {
+                        return Err(Self::table_err(
+                            &schema.id,
+                            format!(
+                                "column {} changed type: it is {have} in the target table {name} but {} from the \
+                                 source; Sluice does not follow type changes: alter the target column and copy the \
+                                 table again",
+                                c.name, m.ty
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(old) = self.targets.get(&schema.id) {
             // Schema change mid-stream: a type the mapping cannot follow stops the table.
             for (c, m) in schema.columns.iter().zip(&cols) {
@@ -423,6 +462,18 @@ impl MysqlSink {
         }
         self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), cols, key });
         Ok(())
+    }
+
+    /// A table's copy in this run starts from empty (TRUNCATE would commit).
+    async fn start_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.target(schema).await?;
+        self.flush_batch().await?;
+        self.begin().await?;
+        self.copying.insert(schema.id.clone());
+        self.touched.insert(schema.id.clone());
+        self.unflushed = true;
+        let sql = format!("DELETE FROM {}", self.targets[&schema.id].name);
+        self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))
     }
 
     fn values(t: &Target, row: &[Value], idx: impl Iterator<Item = usize>) -> Result<Vec<MyValue>, SinkError> {
@@ -699,6 +750,7 @@ impl Sink for MysqlSink {
             let cp: Checkpoint = serde_json::from_str(&text).map_err(|e| {
                 SinkError::fatal(format!("mysql sink: the checkpoint of {} in {table} is corrupt: {e}", self.pipeline))
             })?;
+            self.stopped = StoppedTables::from_state(&cp.sink);
             self.stored = Some(cp);
         }
         self.conn = Some(conn);
@@ -710,15 +762,14 @@ impl Sink for MysqlSink {
     }
 
     async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        // The table's copy in this run starts from empty (TRUNCATE would commit).
-        self.target(schema).await?;
-        self.flush_batch().await?;
-        self.begin().await?;
-        self.copying.insert(schema.id.clone());
-        self.touched.insert(schema.id.clone());
-        self.unflushed = true;
-        let sql = format!("DELETE FROM {}", self.targets[&schema.id].name);
-        self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))
+        self.stopped.resume(&schema.id);
+        match self.start_copy(schema).await {
+            Err(e) if e.kind == ErrorKind::Table => {
+                self.stopped.stop(&schema.id, &e);
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
@@ -726,10 +777,25 @@ impl Sink for MysqlSink {
             if ev.op == Op::Read && !self.copying.contains(&ev.table.id) {
                 self.snapshot_started(&ev.table).await?;
             }
-            self.add(ev).await?;
+            if self.stopped.contains(&ev.table.id) {
+                continue;
+            }
+            match self.add(ev).await {
+                // This table stops; the others go on.
+                Err(e) if e.kind == ErrorKind::Table => self.stopped.stop(&ev.table.id, &e),
+                r => r?,
+            }
         }
         self.unflushed = true;
         Ok(())
+    }
+
+    fn stopped_tables(&self) -> Vec<(TableId, String)> {
+        self.stopped.list()
+    }
+
+    fn tables_included(&mut self, included: &[TableId]) {
+        self.stopped.retain(included);
     }
 
     fn wants_flush(&self) -> bool {
@@ -747,7 +813,10 @@ impl Sink for MysqlSink {
     async fn flush(&mut self, _hold: &HashSet<TableId>, next: &Checkpoint) -> Result<serde_json::Value, SinkError> {
         self.flush_batch().await?;
         self.begin().await?;
-        let body = serde_json::to_string(next).expect("checkpoint serializes");
+        // The checkpoint as the runtime will store it: with this sink's state.
+        let state = self.stopped.to_state();
+        let body =
+            serde_json::to_string(&Checkpoint { sink: state.clone(), ..next.clone() }).expect("checkpoint serializes");
         let position = next.position.as_ref().map(|p| p.to_string());
         let sql = format!(
             "INSERT INTO {} (pipeline, position, checkpoint, updated_at) VALUES (?, ?, ?, UTC_TIMESTAMP(6)) \
@@ -768,7 +837,7 @@ impl Sink for MysqlSink {
             self.ddl(&sql).await?;
             tracing::info!("target table altered: {sql}");
         }
-        Ok(serde_json::Value::Null)
+        Ok(state)
     }
 
     async fn checkpointed(&mut self) -> Result<(), SinkError> {

@@ -35,6 +35,7 @@ use futures_util::SinkExt;
 use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
+use sluice_core::sink::StoppedTables;
 use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
 use sluice_schemas::target::{pg_text, pg_type, Conv};
 use tokio_postgres::types::{Kind as Kind_, ToSql, Type};
@@ -148,6 +149,7 @@ pub struct PostgresSink {
     /// Prepared apply statements by SQL text (cleared by DDL).
     stmts: HashMap<String, tokio_postgres::Statement>,
     stored: Option<Checkpoint>,
+    stopped: StoppedTables,
     total: u64,
 }
 
@@ -177,6 +179,7 @@ impl PostgresSink {
             active: None,
             stmts: HashMap::new(),
             stored: None,
+            stopped: StoppedTables::default(),
             total: 0,
         }
     }
@@ -265,13 +268,38 @@ impl PostgresSink {
                 // The table may predate this run: add the columns the source
                 // has gained since (columns the target has beyond the source's
                 // are kept: they may be the user's).
+                // Each target column's type, and the type the source's column
+                // maps to (both as OIDs, so spellings do not matter).
                 let rows = client
                     .query(
-                        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
-                        &[&tschema, &schema.id.name],
+                        "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod), \
+                           (SELECT to_regtype(w.t)::oid::int8 FROM unnest($3::text[], $4::text[]) AS w(n, t) WHERE w.n = a.attname) \
+                         FROM pg_attribute a WHERE a.attrelid = to_regclass($1 || '.' || $2) AND a.attnum > 0 AND NOT a.attisdropped",
+                        &[
+                            &quote_ident(&tschema),
+                            &quote_ident(&schema.id.name),
+                            &schema.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                            &types,
+                        ],
                     )
                     .await
                     .map_err(|e| sql_err(format!("reading the columns of {name}"), e))?;
+                for r in &rows {
+                    let (col, have, have_name, want) =
+                        (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2), r.get::<_, Option<i64>>(3));
+                    if want.is_some_and(|w| w != have) {
+                        let want_name = &types[schema.column_index(&col).expect("source column")];
+                        return Err(SinkError::new(
+                            ErrorKind::Table,
+                            format!(
+                                "postgres sink: {}: column {col} changed type: it is {have_name} in the target table \
+                                 {name} but {want_name} from the source; Sluice does not follow type changes: alter \
+                                 the target column and copy the table again",
+                                schema.id
+                            ),
+                        ));
+                    }
+                }
                 if rows.is_empty() {
                     return Err(SinkError::new(
                         ErrorKind::Table,
@@ -334,6 +362,18 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// A table's copy in this run starts from empty.
+    async fn start_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.flush_copies().await?;
+        self.target(schema).await?;
+        self.flush_batch().await?;
+        self.begin().await?;
+        self.copying.insert(schema.id.clone());
+        let sql = format!("TRUNCATE {}", self.targets[&schema.id].name);
+        self.unflushed = true;
+        self.client().await?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
+    }
+
     /// Buffer one snapshot row for the table's COPY.
     async fn copy_row(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
         // The common case, per row: a buffer of this very schema exists.
@@ -343,6 +383,9 @@ impl PostgresSink {
                 if !self.copying.contains(&ev.table.id) {
                     // No TableSnapshotStarted seen for it: start it here.
                     self.snapshot_started(&ev.table).await?;
+                    if self.stopped.contains(&ev.table.id) {
+                        return Ok(());
+                    }
                 }
                 if !self.targets.get(&ev.table.id).is_some_and(|t| t.schema.same_shape(&ev.table)) {
                     // A new table, or a new schema: rows buffered so far go first.
@@ -364,8 +407,11 @@ impl PostgresSink {
         let buf = &mut self.copies[i];
         let row = &ev.after.as_ref().expect("snapshot row").values;
         if buf.binary {
-            copy::binary_row(&mut buf.data, row, &buf.bin)
-                .map_err(|e| SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", buf.schema.id)))?;
+            let start = buf.data.len();
+            if let Err(e) = copy::binary_row(&mut buf.data, row, &buf.bin) {
+                buf.data.truncate(start); // no half row in the stream
+                return Err(SinkError::new(ErrorKind::Table, format!("postgres sink: {}: {e}", buf.schema.id)));
+            }
         } else {
             copy::text_row(&mut buf.data, row, &buf.convs);
         }
@@ -776,6 +822,7 @@ impl Sink for PostgresSink {
                     self.pipeline
                 ))
             })?;
+            self.stopped = StoppedTables::from_state(&cp.sink);
             self.stored = Some(cp);
         }
         self.client = Some(Arc::new(client));
@@ -787,28 +834,45 @@ impl Sink for PostgresSink {
     }
 
     async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        // The table's copy in this run starts from empty.
-        self.flush_copies().await?;
-        self.target(schema).await?;
-        self.flush_batch().await?;
-        self.begin().await?;
-        self.copying.insert(schema.id.clone());
-        let sql = format!("TRUNCATE {}", self.targets[&schema.id].name);
-        self.unflushed = true;
-        self.client().await?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
+        self.stopped.resume(&schema.id);
+        match self.start_copy(schema).await {
+            Err(e) if e.kind == ErrorKind::Table => {
+                self.stopped.stop(&schema.id, &e);
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
-            if ev.op == Op::Read {
-                self.copy_row(ev).await?;
+            if self.stopped.contains(&ev.table.id) {
                 continue;
             }
-            self.flush_copies().await?;
-            self.add(ev).await?;
+            let r = if ev.op == Op::Read {
+                self.copy_row(ev).await
+            } else {
+                match self.flush_copies().await {
+                    Ok(()) => self.add(ev).await,
+                    Err(e) => Err(e),
+                }
+            };
+            match r {
+                // This table stops; the others go on.
+                Err(e) if e.kind == ErrorKind::Table => self.stopped.stop(&ev.table.id, &e),
+                r => r?,
+            }
         }
         self.unflushed = true;
         Ok(())
+    }
+
+    fn stopped_tables(&self) -> Vec<(TableId, String)> {
+        self.stopped.list()
+    }
+
+    fn tables_included(&mut self, included: &[TableId]) {
+        self.stopped.retain(included);
     }
 
     fn wants_flush(&self) -> bool {
@@ -831,7 +895,10 @@ impl Sink for PostgresSink {
         self.flush_copies().await?;
         self.flush_batch().await?;
         self.begin().await?;
-        let body = serde_json::to_string(next).expect("checkpoint serializes");
+        // The checkpoint as the runtime will store it: with this sink's state.
+        let state = self.stopped.to_state();
+        let body =
+            serde_json::to_string(&Checkpoint { sink: state.clone(), ..next.clone() }).expect("checkpoint serializes");
         let position = next.position.as_ref().map(|p| p.to_string());
         let sql = format!(
             "INSERT INTO {} (pipeline, position, checkpoint, updated_at) VALUES ($1, $2, $3::text::jsonb, now()) \
@@ -852,7 +919,7 @@ impl Sink for PostgresSink {
         self.in_tx = false;
         self.applied = 0;
         self.unflushed = false;
-        Ok(serde_json::Value::Null)
+        Ok(state)
     }
 
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
