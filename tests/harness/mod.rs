@@ -144,9 +144,14 @@ impl MyEnv {
 /// Rows of a MySQL query returning one JSON object per row (in UTC), by key.
 pub fn my_rows(my: &MyCluster, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
     let text = my.sql(&format!("SET time_zone = '+00:00'; {sql}")).unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"));
+    by_key(text.lines().filter(|l| !l.is_empty()).map(|l| (sql, l)), key)
+}
+
+/// JSON object rows by their key columns (keyless: duplicates numbered `#0`, `#1`, ...).
+fn by_key<'a>(rows: impl Iterator<Item = (&'a str, &'a str)>, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
     let mut out = BTreeMap::new();
     let mut multi: BTreeMap<String, usize> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
+    for (sql, line) in rows {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{sql}: bad JSON {line}: {e}"));
         let m = v.as_object().unwrap().clone();
         let k = key_of(&m, key);
@@ -448,21 +453,7 @@ pub fn replay(events: &[Event], key: &[&str]) -> Result<BTreeMap<String, Map<Str
 pub async fn source_rows(c: &tokio_postgres::Client, sql: &str, key: &[&str]) -> BTreeMap<String, Map<String, Value>> {
     let wrapped = format!("SELECT j::text FROM ({sql}) AS q(j)");
     let rows = c.query(&wrapped, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut out = BTreeMap::new();
-    let mut multi: BTreeMap<String, usize> = BTreeMap::new();
-    for r in rows {
-        let v: Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
-        let m = v.as_object().unwrap().clone();
-        let k = key_of(&m, key);
-        if key.is_empty() {
-            let n = multi.entry(k.clone()).or_default();
-            out.insert(format!("{k}#{n}"), m);
-            *n += 1;
-        } else {
-            out.insert(k, m);
-        }
-    }
-    out
+    by_key(rows.iter().map(|r| (sql, r.get::<_, &str>(0))), key)
 }
 
 /// Assert that replayed output equals the source rows, with a readable diff.

@@ -92,15 +92,7 @@ pub fn binary_row(out: &mut Vec<u8>, row: &[Value], encs: &[Option<Enc>]) -> Res
     out.extend_from_slice(&(row.len() as i16).to_be_bytes());
     for (i, (v, e)) in row.iter().zip(encs).enumerate() {
         let e = e.ok_or_else(|| format!("column {} has no binary encoding", i + 1))?;
-        if matches!(v, Value::Null | Value::Unchanged) {
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-            continue;
-        }
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        encode(v, e, out).map_err(|m| format!("column {}: {m}", i + 1))?;
-        let len = (out.len() - at - 4) as i32;
-        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        field(v, e, out).map_err(|m| format!("column {}: {m}", i + 1))?;
     }
     Ok(())
 }
@@ -115,16 +107,22 @@ pub fn binary_array(values: &[Value], e: Enc, elem_oid: u32, out: &mut Vec<u8>) 
     out.extend_from_slice(&(values.len() as i32).to_be_bytes());
     out.extend_from_slice(&1i32.to_be_bytes());
     for v in values {
-        if matches!(v, Value::Null | Value::Unchanged) {
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-            continue;
-        }
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        encode(v, e, out)?;
-        let len = (out.len() - at - 4) as i32;
-        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        field(v, e, out)?;
     }
+    Ok(())
+}
+
+/// One length-prefixed value (-1 for NULL), as rows and arrays hold them.
+fn field(v: &Value, e: Enc, out: &mut Vec<u8>) -> Result<(), String> {
+    if matches!(v, Value::Null | Value::Unchanged) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(());
+    }
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    encode(v, e, out)?;
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -218,27 +216,18 @@ fn numeric(t: &str, out: &mut Vec<u8>) -> Result<(), String> {
     // digits in groups of four rightwards.
     let lead = (4 - int.len() % 4) % 4;
     let mut digits: Vec<i16> = Vec::with_capacity((int.len() + frac.len()) / 4 + 2);
-    let mut acc = 0i16;
-    let mut n = lead;
-    for b in int.bytes() {
+    let (mut acc, mut n) = (0i16, lead);
+    let mut push = |b: u8, digits: &mut Vec<i16>| {
         acc = acc * 10 + (b - b'0') as i16;
         n += 1;
         if n == 4 {
             digits.push(acc);
-            acc = 0;
-            n = 0;
+            (acc, n) = (0, 0);
         }
-    }
+    };
+    int.bytes().for_each(|b| push(b, &mut digits));
     let int_groups = digits.len() as i32;
-    for b in frac.bytes() {
-        acc = acc * 10 + (b - b'0') as i16;
-        n += 1;
-        if n == 4 {
-            digits.push(acc);
-            acc = 0;
-            n = 0;
-        }
-    }
+    frac.bytes().for_each(|b| push(b, &mut digits));
     if n > 0 {
         for _ in n..4 {
             acc *= 10;
