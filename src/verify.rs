@@ -282,7 +282,8 @@ impl KeyRange {
         let c = quote(c);
         match (self.lo, self.hi) {
             (Some(lo), Some(hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}"),
-            (Some(lo), None) => format!(" WHERE {c} >= {lo}"),
+            // The last range also holds replica rows without a key value.
+            (Some(lo), None) => format!(" WHERE {c} >= {lo} OR {c} IS NULL"),
             (None, Some(hi)) => format!(" WHERE {c} < {hi}"),
             (None, None) => String::new(),
         }
@@ -447,7 +448,8 @@ async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow
         )
     };
     let whole = vec![KeyRange { buckets: bucket_count(t.estimate), ..KeyRange::default() }];
-    if key.len() != 1 || !integer(&t.schema.columns[key[0]].ty) {
+    // (A MySQL TINYINT(1) key is a boolean in a Postgres replica: no ranges.)
+    if key.len() != 1 || !integer(&t.schema.columns[key[0]].ty) || pg_type(&t.schema.columns[key[0]]).1 != Conv::AsIs {
         return Ok(whole);
     }
     // The catalog's estimate may be stale: count while reading the span.

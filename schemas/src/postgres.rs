@@ -215,7 +215,11 @@ pub fn parse_binary(oid: u32, b: &[u8]) -> Result<Value, ParseError> {
         1083 => Value::Time(i64::from_be_bytes(be(8)?.try_into().expect("8"))),
         1114 | 1184 => {
             let t = i64::from_be_bytes(be(8)?.try_into().expect("8"));
-            let t = if t == INFINITY_TS || t == NEG_INFINITY_TS { t } else { t + PG_EPOCH_US };
+            let t = if t == INFINITY_TS || t == NEG_INFINITY_TS {
+                t
+            } else {
+                t.checked_add(PG_EPOCH_US).ok_or_else(|| ParseError(format!("timestamp {t} is out of range")))?
+            };
             if oid == 1114 {
                 Value::Timestamp(t)
             } else {

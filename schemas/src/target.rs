@@ -282,7 +282,7 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
         ColumnType::Float32 => ok("float", MyConv::Float),
         ColumnType::Float64 => ok("double", MyConv::Float),
         ColumnType::Numeric { precision: Some(p), scale: Some(s) } => {
-            if *p > 65 || *s > 30 {
+            if *p > 65 || *s > 30 || s > p {
                 return Err(format!(
                     "column {}: numeric({p},{s}) does not fit MySQL's DECIMAL (at most 65 digits, 30 after the point)",
                     col.name

@@ -127,7 +127,10 @@ async fn postgres_to_mysql_exactly_once() {
         "BEGIN; INSERT INTO hist (acct, note) VALUES (1, 'before'); ALTER TABLE hist ADD COLUMN extra int; \
          INSERT INTO hist (acct, note, extra) VALUES (1, 'new', 6); UPDATE hist SET extra = 7 WHERE id = 1; COMMIT; \
          ALTER TABLE acct ADD COLUMN \"Added Col\" text; UPDATE acct SET \"Added Col\" = 'x' WHERE id BETWEEN 1 AND 9; \
-         INSERT INTO nokey VALUES (98, 'x'); ALTER TABLE nokey DROP COLUMN b; INSERT INTO nokey VALUES (99);",
+         INSERT INTO nokey VALUES (98, 'x'); ALTER TABLE nokey DROP COLUMN b; INSERT INTO nokey VALUES (99); \
+         ALTER TABLE hist ADD COLUMN c text; UPDATE hist SET c = 'one' WHERE id IN (SELECT id FROM hist ORDER BY id LIMIT 3); \
+         ALTER TABLE hist DROP COLUMN c; INSERT INTO hist (acct, note) VALUES (2, 'between'); \
+         ALTER TABLE hist ADD COLUMN c text; INSERT INTO hist (acct, note, c) VALUES (3, 'after', 'kept');",
     )
     .await
     .unwrap();

@@ -93,7 +93,7 @@ pub struct MysqlSink {
     targets: HashMap<TableId, Target>,
     batch: Option<Batch>,
     /// `ALTER TABLE ... DROP COLUMN` to run once the current transaction commits.
-    drops: Vec<String>,
+    drops: Vec<(String, String)>,
     unflushed: bool,
     applied: u64,
     copying: HashSet<TableId>,
@@ -430,9 +430,25 @@ impl MysqlSink {
                     && have.contains_key(&o.name)
                     && !self.cfg.keep_dropped_columns
                 {
-                    self.drops.push(format!("ALTER TABLE {name} DROP COLUMN {}", quote_my(&o.name)));
+                    self.drops.push((name.clone(), o.name.clone()));
                 }
             }
+        }
+        // A column dropped and added back before its drop ran: empty it, as
+        // a new column is (in this transaction), instead of dropping it.
+        let readded: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(n, c)| *n == name && schema.column_index(c).is_some())
+            .map(|(_, c)| c.clone())
+            .collect();
+        if !readded.is_empty() {
+            self.drops.retain(|(n, c)| *n != name || !readded.contains(c));
+            let sets: Vec<String> = readded.iter().map(|c| format!("{} = NULL", quote_my(c))).collect();
+            let sql = format!("UPDATE {name} SET {}", sets.join(", "));
+            self.begin().await?;
+            self.touched.insert(schema.id.clone());
+            self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))?;
         }
         // Columns the source has and the target lacks (a table that predates
         // this run, or ADD COLUMN); columns only the target has are kept.
@@ -466,6 +482,8 @@ impl MysqlSink {
 
     /// A table's copy in this run starts from empty (TRUNCATE would commit).
     async fn start_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        // Marked first: a table that fails here is stopped once, not per row.
+        self.copying.insert(schema.id.clone());
         self.target(schema).await?;
         self.flush_batch().await?;
         self.begin().await?;
@@ -833,8 +851,10 @@ impl Sink for MysqlSink {
         self.applied = 0;
         self.unflushed = false;
         // Columns the source dropped go once nothing uncommitted uses them.
-        for sql in std::mem::take(&mut self.drops) {
+        while let Some((table, column)) = self.drops.first().cloned() {
+            let sql = format!("ALTER TABLE {table} DROP COLUMN {}", quote_my(&column));
             self.ddl(&sql).await?;
+            self.drops.remove(0);
             tracing::info!("target table altered: {sql}");
         }
         Ok(state)

@@ -97,23 +97,18 @@ pub fn binary_row(out: &mut Vec<u8>, row: &[Value], encs: &[Option<Enc>]) -> Res
     Ok(())
 }
 
-/// A one-dimensional array in binary form (a statement parameter), its
-/// elements of type `elem_oid` encoded with `e`.
-pub fn binary_array(values: &[Value], e: Enc, elem_oid: u32, out: &mut Vec<u8>) -> Result<(), String> {
-    let nulls = values.iter().any(|v| matches!(v, Value::Null | Value::Unchanged));
+/// The header of a one-dimensional binary array of `n` elements of type
+/// `elem_oid` (the elements follow, each a [`field`]).
+pub fn array_header(n: usize, nulls: bool, elem_oid: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&1i32.to_be_bytes());
     out.extend_from_slice(&(nulls as i32).to_be_bytes());
     out.extend_from_slice(&elem_oid.to_be_bytes());
-    out.extend_from_slice(&(values.len() as i32).to_be_bytes());
+    out.extend_from_slice(&(n as i32).to_be_bytes());
     out.extend_from_slice(&1i32.to_be_bytes());
-    for v in values {
-        field(v, e, out)?;
-    }
-    Ok(())
 }
 
 /// One length-prefixed value (-1 for NULL), as rows and arrays hold them.
-fn field(v: &Value, e: Enc, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn field(v: &Value, e: Enc, out: &mut Vec<u8>) -> Result<(), String> {
     if matches!(v, Value::Null | Value::Unchanged) {
         out.extend_from_slice(&(-1i32).to_be_bytes());
         return Ok(());

@@ -89,8 +89,9 @@ struct Batch {
     kind: Kind,
     /// Columns carried (for updates: the columns the source sent).
     mask: Vec<bool>,
-    /// Per parameter, the values (for updates: old key columns first, then the masked columns).
-    cols: Vec<Vec<Value>>,
+    /// Per parameter, the values so far (for updates: old key columns first,
+    /// then the masked columns), already encoded.
+    cols: Vec<Param>,
     rows: usize,
     /// Hashes of the keys the batch touches (a collision only cuts a batch early).
     keys: HashSet<u64>,
@@ -99,11 +100,52 @@ struct Batch {
 /// A statement already sent, its answer not yet read.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
-/// One statement parameter: an array in binary form, or text values cast by the statement.
+/// One statement parameter: an array's elements in binary form (encoded as
+/// they are queued, so a value the column cannot take is found on its own
+/// table's change), or text values cast by the statement.
 #[derive(Debug)]
 enum Param {
-    Text(Vec<Option<String>>),
-    Bin(Vec<Value>, copy::Enc),
+    Text(Vec<Option<String>>, Conv),
+    Bin { enc: copy::Enc, elems: Vec<u8>, n: usize, nulls: bool },
+}
+
+impl Param {
+    fn new(enc: Option<copy::Enc>, conv: Conv) -> Param {
+        match enc {
+            Some(enc) => Param::Bin { enc, elems: Vec::new(), n: 0, nulls: false },
+            None => Param::Text(Vec::new(), conv),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Param::Text(v, _) => v.len(),
+            Param::Bin { elems, .. } => elems.len(),
+        }
+    }
+
+    fn push(&mut self, v: &Value) -> Result<(), String> {
+        match self {
+            Param::Text(vals, conv) => vals.push(pg_text(v, *conv)),
+            Param::Bin { enc, elems, n, nulls } => {
+                copy::field(v, *enc, elems)?;
+                *n += 1;
+                *nulls |= matches!(v, Value::Null | Value::Unchanged);
+            }
+        }
+        Ok(())
+    }
+
+    /// Take back everything after `len` (a row that could not be encoded whole).
+    fn truncate(&mut self, len: usize, rows: usize) {
+        match self {
+            Param::Text(v, _) => v.truncate(len),
+            Param::Bin { elems, n, .. } => {
+                elems.truncate(len);
+                *n = rows;
+            }
+        }
+    }
 }
 
 impl ToSql for Param {
@@ -113,12 +155,13 @@ impl ToSql for Param {
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
-            Param::Text(v) => v.to_sql(ty, out),
-            Param::Bin(values, enc) => {
+            Param::Text(v, _) => v.to_sql(ty, out),
+            Param::Bin { elems, n, nulls, .. } => {
                 let Kind_::Array(member) = ty.kind() else { return Err(format!("{ty} is not an array type").into()) };
-                let mut buf = Vec::new();
-                copy::binary_array(values, *enc, member.oid(), &mut buf)?;
-                out.extend_from_slice(&buf);
+                let mut header = Vec::with_capacity(20);
+                copy::array_header(*n, *nulls, member.oid(), &mut header);
+                out.extend_from_slice(&header);
+                out.extend_from_slice(elems);
                 Ok(tokio_postgres::types::IsNull::No)
             }
         }
@@ -544,18 +587,24 @@ impl PostgresSink {
         };
         if !fits {
             self.flush_batch().await?;
-            self.batch = Some(Batch {
-                table: ev.table.id.clone(),
-                kind,
-                mask,
-                cols: vec![Vec::new(); values.len()],
-                rows: 0,
-                keys: HashSet::new(),
-            });
+            let t = self.targets.get(&ev.table.id).expect("target");
+            let cols = param_columns(t, kind, &mask).into_iter().map(|i| Param::new(t.bin[i], t.convs[i])).collect();
+            self.batch = Some(Batch { table: ev.table.id.clone(), kind, mask, cols, rows: 0, keys: HashSet::new() });
         }
         let b = self.batch.as_mut().expect("batch");
-        for (c, v) in b.cols.iter_mut().zip(values) {
-            c.push(v);
+        let lens: Vec<usize> = b.cols.iter().map(Param::len).collect();
+        for (p, (c, v)) in b.cols.iter_mut().zip(&values).enumerate() {
+            if let Err(e) = c.push(v) {
+                for (c, len) in b.cols.iter_mut().zip(&lens) {
+                    c.truncate(*len, b.rows);
+                }
+                let t = &self.targets[&ev.table.id];
+                let col = &t.schema.columns[param_columns(t, kind, &b.mask)[p]].name;
+                return Err(SinkError::new(
+                    ErrorKind::Table,
+                    format!("postgres sink: {}: column {col}: {e}", ev.table.id),
+                ));
+            }
         }
         b.rows += 1;
         if !keyless {
@@ -574,13 +623,7 @@ impl PostgresSink {
         let s = &t.schema;
         let q = |i: usize| quote_ident(&s.columns[i].name);
         let cast = |p: usize, i: usize| format!("u.p{p}::{}", t.types[i]);
-        // The table column behind each parameter.
-        let upd: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask.get(i).copied().unwrap_or(false)).collect();
-        let param_cols: Vec<usize> = match b.kind {
-            Kind::Upsert => upd.clone(),
-            Kind::Update => t.key.iter().copied().chain(upd.iter().copied()).collect(),
-            Kind::Delete => t.key.clone(),
-        };
+        let param_cols = param_columns(t, b.kind, &b.mask);
         let param = |p: usize| match t.bin[param_cols[p]] {
             Some(_) => format!("${}::{}[]", p + 1, t.types[param_cols[p]]),
             None => format!("${}::text[]", p + 1),
@@ -646,21 +689,17 @@ impl PostgresSink {
             }
         };
         let rows = b.rows as u64;
-        let params: Vec<Param> = b
-            .cols
-            .into_iter()
-            .zip(&param_cols)
-            .map(|(vals, &i)| match t.bin[i] {
-                Some(enc) => Param::Bin(vals, enc),
-                None => Param::Text(vals.iter().map(|v| pg_text(v, t.convs[i])).collect()),
-            })
-            .collect();
+        let params = b.cols;
         let what = format!("applying changes to {}", s.id);
+        let preparing = format!("preparing for {}", s.id);
         let client = self.client.clone().ok_or_else(|| SinkError::new(ErrorKind::Transient, "not connected"))?;
         let stmt = match self.stmts.get(&sql) {
             Some(st) => st.clone(),
             None => {
-                let st = client.prepare(&sql).await.map_err(|e| sql_err(format!("preparing for {}", s.id), e))?;
+                // An earlier statement's error must be the one reported, not
+                // the aborted transaction's refusal to prepare.
+                self.settle(0).await?;
+                let st = client.prepare(&sql).await.map_err(|e| sql_err(&preparing, e))?;
                 self.stmts.insert(sql, st.clone());
                 st
             }
@@ -734,6 +773,18 @@ impl PostgresSink {
         self.applied += 1;
         self.total += 1;
         Ok(())
+    }
+}
+
+/// The table column behind each parameter of a batch statement: updates
+/// carry the old key, then the columns sent; upserts the columns sent;
+/// deletes the key.
+fn param_columns(t: &Target, kind: Kind, mask: &[bool]) -> Vec<usize> {
+    let sent = (0..t.schema.columns.len()).filter(|&i| mask.get(i).copied().unwrap_or(false));
+    match kind {
+        Kind::Upsert => sent.collect(),
+        Kind::Update => t.key.iter().copied().chain(sent).collect(),
+        Kind::Delete => t.key.clone(),
     }
 }
 
