@@ -85,6 +85,18 @@ impl StoppedTables {
         !self.tables.is_empty() && self.tables.contains_key(id)
     }
 
+    /// The outcome of applying a change of `id`: a per-table error stops
+    /// that table (and is consumed), anything else passes through.
+    pub fn absorb(&mut self, id: &TableId, r: Result<(), SinkError>) -> Result<(), SinkError> {
+        match r {
+            Err(e) if e.kind == crate::ErrorKind::Table => {
+                self.stop(id, &e);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
     /// Stop `id` because of `error`.
     pub fn stop(&mut self, id: &TableId, error: &SinkError) {
         tracing::error!(

@@ -515,7 +515,9 @@ impl MysqlSink {
     /// Queue one change; flushes the current batch when it cannot take it.
     async fn add(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
         self.target(&ev.table).await?;
-        self.touched.insert(ev.table.id.clone());
+        if !self.touched.contains(&ev.table.id) {
+            self.touched.insert(ev.table.id.clone());
+        }
         let t = self.targets.get(&ev.table.id).expect("target");
         let keyless = t.key.is_empty();
         if ev.op == Op::Truncate {
@@ -781,13 +783,8 @@ impl Sink for MysqlSink {
 
     async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
         self.stopped.resume(&schema.id);
-        match self.start_copy(schema).await {
-            Err(e) if e.kind == ErrorKind::Table => {
-                self.stopped.stop(&schema.id, &e);
-                Ok(())
-            }
-            r => r,
-        }
+        let r = self.start_copy(schema).await;
+        self.stopped.absorb(&schema.id, r)
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
@@ -798,11 +795,9 @@ impl Sink for MysqlSink {
             if self.stopped.contains(&ev.table.id) {
                 continue;
             }
-            match self.add(ev).await {
-                // This table stops; the others go on.
-                Err(e) if e.kind == ErrorKind::Table => self.stopped.stop(&ev.table.id, &e),
-                r => r?,
-            }
+            // A per-table error stops this table; the others go on.
+            let r = self.add(ev).await;
+            self.stopped.absorb(&ev.table.id, r)?;
         }
         self.unflushed = true;
         Ok(())

@@ -886,13 +886,8 @@ impl Sink for PostgresSink {
 
     async fn snapshot_started(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
         self.stopped.resume(&schema.id);
-        match self.start_copy(schema).await {
-            Err(e) if e.kind == ErrorKind::Table => {
-                self.stopped.stop(&schema.id, &e);
-                Ok(())
-            }
-            r => r,
-        }
+        let r = self.start_copy(schema).await;
+        self.stopped.absorb(&schema.id, r)
     }
 
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
@@ -908,11 +903,8 @@ impl Sink for PostgresSink {
                     Err(e) => Err(e),
                 }
             };
-            match r {
-                // This table stops; the others go on.
-                Err(e) if e.kind == ErrorKind::Table => self.stopped.stop(&ev.table.id, &e),
-                r => r?,
-            }
+            // A per-table error stops this table; the others go on.
+            self.stopped.absorb(&ev.table.id, r)?;
         }
         self.unflushed = true;
         Ok(())
