@@ -5,8 +5,11 @@
 //!   exported when the slot (or a temporary slot) was created, so the copy
 //!   holds exactly the transactions that committed before that slot's
 //!   consistent point; the stream supplies the rest.
-//! - Rows are streamed from `COPY ... TO STDOUT` in batches; a table is never
-//!   held in memory.
+//! - Rows are streamed from `COPY ... TO STDOUT (FORMAT binary)` in batches;
+//!   a table is never held in memory. Built-in types the schemas crate can
+//!   decode from their binary form come as such; every other column is cast
+//!   to text in the query and parsed from its text form, so snapshot and
+//!   stream give identical values.
 //! - A table's rows are bracketed by `TableSnapshotStarted`/`Done`; the
 //!   runtime keeps them unpublished until `Done`, so a crash mid-table means
 //!   the table is copied again, not duplicated.
