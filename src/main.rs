@@ -195,18 +195,22 @@ pub(crate) enum AnySink {
     Files(Box<FilesSink>),
     Postgres(Box<sluice_sink_postgres::PostgresSink>),
     Mysql(Box<sluice_sink_mysql::MysqlSink>),
+    Kafka(Box<sluice_sink_kafka::KafkaSink>),
     Blackhole(BlackholeSink),
     Stdout(StdoutSink),
 }
 
 impl AnySink {
-    pub fn from_config(cfg: &SinkConfig, pipeline: &str) -> AnySink {
+    pub fn from_config(cfg: &SinkConfig, pipeline: &str, state_dir: &Path) -> AnySink {
         match cfg {
             SinkConfig::Files(f) => AnySink::Files(Box::new(FilesSink::new(f.clone()))),
             SinkConfig::Postgres(d) => {
                 AnySink::Postgres(Box::new(sluice_sink_postgres::PostgresSink::new(d.clone(), pipeline)))
             }
             SinkConfig::Mysql(d) => AnySink::Mysql(Box::new(sluice_sink_mysql::MysqlSink::new(d.clone(), pipeline))),
+            SinkConfig::Kafka(k) => {
+                AnySink::Kafka(Box::new(sluice_sink_kafka::KafkaSink::new(k.clone(), pipeline, state_dir)))
+            }
             SinkConfig::Blackhole {} => AnySink::Blackhole(BlackholeSink::default()),
             SinkConfig::Stdout {} => AnySink::Stdout(StdoutSink::default()),
         }
@@ -219,6 +223,7 @@ macro_rules! each_sink {
             AnySink::Files($s) => $e,
             AnySink::Postgres($s) => $e,
             AnySink::Mysql($s) => $e,
+            AnySink::Kafka($s) => $e,
             AnySink::Blackhole($s) => $e,
             AnySink::Stdout($s) => $e,
         }
@@ -321,6 +326,7 @@ pub(crate) async fn run_config(
     match &cfg.sink {
         SinkConfig::Postgres(d) => sluice_sink_postgres::check(d).await.context("cannot start the pipeline")?,
         SinkConfig::Mysql(d) => sluice_sink_mysql::check(d).await.context("cannot start the pipeline")?,
+        SinkConfig::Kafka(k) => sluice_sink_kafka::check(k).await.context("cannot start the pipeline")?,
         _ => {}
     }
     let summary = match &cfg.source {
@@ -342,10 +348,11 @@ async fn run_with<S: sluice_core::Source>(
     let mut opts = RuntimeOptions::new(&cfg.name);
     opts.until_caught_up = until_caught_up;
     let (cfg_src, sink_cfg, name) = (cfg.clone(), cfg.sink.clone(), cfg.name.clone());
+    let state_dir = cfg.checkpoint_dir();
     run_pipeline(
         &opts,
         move || make(cfg_src.clone()),
-        move || AnySink::from_config(&sink_cfg, &name),
+        move || AnySink::from_config(&sink_cfg, &name, &state_dir),
         &[],
         &mut store,
         shutdown,

@@ -149,6 +149,7 @@ pub enum SinkConfig {
     Files(FilesSinkConfig),
     Postgres(DbSinkConfig),
     Mysql(DbSinkConfig),
+    Kafka(KafkaSinkConfig),
     Blackhole {},
     Stdout {},
 }
@@ -178,6 +179,113 @@ pub struct DbSinkConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// The Kafka sink (`type: kafka`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic name template over `{schema}`, `{table}` and `{database}`
+    /// (`{database}`: the MySQL database, or the Postgres database name).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Confluent Schema Registry base URL (required for `avro`).
+    pub schema_registry: Option<String>,
+    #[serde(default)]
+    pub key: KafkaKey,
+    #[serde(default)]
+    pub delivery: KafkaDelivery,
+    /// Follow every delete with a tombstone (same key, null value).
+    #[serde(default = "default_true")]
+    pub tombstones: bool,
+    /// Topic for transaction BEGIN/END events (off when unset).
+    pub transaction_topic: Option<String>,
+    /// Create missing topics through the admin API (else a missing topic is an error).
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of topics Sluice creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics Sluice creates.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// librdkafka producer settings, passed through (`compression.type: zstd`, `linger.ms: 20`, ...).
+    #[serde(default)]
+    pub producer: std::collections::BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub tls: Option<KafkaTlsConfig>,
+    #[serde(default)]
+    pub sasl: Option<KafkaSaslConfig>,
+}
+
+fn default_topic() -> String {
+    "sluice.{schema}.{table}".into()
+}
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// Debezium's value payload (the JSONL event), no schema.
+    #[default]
+    Json,
+    /// Debezium's `{"schema": ..., "payload": ...}` JSON converter format.
+    JsonSchema,
+    /// Avro through a Confluent Schema Registry (wire format: magic 0, schema id, Avro binary).
+    Avro,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaKey {
+    /// The row's key columns (keyless tables: no key).
+    #[default]
+    PrimaryKey,
+    /// No message key.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaDelivery {
+    /// Idempotent producer plus position headers: replays skip what is already in the topic.
+    #[default]
+    ExactlyOnce,
+    /// Idempotent producer; a crash may repeat messages written after the last checkpoint.
+    AtLeastOnce,
+    /// Kafka transactions (one per checkpoint), for brokers that support them.
+    Transactional,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTlsConfig {
+    /// PEM file with the CA certificate(s) to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Check the broker's host name against its certificate (default true).
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
 }
 
 /// How much is applied per target transaction.
@@ -417,6 +525,9 @@ impl PipelineConfig {
                 }
             }
         }
+        if let SinkConfig::Kafka(k) = &self.sink {
+            validate_kafka(k, &mut errs);
+        }
         if let SinkConfig::Files(f) = &self.sink {
             if f.path.as_os_str().is_empty() {
                 errs.push("sink.path: must not be empty".into());
@@ -426,6 +537,99 @@ impl PipelineConfig {
             }
         }
         errs
+    }
+}
+
+fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
+    if k.brokers.trim().is_empty() {
+        errs.push("sink.brokers: list at least one broker (host:port)".into());
+    }
+    for (key, t) in [("topic", Some(&k.topic)), ("transaction_topic", k.transaction_topic.as_ref())] {
+        let Some(t) = t else { continue };
+        let mut rest = t.as_str();
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                errs.push(format!("sink.{key}: {t:?} has an unclosed '{{'"));
+                break;
+            };
+            let name = &rest[open + 1..open + close];
+            if key == "transaction_topic" || !matches!(name, "schema" | "table" | "database") {
+                errs.push(format!(
+                    "sink.{key}: {t:?} uses {{{name}}}; {}",
+                    if key == "topic" {
+                        "the template knows {schema}, {table} and {database}"
+                    } else {
+                        "it takes no placeholders"
+                    }
+                ));
+            }
+            rest = &rest[open + close + 1..];
+        }
+        let plain: String = t.replace(['{', '}'], "");
+        if t.is_empty()
+            || t.len() > 249
+            || !plain.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            errs.push(format!(
+                "sink.{key}: {t:?} is not a valid topic name (1-249 characters of letters, digits, '.', '_', '-')"
+            ));
+        }
+    }
+    if k.format == KafkaFormat::Avro && k.schema_registry.is_none() {
+        errs.push("sink.schema_registry: required for format: avro (the Confluent Schema Registry URL)".into());
+    }
+    if let Some(r) = &k.schema_registry {
+        if !(r.starts_with("http://") || r.starts_with("https://")) {
+            errs.push(format!("sink.schema_registry: {r:?} must be an http:// or https:// URL"));
+        }
+    }
+    if k.partitions < 1 {
+        errs.push(format!("sink.partitions: {} must be at least 1", k.partitions));
+    }
+    if k.replication_factor < 1 {
+        errs.push(format!("sink.replication_factor: {} must be at least 1", k.replication_factor));
+    }
+    for (key, v) in &k.producer {
+        let text =
+            matches!(v, serde_yaml::Value::String(_) | serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_));
+        if !text {
+            errs.push(format!("sink.producer.{key}: must be a string, number or boolean"));
+        }
+        let owned = [
+            "bootstrap.servers",
+            "transactional.id",
+            "enable.idempotence",
+            "security.protocol",
+            "sasl.mechanism",
+            "sasl.username",
+            "sasl.password",
+        ];
+        if owned.contains(&key.as_str()) {
+            errs.push(format!("sink.producer.{key}: set by Sluice (use brokers, delivery, tls and sasl instead)"));
+        }
+    }
+    if let Some(s) = &k.sasl {
+        if !matches!(s.mechanism.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+            errs.push(format!(
+                "sink.sasl.mechanism: {:?} is not supported (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+                s.mechanism
+            ));
+        }
+    }
+    if let Some(t) = &k.tls {
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            errs.push("sink.tls: cert_file and key_file go together".into());
+        }
+    }
+}
+
+/// A producer setting from the YAML file as the text librdkafka takes.
+pub fn yaml_scalar_text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        _ => String::new(),
     }
 }
 

@@ -129,6 +129,12 @@ pub fn write_value(out: &mut Vec<u8>, v: &Value, scratch: &mut String) {
 
 /// Append a row image as a JSON object; unchanged columns are left out.
 pub fn write_row(out: &mut Vec<u8>, schema: &TableSchema, row: &Row, scratch: &mut String) {
+    write_row_opts(out, schema, row, scratch, false);
+}
+
+/// [`write_row`], with JSON documents and arrays written as JSON strings
+/// holding their text when `json_text` (Kafka Connect's `io.debezium.data.Json`).
+pub fn write_row_opts(out: &mut Vec<u8>, schema: &TableSchema, row: &Row, scratch: &mut String, json_text: bool) {
     out.push(b'{');
     let mut first = true;
     for (col, v) in schema.columns.iter().zip(&row.values) {
@@ -141,23 +147,34 @@ pub fn write_row(out: &mut Vec<u8>, schema: &TableSchema, row: &Row, scratch: &m
         first = false;
         write_str(out, &col.name);
         out.push(b':');
-        write_value(out, v, scratch);
+        if json_text && matches!(v, Value::Json(_) | Value::Array(_)) {
+            let mut inner = Vec::new();
+            write_value(&mut inner, v, scratch);
+            write_str(out, &String::from_utf8_lossy(&inner));
+        } else {
+            write_value(out, v, scratch);
+        }
     }
     out.push(b'}');
 }
 
 /// Append one change event as a Debezium-style JSON object (no newline).
 pub fn write_event(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratch: &mut String) {
+    write_event_opts(out, ev, now_ms, scratch, false);
+}
+
+/// [`write_event`], with JSON and array values as JSON strings when `json_text`.
+pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratch: &mut String, json_text: bool) {
     out.extend_from_slice(b"{\"op\":\"");
     out.extend_from_slice(ev.op.code().as_bytes());
     out.extend_from_slice(b"\",\"before\":");
     match &ev.before {
-        Some(r) => write_row(out, &ev.table, r, scratch),
+        Some(r) => write_row_opts(out, &ev.table, r, scratch, json_text),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"after\":");
     match &ev.after {
-        Some(r) => write_row(out, &ev.table, r, scratch),
+        Some(r) => write_row_opts(out, &ev.table, r, scratch, json_text),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"source\":{\"version\":\"");
