@@ -50,7 +50,7 @@ pub fn find_bindir() -> Result<PathBuf, String> {
         .into())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(15432)
 }
 

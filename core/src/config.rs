@@ -575,6 +575,9 @@ fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
             ));
         }
     }
+    if k.format == KafkaFormat::Avro {
+        errs.push("sink.format: avro is not available in this version of Sluice; use json or json_schema".into());
+    }
     if k.format == KafkaFormat::Avro && k.schema_registry.is_none() {
         errs.push("sink.schema_registry: required for format: avro (the Confluent Schema Registry URL)".into());
     }

@@ -41,6 +41,19 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
         ("bad_url.yaml", GOOD.replace("postgres://postgres@127.0.0.1:1/postgres", "mysql://x"), vec!["source.url"]),
         ("bad_slot.yaml", GOOD.replace("  url:", "  slot: Bad-Slot\n  url:"), vec!["source.slot"]),
         (
+            "kafka_bad.yaml",
+            GOOD.replace(
+                "  type: blackhole\n",
+                "  type: kafka\n  brokers: 127.0.0.1:1\n  topic: \"x y.{colour}\"\n  partitions: 0\n  producer:\n    enable.idempotence: false\n",
+            ),
+            vec!["4 problems", "{colour}", "sink.partitions", "sink.producer.enable.idempotence", "topic name"],
+        ),
+        (
+            "kafka_avro.yaml",
+            GOOD.replace("  type: blackhole\n", "  type: kafka\n  brokers: 127.0.0.1:1\n  format: avro\n"),
+            vec!["sink.format", "sink.schema_registry"],
+        ),
+        (
             "many.yaml",
             GOOD.replace("version: 1", "version: 9").replace("[\"public.*\"]", "[]"),
             vec!["2 problems", "version", "tables.include"],

@@ -10,6 +10,8 @@ pub mod pgcluster;
 #[path = "../../src/mycluster.rs"]
 pub mod mycluster;
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
