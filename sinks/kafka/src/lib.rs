@@ -171,6 +171,9 @@ pub struct KafkaSink {
     open_tx: Option<OpenTx>,
     msgs: Vec<Msg>,
     spool_seq: u64,
+    /// False until a checkpoint holds this run's epoch: nothing may be
+    /// produced before (a crash would start another epoch and repeat it).
+    epoch_saved: bool,
 }
 
 impl KafkaSink {
@@ -200,6 +203,7 @@ impl KafkaSink {
             open_tx: None,
             msgs: Vec::new(),
             spool_seq: 0,
+            epoch_saved: false,
         }
     }
 
@@ -250,6 +254,9 @@ impl KafkaSink {
         position: &str,
         tx: &str,
     ) -> Result<(), SinkError> {
+        if !self.epoch_saved {
+            return Err(SinkError::fatal("internal: a Kafka message before the first checkpoint"));
+        }
         self.seq += 1;
         let seq = self.seq;
         let state = self.topics.get(topic).expect("topic prepared before sending");
@@ -510,6 +517,7 @@ impl Sink for KafkaSink {
         self.producer = Some(producer);
         self.probe = Some(probe::Probe::new(&self.cfg, &self.pipeline)?);
         self.epoch = state_u64(state, "epoch").unwrap_or_else(|| now_ms() as u64);
+        self.epoch_saved = state_u64(state, "epoch").is_some();
         self.seq = state_u64(state, "seq").unwrap_or(0);
         let spools: Vec<SpoolRef> = state
             .and_then(|s| s.get("spools"))
@@ -603,11 +611,11 @@ impl Sink for KafkaSink {
     }
 
     fn wants_flush(&self) -> bool {
-        self.since_flush >= 50_000
+        self.since_flush >= 50_000 || !self.epoch_saved
     }
 
     fn has_unflushed(&self) -> bool {
-        self.since_flush > 0 || !self.snapshotting.is_empty() || self.open_tx.is_some()
+        !self.epoch_saved || self.since_flush > 0 || !self.snapshotting.is_empty() || self.open_tx.is_some()
     }
 
     fn max_flush_delay(&self) -> Duration {
@@ -645,6 +653,7 @@ impl Sink for KafkaSink {
     }
 
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
+        self.epoch_saved = true;
         for s in std::mem::take(&mut self.delete_after_checkpoint) {
             self.remove_spool(&s);
         }

@@ -146,6 +146,7 @@ async fn replay_after_a_crash_writes_nothing_twice() {
     // more delivered but not checkpointed (the crash).
     let mut a = KafkaSink::new(cfg.clone(), "p", &dir);
     a.open(None).await.unwrap();
+    flush(&mut a).await; // the first checkpoint records the epoch
     a.snapshot_started(&t).await.unwrap();
     let snap: Vec<ChangeEvent> = (1..=20).map(|i| snapshot_row(&t, i)).collect();
     a.write(&snap).await.unwrap();
@@ -193,6 +194,7 @@ async fn replay_after_a_crash_writes_nothing_twice() {
     let dir2 = state_dir("alo");
     let mut c = KafkaSink::new(cfg2.clone(), "q", &dir2);
     c.open(None).await.unwrap();
+    flush(&mut c).await; // the first checkpoint records the epoch
     c.write(&evs).await.unwrap();
     let s = flush(&mut c).await;
     c.write(&more).await.unwrap();
@@ -217,6 +219,7 @@ async fn crash_while_publishing_a_snapshot_resumes_it() {
     let t = table();
     let mut a = KafkaSink::new(cfg.clone(), "p", &dir);
     a.open(None).await.unwrap();
+    flush(&mut a).await; // the first checkpoint records the epoch
     a.snapshot_started(&t).await.unwrap();
     a.write(&(1..=1000).map(|i| snapshot_row(&t, i)).collect::<Vec<_>>()).await.unwrap();
     // The checkpoint naming the spool is durable; publishing starts and the process dies.
@@ -245,6 +248,7 @@ async fn delivery_errors_stop_or_retry() {
     let dir = state_dir("err");
     let mut a = KafkaSink::new(config(&brokers, ""), "p", &dir);
     a.open(None).await.unwrap();
+    flush(&mut a).await; // the first checkpoint records the epoch
     mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 1]);
     a.write(&[insert(&t, 1, 1)]).await.unwrap();
     let e = a.flush(&HashSet::new(), &Checkpoint::new("p")).await.unwrap_err();
@@ -256,6 +260,7 @@ async fn delivery_errors_stop_or_retry() {
     // A broker that stays down past message.timeout.ms: transient (restart from the checkpoint).
     let mut b = KafkaSink::new(config(&brokers, ""), "p2", &dir);
     b.open(None).await.unwrap();
+    flush(&mut b).await; // the first checkpoint records the epoch
     b.write(&[insert(&t, 1, 1)]).await.unwrap();
     flush(&mut b).await;
     mock.broker_down(1).unwrap();
@@ -268,6 +273,7 @@ async fn delivery_errors_stop_or_retry() {
     mock.broker_up(1).unwrap();
     let mut c = KafkaSink::new(config(&brokers, ""), "p3", &dir);
     c.open(None).await.unwrap();
+    flush(&mut c).await; // the first checkpoint records the epoch
     c.write(&[insert(&t, 1, 7)]).await.unwrap();
     flush(&mut c).await;
     mock.broker_down(1).unwrap();
@@ -293,6 +299,7 @@ async fn transactional_call_sequence() {
     let t = table();
     let mut a = KafkaSink::new(config(&brokers, "delivery: transactional\n"), "p", &dir);
     a.open(None).await.unwrap();
+    flush(&mut a).await; // the first checkpoint records the epoch
     for round in 0..3 {
         a.write(&[insert(&t, round, round as i64)]).await.unwrap();
         flush(&mut a).await;
