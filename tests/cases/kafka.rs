@@ -18,11 +18,28 @@ fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>>
     seqs.sort_unstable();
     let n = seqs.len() as u64;
     for (i, s) in seqs.iter().enumerate() {
-        assert_eq!(
-            *s,
-            i as u64 + 1,
-            "sequence numbers must be exactly 1..={n}: a gap is a lost message, a repeat a duplicate"
-        );
+        if *s != i as u64 + 1 {
+            let near: Vec<String> = msgs
+                .iter()
+                .filter(|m| m.seq().abs_diff(*s) <= 1)
+                .map(|m| {
+                    format!(
+                        "seq {} {}[{}]@{} key {:?} tx {:?}",
+                        m.seq(),
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        m.key,
+                        m.headers.get("sluice.tx")
+                    )
+                })
+                .collect();
+            panic!(
+                "sequence numbers must be exactly 1..={n} (a gap is a lost message, a repeat a duplicate); at {} found {s}:\n{}",
+                i + 1,
+                near.join("\n")
+            );
+        }
     }
     // Per partition, offsets and sequence numbers rise together; keys stay in their partition.
     let mut last: BTreeMap<(String, i32), u64> = BTreeMap::new();

@@ -41,6 +41,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Probe {
     pub fn new(cfg: &KafkaSinkConfig, pipeline: &str) -> Result<Self, SinkError> {
+        let consumer = Self::consumer(cfg, pipeline).map_err(|e| {
+            SinkError::new(ErrorKind::Config, format!("sink: cannot create the Kafka client: {e}")).with_source(e)
+        })?;
+        Ok(Probe { consumer: Arc::new(consumer), cfg: cfg.clone() })
+    }
+
+    fn consumer(cfg: &KafkaSinkConfig, pipeline: &str) -> Result<BaseConsumer, KafkaError> {
         let mut c = crate::client_config(cfg);
         c.set("group.id", format!("sluice-{pipeline}-probe"));
         c.set("enable.auto.commit", "false");
@@ -48,10 +55,7 @@ impl Probe {
         c.set("isolation.level", "read_committed");
         c.set("allow.auto.create.topics", "false");
         c.set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = c.create().map_err(|e| {
-            SinkError::new(ErrorKind::Config, format!("sink: cannot create the Kafka client: {e}")).with_source(e)
-        })?;
-        Ok(Probe { consumer: Arc::new(consumer), cfg: cfg.clone() })
+        c.create()
     }
 
     /// Partition count of `topic`, `None` when it does not exist.
@@ -134,17 +138,9 @@ impl Probe {
         epoch: u64,
         pipeline: &str,
     ) -> Result<Vec<u64>, SinkError> {
-        let c = self.consumer.clone();
         let (t, p) = (topic.to_string(), pipeline.to_string());
         let cfg = self.cfg.clone();
-        blocking(move || -> Result<Vec<u64>, SinkError> {
-            let mut out = Vec::with_capacity(partitions as usize);
-            for part in 0..partitions {
-                out.push(last_seq(&c, &t, part, epoch, &p).map_err(|e| unreachable(&cfg, e))?);
-            }
-            Ok(out)
-        })
-        .await?
+        blocking(move || last_seqs(&cfg, &p, &t, partitions, epoch).map_err(|e| unreachable(&cfg, e))).await?
     }
 }
 
@@ -157,53 +153,81 @@ fn parse_u64(b: Option<&[u8]>) -> Option<u64> {
     std::str::from_utf8(b?).ok()?.parse().ok()
 }
 
-/// The highest `sluice.seq` of `epoch` among the last data messages of one partition.
-fn last_seq(c: &BaseConsumer, topic: &str, partition: i32, epoch: u64, pipeline: &str) -> Result<u64, KafkaError> {
-    let (low, high) = c.fetch_watermarks(topic, partition, TIMEOUT)?;
-    if high <= low {
-        return Ok(0);
+/// Per partition, the highest `sluice.seq` of `epoch` among its last data
+/// messages. The end of each partition is taken from the fetch (partition
+/// EOF), not from the listed high watermark alone: some Kafka-compatible
+/// brokers (tansu 0.6) under-report it for multi-record batches, so the
+/// window only ever starts earlier than needed.
+fn last_seqs(
+    cfg: &KafkaSinkConfig,
+    pipeline: &str,
+    topic: &str,
+    partitions: i32,
+    epoch: u64,
+) -> Result<Vec<u64>, KafkaError> {
+    // A fresh consumer per topic: no events of an earlier assignment linger.
+    let c = Probe::consumer(cfg, pipeline)?;
+    let mut out = vec![0u64; partitions as usize];
+    let mut window = 64i64;
+    let mut todo: Vec<(i32, i64, i64)> = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = c.fetch_watermarks(topic, p, TIMEOUT)?;
+        if high > low {
+            todo.push((p, low, high));
+        }
     }
-    let mut window = 8i64;
-    loop {
-        let start = (high - window).max(low);
+    while !todo.is_empty() {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+        for (p, low, high) in &todo {
+            tpl.add_partition_offset(topic, *p, Offset::Offset((high - window).max(*low)))?;
+        }
         c.assign(&tpl)?;
-        let mut best: Option<u64> = None;
-        let mut any_data = false;
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
+        // Per partition: (reached the end, saw any data, seq of the latest data message if ours).
+        let mut state: std::collections::HashMap<i32, (bool, bool, Option<u64>)> =
+            todo.iter().map(|(p, _, _)| (*p, (false, false, None))).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while state.values().any(|s| !s.0) {
             if Instant::now() > deadline {
-                c.unassign()?;
                 return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut));
             }
             match c.poll(Duration::from_millis(200)) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => {
-                    c.unassign()?;
-                    return Err(e);
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(s) = state.get_mut(&p) {
+                        s.0 = true;
+                    }
                 }
+                Some(Err(e)) => return Err(e),
                 Some(Ok(m)) => {
-                    any_data = true;
-                    let ours = parse_u64(header(&m, "sluice.epoch")) == Some(epoch)
-                        && header(&m, "sluice.pipeline") == Some(pipeline.as_bytes());
-                    let seq = if ours { parse_u64(header(&m, "sluice.seq")) } else { None };
-                    // Only the latest data message decides: a later message of
-                    // another epoch means this epoch wrote nothing after it.
-                    best = seq;
-                    if m.offset() + 1 >= high {
-                        break;
+                    if m.topic() != topic {
+                        continue;
+                    }
+                    if let Some(s) = state.get_mut(&m.partition()) {
+                        let ours = parse_u64(header(&m, "sluice.epoch")) == Some(epoch)
+                            && header(&m, "sluice.pipeline") == Some(pipeline.as_bytes());
+                        // Only the latest data message decides: a later message of
+                        // another epoch means this epoch wrote nothing after it.
+                        s.1 = true;
+                        s.2 = if ours { parse_u64(header(&m, "sluice.seq")) } else { None };
                     }
                 }
             }
         }
         c.unassign()?;
-        if any_data || start == low {
-            return Ok(best.unwrap_or(0));
+        let mut again = Vec::new();
+        for (p, low, high) in todo {
+            let (_, any, seq) = state[&p];
+            if any || high - window <= low {
+                out[p as usize] = seq.unwrap_or(0);
+            } else {
+                // Only control records in the window: look further back.
+                again.push((p, low, high));
+            }
         }
-        window *= 16;
+        todo = again;
+        window = window.saturating_mul(16);
     }
+    Ok(out)
 }
 
 /// Start-up check: the brokers answer and the producer settings are valid.
