@@ -43,6 +43,11 @@ fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>>
     }
     // Per partition, offsets and sequence numbers rise together; keys stay in their partition.
     let mut last: BTreeMap<(String, i32), u64> = BTreeMap::new();
+    let mut parts: BTreeMap<String, i32> = BTreeMap::new();
+    for m in msgs {
+        let n = parts.entry(m.topic.clone()).or_default();
+        *n = (*n).max(m.partition + 1);
+    }
     for m in msgs {
         let k = (m.topic.clone(), m.partition);
         let prev = last.insert(k.clone(), m.seq()).unwrap_or(0);
@@ -50,8 +55,7 @@ fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>>
         for h in ["sluice.position", "sluice.tx", "sluice.pipeline", "sluice.epoch"] {
             assert!(m.headers.contains_key(h), "message without {h}: {m:?}");
         }
-        let parts = msgs.iter().filter(|x| x.topic == m.topic).map(|x| x.partition).max().unwrap() + 1;
-        if Some(m.topic.as_str()) != tx_topic && parts > 1 {
+        if Some(m.topic.as_str()) != tx_topic && parts[&m.topic] > 1 {
             let want = sluice_sink_kafka::encode::partition_for(m.key.as_deref().map(str::as_bytes), 3);
             assert_eq!(m.partition, want, "message in the wrong partition for its key: {m:?}");
         }
