@@ -51,7 +51,7 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
         (
             "kafka_avro.yaml",
             GOOD.replace("  type: blackhole\n", "  type: kafka\n  brokers: 127.0.0.1:1\n  format: avro\n"),
-            vec!["sink.format", "sink.schema_registry"],
+            vec!["sink.schema_registry: required for format: avro"],
         ),
         (
             "many.yaml",

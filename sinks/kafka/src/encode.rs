@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 use sluice_core::config::KafkaFormat;
-use sluice_core::{ChangeEvent, ColumnType, Op, Row, TableId, TableSchema, Value};
+use sluice_core::{ChangeEvent, ColumnType, Op, Row, SinkError, TableId, TableSchema, Value};
 use sluice_schemas::json::{write_event_opts, write_str, write_value};
 
 /// The topic for a table: the template with `{schema}`, `{table}` and
@@ -83,6 +83,13 @@ pub struct Msg {
     pub value: Option<Vec<u8>>,
 }
 
+/// Avro schemas (with registry ids) of one table version.
+pub struct AvroTable {
+    pub schema: Arc<TableSchema>,
+    pub key: Option<(apache_avro::Schema, u32)>,
+    pub value: (apache_avro::Schema, u32),
+}
+
 /// Connect schema strings of one table version.
 struct TableSchemas {
     version: u64,
@@ -98,11 +105,32 @@ pub struct Encoder {
     tombstones: bool,
     scratch: String,
     schemas: HashMap<TableId, TableSchemas>,
+    avro: HashMap<TableId, AvroTable>,
+    /// Columns the source did not send in the last Avro value (`sluice.unchanged`).
+    pub unchanged: Vec<String>,
 }
 
 impl Encoder {
     pub fn new(format: KafkaFormat, with_key: bool, tombstones: bool) -> Self {
-        Encoder { format, with_key, tombstones, scratch: String::new(), schemas: HashMap::new() }
+        Encoder {
+            format,
+            with_key,
+            tombstones,
+            scratch: String::new(),
+            schemas: HashMap::new(),
+            avro: HashMap::new(),
+            unchanged: Vec::new(),
+        }
+    }
+
+    /// Does `table` (this version of it) need its Avro schemas registered?
+    pub fn needs_avro(&self, table: &Arc<TableSchema>) -> bool {
+        self.format == KafkaFormat::Avro
+            && !self.avro.get(&table.id).is_some_and(|a| Arc::ptr_eq(&a.schema, table) || a.schema.same_shape(table))
+    }
+
+    pub fn set_avro(&mut self, t: AvroTable) {
+        self.avro.insert(t.schema.id.clone(), t);
     }
 
     fn schemas(&mut self, table: &Arc<TableSchema>, topic: &str, mysql: bool) -> &TableSchemas {
@@ -125,7 +153,8 @@ impl Encoder {
     /// The messages for one event, in order: a primary-key change becomes a
     /// delete of the old key (plus tombstone) and a create of the new one, as
     /// Debezium does; a delete is followed by a tombstone unless disabled.
-    pub fn encode(&mut self, ev: &ChangeEvent, topic: &str, now_ms: i64, out: &mut Vec<Msg>) {
+    pub fn encode(&mut self, ev: &ChangeEvent, topic: &str, now_ms: i64, out: &mut Vec<Msg>) -> Result<(), SinkError> {
+        self.unchanged.clear();
         let key_row = match ev.op {
             Op::Delete => ev.before.as_ref(),
             Op::Truncate => None,
@@ -134,37 +163,47 @@ impl Encoder {
         if ev.op == Op::Update {
             if let (Some(before), Some(after)) = (&ev.before, &ev.after) {
                 if key_changed(&ev.table, before, after) {
-                    let old_key = self.key(ev, before, topic);
+                    let old_key = self.key(ev, before, topic)?;
                     let mut del = ev.clone();
                     del.op = Op::Delete;
                     del.after = None;
-                    out.push(Msg { key: old_key.clone(), value: Some(self.value(&del, topic, now_ms)) });
+                    out.push(Msg { key: old_key.clone(), value: Some(self.value(&del, topic, now_ms)?) });
                     if self.tombstones {
                         out.push(Msg { key: old_key, value: None });
                     }
                     let mut create = ev.clone();
                     create.op = Op::Create;
                     create.before = None;
-                    let new_key = self.key(ev, after, topic);
-                    out.push(Msg { key: new_key, value: Some(self.value(&create, topic, now_ms)) });
-                    return;
+                    let new_key = self.key(ev, after, topic)?;
+                    out.push(Msg { key: new_key, value: Some(self.value(&create, topic, now_ms)?) });
+                    return Ok(());
                 }
             }
         }
-        let key = key_row.and_then(|r| self.key(ev, r, topic));
-        let value = self.value(ev, topic, now_ms);
+        let key = match key_row {
+            Some(r) => self.key(ev, r, topic)?,
+            None => None,
+        };
+        let value = self.value(ev, topic, now_ms)?;
         let tomb = ev.op == Op::Delete && self.tombstones && key.is_some();
         out.push(Msg { key: key.clone(), value: Some(value) });
         if tomb {
             out.push(Msg { key, value: None });
         }
+        Ok(())
     }
 
     /// The message key: the key columns as a JSON object (`None` without key columns).
-    fn key(&mut self, ev: &ChangeEvent, row: &Row, topic: &str) -> Option<Vec<u8>> {
+    fn key(&mut self, ev: &ChangeEvent, row: &Row, topic: &str) -> Result<Option<Vec<u8>>, SinkError> {
         let table = &ev.table;
         if !self.with_key || !table.columns.iter().any(|c| c.key) {
-            return None;
+            return Ok(None);
+        }
+        if self.format == KafkaFormat::Avro {
+            let a = self.avro.get(&table.id).expect("registered before encoding");
+            let Some((schema, id)) = &a.key else { return Ok(None) };
+            let datum = crate::avro::key_datum(table, row, schema, &mut self.scratch)?;
+            return Ok(Some(crate::avro::framed(*id, &datum)));
         }
         let mut out = Vec::with_capacity(32);
         if self.format == KafkaFormat::JsonSchema {
@@ -188,12 +227,18 @@ impl Encoder {
         if self.format == KafkaFormat::JsonSchema {
             out.push(b'}');
         }
-        Some(out)
+        Ok(Some(out))
     }
 
-    fn value(&mut self, ev: &ChangeEvent, topic: &str, now_ms: i64) -> Vec<u8> {
+    fn value(&mut self, ev: &ChangeEvent, topic: &str, now_ms: i64) -> Result<Vec<u8>, SinkError> {
         let mut out = Vec::with_capacity(256);
         match self.format {
+            KafkaFormat::Avro => {
+                let a = self.avro.get(&ev.table.id).expect("registered before encoding");
+                let (datum, unchanged) = crate::avro::value_datum(ev, &a.value.0, now_ms, &mut self.scratch)?;
+                self.unchanged = unchanged;
+                return Ok(crate::avro::framed(a.value.1, &datum));
+            }
             KafkaFormat::JsonSchema => {
                 out.extend_from_slice(b"{\"schema\":");
                 let s = &self.schemas(&ev.table, topic, ev.mysql.is_some()).value;
@@ -202,9 +247,9 @@ impl Encoder {
                 write_event_opts(&mut out, ev, now_ms, &mut self.scratch, true);
                 out.push(b'}');
             }
-            _ => write_event_opts(&mut out, ev, now_ms, &mut self.scratch, false),
+            KafkaFormat::Json => write_event_opts(&mut out, ev, now_ms, &mut self.scratch, false),
         }
-        out
+        Ok(out)
     }
 }
 
@@ -352,7 +397,7 @@ mod tests {
         assert_eq!(topic_for("sluice.{schema}.{table}", &table()), "sluice.My_Schema.t");
         let mut enc = Encoder::new(KafkaFormat::Json, true, true);
         let mut out = Vec::new();
-        enc.encode(&event(Op::Delete, Some(vec![Value::Int(1), Value::Unchanged]), None), "t", 5, &mut out);
+        enc.encode(&event(Op::Delete, Some(vec![Value::Int(1), Value::Unchanged]), None), "t", 5, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].key.as_deref(), Some(&b"{\"id\":1}"[..]));
         assert!(out[0].value.as_ref().unwrap().starts_with(b"{\"op\":\"d\""));
@@ -364,7 +409,8 @@ mod tests {
             "t",
             5,
             &mut out,
-        );
+        )
+        .unwrap();
         let ops: Vec<String> = out
             .iter()
             .map(|m| match &m.value {
@@ -376,17 +422,17 @@ mod tests {
         assert_eq!(out[2].key.as_deref(), Some(&b"{\"id\":2}"[..]));
         // Same key: one message.
         out.clear();
-        enc.encode(&event(Op::Update, None, Some(vec![Value::Int(2), doc.clone()])), "t", 5, &mut out);
+        enc.encode(&event(Op::Update, None, Some(vec![Value::Int(2), doc.clone()])), "t", 5, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         let v: Json = serde_json::from_slice(out[0].value.as_ref().unwrap()).unwrap();
         assert_eq!(v["after"]["doc"], json!({"a": 1}));
 
         let mut enc = Encoder::new(KafkaFormat::JsonSchema, true, false);
         out.clear();
-        enc.encode(&event(Op::Delete, Some(vec![Value::Int(1), Value::Unchanged]), None), "t", 5, &mut out);
+        enc.encode(&event(Op::Delete, Some(vec![Value::Int(1), Value::Unchanged]), None), "t", 5, &mut out).unwrap();
         assert_eq!(out.len(), 1, "no tombstone when disabled");
         out.clear();
-        enc.encode(&event(Op::Create, None, Some(vec![Value::Int(3), doc])), "t", 5, &mut out);
+        enc.encode(&event(Op::Create, None, Some(vec![Value::Int(3), doc])), "t", 5, &mut out).unwrap();
         let v: Json = serde_json::from_slice(out[0].value.as_ref().unwrap()).unwrap();
         assert_eq!(v["payload"]["after"]["doc"], json!("{\"a\":1}"));
         assert_eq!(v["schema"]["name"], json!("t.Envelope"));

@@ -20,6 +20,7 @@
 //!   each checkpoint interval in a Kafka transaction (and still skips).
 //! - Backpressure: a full producer queue makes `write` wait; memory does not grow.
 
+pub mod avro;
 pub mod encode;
 mod probe;
 pub mod spool;
@@ -174,6 +175,9 @@ pub struct KafkaSink {
     /// False until a checkpoint holds this run's epoch: nothing may be
     /// produced before (a crash would start another epoch and repeat it).
     epoch_saved: bool,
+    registry: Option<avro::Registry>,
+    /// `sluice.unchanged` for the next message (Avro values only).
+    unchanged_header: String,
 }
 
 impl KafkaSink {
@@ -204,6 +208,8 @@ impl KafkaSink {
             msgs: Vec::new(),
             spool_seq: 0,
             epoch_saved: false,
+            registry: None,
+            unchanged_header: String::new(),
         }
     }
 
@@ -222,6 +228,35 @@ impl KafkaSink {
         self.prepare_topic(&topic, self.cfg.partitions).await?;
         self.routes.insert(table.id.clone(), Route { topic: topic.clone(), schema: table.clone() });
         Ok(topic)
+    }
+
+    /// Register a table's Avro schemas (first use, and after column changes).
+    async fn ensure_avro(&mut self, table: &Arc<TableSchema>, topic: &str, mysql: bool) -> Result<(), SinkError> {
+        if !self.encoder.needs_avro(table) {
+            return Ok(());
+        }
+        if self.registry.is_none() {
+            let url = self.cfg.schema_registry.clone().unwrap_or_default();
+            self.registry = Some(avro::Registry::new(&url)?);
+        }
+        let reg = self.registry.as_ref().expect("set above");
+        let name = table.id.to_string();
+        let value_json = avro::value_schema(table, topic, mysql);
+        let value_id = reg.register(&format!("{topic}-value"), &value_json, &name).await?;
+        let key = match (self.cfg.key, avro::key_schema(table, topic)) {
+            (KafkaKey::PrimaryKey, Some(k)) => {
+                let id = reg.register(&format!("{topic}-key"), &k, &name).await?;
+                Some((avro::parse(&k)?, id))
+            }
+            _ => None,
+        };
+        tracing::info!(table = %table.id, subject = %format!("{topic}-value"), id = value_id, "Avro schema registered");
+        self.encoder.set_avro(encode::AvroTable {
+            schema: table.clone(),
+            key,
+            value: (avro::parse(&value_json)?, value_id),
+        });
+        Ok(())
     }
 
     /// Make sure `topic` exists and learn what this epoch already wrote to it.
@@ -276,6 +311,12 @@ impl KafkaSink {
             .insert(Header { key: "sluice.seq", value: Some(seq_buf.format(seq)) })
             .insert(Header { key: "sluice.epoch", value: Some(epoch_buf.format(self.epoch)) })
             .insert(Header { key: "sluice.pipeline", value: Some(self.pipeline.as_str()) });
+        let unchanged = std::mem::take(&mut self.unchanged_header);
+        let headers = if unchanged.is_empty() {
+            headers
+        } else {
+            headers.insert(Header { key: "sluice.unchanged", value: Some(unchanged.as_str()) })
+        };
         let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).partition(partition).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -557,7 +598,9 @@ impl Sink for KafkaSink {
             let (position, tx) = event_position(ev);
             let mut msgs = std::mem::take(&mut self.msgs);
             msgs.clear();
-            self.encoder.encode(ev, &topic, now, &mut msgs);
+            self.ensure_avro(&ev.table, &topic, ev.mysql.is_some()).await?;
+            self.encoder.encode(ev, &topic, now, &mut msgs)?;
+            let unchanged = self.encoder.unchanged.join(",");
             let partitions = self.topics[&topic].partitions;
             if ev.snapshot {
                 let w = self.snapshotting.entry(ev.table.id.clone()).or_insert_with(|| {
@@ -583,6 +626,9 @@ impl Sink for KafkaSink {
             self.begin_tx(ev, &tx).await?;
             for m in &msgs {
                 let p = partition_for(m.key.as_deref(), partitions);
+                if m.value.is_some() {
+                    self.unchanged_header.clone_from(&unchanged);
+                }
                 self.send(&topic, p, m.key.as_deref(), m.value.as_deref(), &position, &tx).await?;
             }
             if let Some(open) = &mut self.open_tx {

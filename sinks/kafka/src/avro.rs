@@ -1,0 +1,539 @@
+//! Avro encoding with a Confluent Schema Registry.
+//!
+//! Invariants:
+//! - A table's key and value schemas are derived from its `TableSchema`
+//!   alone (Debezium-style names: `<topic>.Key`, `<topic>.Envelope`,
+//!   `<topic>.Value`), registered under `<topic>-key` / `<topic>-value`
+//!   before the first message that uses them, and again when the table's
+//!   columns change (a new version; a registry refusing it is a fatal error
+//!   naming table and subject).
+//! - Messages are in the Confluent wire format: magic byte 0, the schema id
+//!   (4 bytes, big-endian), the Avro binary datum.
+//! - Every non-key column is a union with `null`: a value the source did not
+//!   send (unchanged TOAST) is `null`, and its column is named in the
+//!   `sluice.unchanged` header — never a made-up value.
+//! - Registry calls are the only I/O; encoding itself does none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value as Av;
+use apache_avro::Schema;
+use base64::Engine;
+use serde_json::{json, Value as Json};
+use sluice_core::{ChangeEvent, ColumnType, ErrorKind, Op, Row, SinkError, TableSchema, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An Avro name part: letters, digits and `_`, not starting with a digit.
+fn name_part(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The Avro namespace for a topic (`sluice.public.orders`).
+pub fn namespace(topic: &str) -> String {
+    topic.split('.').map(name_part).collect::<Vec<_>>().join(".")
+}
+
+/// Avro type of a column (without the null union).
+fn column_type(ty: &ColumnType) -> Json {
+    match ty {
+        ColumnType::Bool => json!("boolean"),
+        ColumnType::Int16 | ColumnType::Int32 => json!("int"),
+        ColumnType::Int64 | ColumnType::UInt32 => json!("long"),
+        ColumnType::UInt64 => json!({"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 0}),
+        ColumnType::Float32 => json!("float"),
+        ColumnType::Float64 => json!("double"),
+        ColumnType::Numeric { precision: Some(p), scale } if *p <= 38 => {
+            json!({"type": "bytes", "logicalType": "decimal", "precision": p, "scale": scale.unwrap_or(0)})
+        }
+        ColumnType::Numeric { .. } => json!("string"),
+        ColumnType::Bytes => json!("bytes"),
+        ColumnType::Date => json!({"type": "int", "logicalType": "date"}),
+        ColumnType::Time => json!({"type": "long", "logicalType": "time-micros"}),
+        ColumnType::Timestamp => json!({"type": "long", "logicalType": "local-timestamp-micros"}),
+        ColumnType::TimestampTz => json!({"type": "long", "logicalType": "timestamp-micros"}),
+        ColumnType::Uuid => json!({"type": "string", "logicalType": "uuid"}),
+        ColumnType::Json | ColumnType::Array(_) => json!({"type": "string", "connect.name": "io.debezium.data.Json"}),
+        ColumnType::Text | ColumnType::Other => json!("string"),
+    }
+}
+
+fn row_record(table: &TableSchema, ns: &str, name: &str, only_key: bool) -> Json {
+    let fields: Vec<Json> = table
+        .columns
+        .iter()
+        .filter(|c| !only_key || c.key)
+        .map(|c| {
+            let t = column_type(&c.ty);
+            if only_key {
+                json!({"name": name_part(&c.name), "type": t})
+            } else {
+                json!({"name": name_part(&c.name), "type": ["null", t], "default": null})
+            }
+        })
+        .collect();
+    json!({"type": "record", "name": name, "namespace": ns, "fields": fields})
+}
+
+/// The key schema of a table (None without key columns).
+pub fn key_schema(table: &TableSchema, topic: &str) -> Option<Json> {
+    table.columns.iter().any(|c| c.key).then(|| row_record(table, &namespace(topic), "Key", true))
+}
+
+/// The value schema (Debezium's envelope).
+pub fn value_schema(table: &TableSchema, topic: &str, mysql: bool) -> Json {
+    let ns = namespace(topic);
+    let value = row_record(table, &ns, "Value", false);
+    let f = |name: &str, t: Json| json!({"name": name, "type": t});
+    let opt = |name: &str, t: &str| json!({"name": name, "type": ["null", t], "default": null});
+    let source = if mysql {
+        json!({"type": "record", "name": "Source", "namespace": "io.debezium.connector.mysql", "fields": [
+            f("version", json!("string")), f("connector", json!("string")), f("db", json!("string")),
+            f("table", json!("string")), f("server_id", json!("long")), opt("gtid", "string"),
+            f("file", json!("string")), f("pos", json!("long")), f("row", json!("int")),
+            f("ts_ms", json!("long")), f("snapshot", json!("string"))]})
+    } else {
+        json!({"type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql", "fields": [
+            f("version", json!("string")), f("connector", json!("string")), f("db", json!("string")),
+            f("schema", json!("string")), f("table", json!("string")), opt("lsn", "long"), opt("txId", "long"),
+            f("ts_ms", json!("long")), f("snapshot", json!("string")), f("sequence", json!("string"))]})
+    };
+    json!({
+        "type": "record", "name": "Envelope", "namespace": ns,
+        "fields": [
+            {"name": "before", "type": ["null", value], "default": null},
+            {"name": "after", "type": ["null", format!("{ns}.Value")], "default": null},
+            f("source", source),
+            f("op", json!("string")),
+            opt("ts_ms", "long"),
+        ],
+    })
+}
+
+/// Minimal two's-complement big-endian bytes of `v`.
+fn decimal_bytes(v: i128) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    let mut start = 0;
+    while start < 15 {
+        let (x, next) = (b[start], b[start + 1]);
+        if (x == 0 && next & 0x80 == 0) || (x == 0xff && next & 0x80 != 0) {
+            start += 1;
+        } else {
+            break;
+        }
+    }
+    b[start..].to_vec()
+}
+
+/// `"-12.5"` at scale 2 → -1250; `None` for NaN, infinities, too many digits
+/// or more decimals than the scale (nothing is rounded).
+pub fn scaled(text: &str, scale: u32) -> Option<i128> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > scale as usize || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for c in int.bytes().chain(frac.bytes()) {
+        v = v.checked_mul(10)?.checked_add((c - b'0') as i128)?;
+    }
+    for _ in frac.len()..scale as usize {
+        v = v.checked_mul(10)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+fn value_err(table: &TableSchema, col: &str, what: &str) -> SinkError {
+    SinkError::fatal(format!(
+        "table {}: column {col}: {what} cannot be written as Avro (use format: json, or exclude the column)",
+        table.id
+    ))
+}
+
+/// One column value as Avro (not wrapped in the null union).
+fn av(table: &TableSchema, ci: usize, v: &Value, scratch: &mut String) -> Result<Av, SinkError> {
+    let col = &table.columns[ci];
+    Ok(match (&col.ty, v) {
+        (_, Value::Null | Value::Unchanged) => Av::Null,
+        (ColumnType::Bool, Value::Bool(b)) => Av::Boolean(*b),
+        (ColumnType::Int16 | ColumnType::Int32, Value::Int(i)) => {
+            Av::Int(i32::try_from(*i).map_err(|_| value_err(table, &col.name, "an out-of-range integer"))?)
+        }
+        (ColumnType::Int64 | ColumnType::UInt32, Value::Int(i)) => Av::Long(*i),
+        (ColumnType::Int64 | ColumnType::UInt32, Value::UInt(u)) => {
+            Av::Long(i64::try_from(*u).map_err(|_| value_err(table, &col.name, "an out-of-range integer"))?)
+        }
+        (ColumnType::UInt64, Value::UInt(u)) => Av::Decimal(decimal_bytes(*u as i128).into()),
+        (ColumnType::UInt64, Value::Int(i)) => Av::Decimal(decimal_bytes(*i as i128).into()),
+        (ColumnType::Float32, Value::Float(f)) => Av::Float(*f as f32),
+        (ColumnType::Float64, Value::Float(f)) => Av::Double(*f),
+        (ColumnType::Numeric { precision: Some(p), scale }, Value::Numeric(s)) if *p <= 38 => {
+            let n =
+                scaled(s, scale.unwrap_or(0)).ok_or_else(|| value_err(table, &col.name, &format!("numeric {s}")))?;
+            Av::Decimal(decimal_bytes(n).into())
+        }
+        (ColumnType::Bytes, Value::Bytes(b)) => Av::Bytes(b.clone()),
+        (ColumnType::Date, Value::Date(d)) => Av::Date(*d),
+        (ColumnType::Time, Value::Time(t)) => Av::TimeMicros(*t),
+        (ColumnType::Timestamp, Value::Timestamp(t)) => Av::LocalTimestampMicros(*t),
+        (ColumnType::TimestampTz, Value::TimestampTz(t)) => Av::TimestampMicros(*t),
+        (ColumnType::Uuid, Value::Uuid(s)) => Av::String(s.clone()),
+        // Everything else travels as text: its JSON form for JSON and arrays,
+        // the plain string otherwise.
+        (_, Value::Text(s) | Value::Numeric(s) | Value::Uuid(s) | Value::Json(s)) => Av::String(s.clone()),
+        (_, other) => {
+            let mut out = Vec::new();
+            sluice_schemas::json::write_value(&mut out, other, scratch);
+            let text = String::from_utf8_lossy(&out);
+            Av::String(text.trim_matches('"').to_string())
+        }
+    })
+}
+
+fn row_value(table: &TableSchema, row: &Row, only_key: bool, scratch: &mut String) -> Result<Av, SinkError> {
+    let mut fields = Vec::with_capacity(table.columns.len());
+    for (i, c) in table.columns.iter().enumerate() {
+        if only_key && !c.key {
+            continue;
+        }
+        let v = row.values.get(i).unwrap_or(&Value::Null);
+        let a = av(table, i, v, scratch)?;
+        let a = if only_key {
+            if matches!(a, Av::Null) {
+                return Err(value_err(table, &c.name, "a NULL key value"));
+            }
+            a
+        } else if matches!(a, Av::Null) {
+            Av::Union(0, Box::new(Av::Null))
+        } else {
+            Av::Union(1, Box::new(a))
+        };
+        fields.push((name_part(&c.name), a));
+    }
+    Ok(Av::Record(fields))
+}
+
+/// The Avro key datum of a row.
+pub fn key_datum(table: &TableSchema, row: &Row, schema: &Schema, scratch: &mut String) -> Result<Vec<u8>, SinkError> {
+    let v = row_value(table, row, true, scratch)?;
+    apache_avro::to_avro_datum(schema, v)
+        .map_err(|e| SinkError::fatal(format!("table {}: Avro key encoding failed: {e}", table.id)))
+}
+
+/// The Avro envelope datum of an event, and the columns the source did not send.
+pub fn value_datum(
+    ev: &ChangeEvent,
+    schema: &Schema,
+    now_ms: i64,
+    scratch: &mut String,
+) -> Result<(Vec<u8>, Vec<String>), SinkError> {
+    let t = &ev.table;
+    let image = |r: &Option<Row>, scratch: &mut String| -> Result<Av, SinkError> {
+        Ok(match r {
+            Some(r) => Av::Union(1, Box::new(row_value(t, r, false, scratch)?)),
+            None => Av::Union(0, Box::new(Av::Null)),
+        })
+    };
+    let before = image(&ev.before, scratch)?;
+    let after = image(&ev.after, scratch)?;
+    let unchanged: Vec<String> = match &ev.after {
+        Some(r) => t
+            .columns
+            .iter()
+            .zip(&r.values)
+            .filter(|(_, v)| matches!(v, Value::Unchanged))
+            .map(|(c, _)| c.name.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    let snapshot = if ev.snapshot { "true" } else { "false" };
+    let ts = ev.commit_ts_us.div_euclid(1000);
+    let version = Av::String(env!("CARGO_PKG_VERSION").into());
+    let source = match &ev.mysql {
+        Some(m) => Av::Record(vec![
+            ("version".into(), version),
+            ("connector".into(), Av::String("mysql".into())),
+            ("db".into(), Av::String(t.id.schema.clone())),
+            ("table".into(), Av::String(t.id.name.clone())),
+            ("server_id".into(), Av::Long(m.server_id as i64)),
+            (
+                "gtid".into(),
+                match m.gtid {
+                    sluice_core::EventGtid::None => Av::Union(0, Box::new(Av::Null)),
+                    g => Av::Union(1, Box::new(Av::String(g.to_string()))),
+                },
+            ),
+            ("file".into(), Av::String(m.file.to_string())),
+            ("pos".into(), Av::Long(m.pos as i64)),
+            ("row".into(), Av::Int(m.row as i32)),
+            ("ts_ms".into(), Av::Long(ts)),
+            ("snapshot".into(), Av::String(snapshot.into())),
+        ]),
+        None => Av::Record(vec![
+            ("version".into(), version),
+            ("connector".into(), Av::String("postgresql".into())),
+            ("db".into(), Av::String(t.database.clone())),
+            ("schema".into(), Av::String(t.id.schema.clone())),
+            ("table".into(), Av::String(t.id.name.clone())),
+            ("lsn".into(), Av::Union(1, Box::new(Av::Long(ev.lsn as i64)))),
+            (
+                "txId".into(),
+                match ev.tx_id {
+                    Some(x) => Av::Union(1, Box::new(Av::Long(x as i64))),
+                    None => Av::Union(0, Box::new(Av::Null)),
+                },
+            ),
+            ("ts_ms".into(), Av::Long(ts)),
+            ("snapshot".into(), Av::String(snapshot.into())),
+            ("sequence".into(), Av::String(format!("[\"{}\",\"{}\"]", ev.commit_lsn, ev.lsn))),
+        ]),
+    };
+    let op = match ev.op {
+        Op::Read => "r",
+        Op::Create => "c",
+        Op::Update => "u",
+        Op::Delete => "d",
+        Op::Truncate => "t",
+    };
+    let v = Av::Record(vec![
+        ("before".into(), before),
+        ("after".into(), after),
+        ("source".into(), source),
+        ("op".into(), Av::String(op.into())),
+        ("ts_ms".into(), Av::Union(1, Box::new(Av::Long(now_ms)))),
+    ]);
+    let datum = apache_avro::to_avro_datum(schema, v)
+        .map_err(|e| SinkError::fatal(format!("table {}: Avro encoding failed: {e}", t.id)))?;
+    Ok((datum, unchanged))
+}
+
+/// Prefix a datum with the Confluent wire-format header.
+pub fn framed(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + datum.len());
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// A table's registered schemas.
+pub struct Registered {
+    pub schema: Arc<TableSchema>,
+    pub key: Option<(Schema, u32)>,
+    pub value: (Schema, u32),
+}
+
+/// A small Confluent Schema Registry client (HTTP/1.1, `http://` URLs, basic
+/// auth from the URL's user info).
+pub struct Registry {
+    host: String,
+    port: u16,
+    base_path: String,
+    auth: Option<String>,
+}
+
+impl Registry {
+    pub fn new(url: &str) -> Result<Self, SinkError> {
+        let bad = || SinkError::new(ErrorKind::Config, format!("sink.schema_registry: {url:?} is not an http:// URL"));
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (auth, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(base64::engine::general_purpose::STANDARD.encode(u)), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+            None => (hostport.to_string(), 80),
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Registry { host, port, base_path: path.to_string(), auth })
+    }
+
+    /// Register `schema` under `subject`; its id. The registry returns the
+    /// existing id when the schema is already registered.
+    pub async fn register(&self, subject: &str, schema: &Json, table: &str) -> Result<u32, SinkError> {
+        let body = json!({"schema": schema.to_string()}).to_string();
+        let path = format!("{}/subjects/{}/versions", self.base_path, subject);
+        let (status, text) = tokio::time::timeout(Duration::from_secs(30), self.post(&path, &body))
+            .await
+            .map_err(|_| SinkError::new(ErrorKind::Transient, "the schema registry did not answer within 30 s"))??;
+        match status {
+            200 => {
+                let v: Json = serde_json::from_str(&text).map_err(|e| {
+                    SinkError::new(ErrorKind::Transient, format!("schema registry answered {text:?}: {e}"))
+                })?;
+                v["id"].as_u64().map(|id| id as u32).ok_or_else(|| {
+                    SinkError::new(ErrorKind::Transient, format!("schema registry answer without id: {text}"))
+                })
+            }
+            409 => Err(SinkError::fatal(format!(
+                "the schema registry refused the new schema of table {table} for subject {subject} as incompatible ({text}); \
+                 relax the subject's compatibility or write the table to a new topic"
+            ))),
+            401 | 403 => Err(SinkError::new(
+                ErrorKind::Config,
+                format!("the schema registry refused the credentials ({status}): check sink.schema_registry"),
+            )),
+            s if s >= 500 => {
+                Err(SinkError::new(ErrorKind::Transient, format!("schema registry error {s} for {subject}: {text}")))
+            }
+            s => Err(SinkError::fatal(format!("schema registry refused subject {subject} ({s}): {text}"))),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Result<(u16, String), SinkError> {
+        let transient = |e: std::io::Error| {
+            SinkError::new(
+                ErrorKind::Transient,
+                format!("cannot reach the schema registry at {}:{}: {e}", self.host, self.port),
+            )
+        };
+        let mut s = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(transient)?;
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+             Accept: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.host,
+            self.port,
+            body.len()
+        );
+        if let Some(a) = &self.auth {
+            req.push_str(&format!("Authorization: Basic {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await.map_err(transient)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.map_err(transient)?;
+        let text = String::from_utf8_lossy(&resp);
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked { dechunk(rest) } else { rest.to_string() };
+        Ok((status, body))
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// Parse a schema built here.
+pub fn parse(schema: &Json) -> Result<Schema, SinkError> {
+    Schema::parse(schema).map_err(|e| SinkError::fatal(format!("internal: invalid Avro schema {schema}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{Column, ReplicaIdentity, TableId};
+
+    #[test]
+    fn decimals_and_names() {
+        assert_eq!(scaled("-12.5", 2), Some(-1250));
+        assert_eq!(scaled("12.50", 1), Some(125));
+        assert_eq!(scaled("0.125", 2), None, "never rounded");
+        assert_eq!(scaled("NaN", 2), None);
+        assert_eq!(decimal_bytes(0), vec![0]);
+        assert_eq!(decimal_bytes(255), vec![0, 255]);
+        assert_eq!(decimal_bytes(-1), vec![0xff]);
+        assert_eq!(decimal_bytes(-129), vec![0xff, 0x7f]);
+        assert_eq!(namespace("sluice.My Schema.9t-x"), "sluice.My_Schema._9t_x");
+    }
+
+    #[test]
+    fn schemas_parse_and_events_encode() {
+        let col = |name: &str, ty: ColumnType, key: bool| Column {
+            name: name.into(),
+            ty,
+            source_type: String::new(),
+            type_id: 0,
+            type_modifier: -1,
+            key,
+            nullable: !key,
+        };
+        let t = Arc::new(TableSchema {
+            database: "db".into(),
+            id: TableId::new("public", "t"),
+            columns: vec![
+                col("id", ColumnType::Int64, true),
+                col("n", ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false),
+                col("ts", ColumnType::TimestampTz, false),
+                col("u", ColumnType::Uuid, false),
+                col("j", ColumnType::Json, false),
+                col("a", ColumnType::Array(Box::new(ColumnType::Int32)), false),
+                col("big", ColumnType::Text, false),
+            ],
+            replica_identity: ReplicaIdentity::Default,
+            version: 1,
+        });
+        let vs = parse(&value_schema(&t, "sluice.public.t", false)).unwrap();
+        let ks = parse(&key_schema(&t, "sluice.public.t").unwrap()).unwrap();
+        let ev = ChangeEvent {
+            op: Op::Update,
+            table: t.clone(),
+            before: None,
+            after: Some(Row::new(vec![
+                Value::Int(1),
+                Value::Numeric("-3.5".into()),
+                Value::TimestampTz(1_700_000_000_000_000),
+                Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+                Value::Json("{\"a\":1}".into()),
+                Value::Array(vec![Value::Int(1), Value::Null]),
+                Value::Unchanged,
+            ])),
+            commit_lsn: 10,
+            lsn: 9,
+            tx_id: Some(5),
+            commit_ts_us: 0,
+            snapshot: false,
+            mysql: None,
+        };
+        let mut scratch = String::new();
+        let (datum, unchanged) = value_datum(&ev, &vs, 1, &mut scratch).unwrap();
+        assert_eq!(unchanged, vec!["big".to_string()]);
+        let back = apache_avro::from_avro_datum(&vs, &mut &datum[..], None).unwrap();
+        let Av::Record(fields) = back else { panic!() };
+        let Av::Union(1, after) = &fields[1].1 else { panic!("after") };
+        let Av::Record(cols) = after.as_ref() else { panic!() };
+        assert_eq!(cols[0].1, Av::Union(1, Box::new(Av::Long(1))));
+        assert_eq!(cols[4].1, Av::Union(1, Box::new(Av::String("{\"a\":1}".into()))));
+        assert_eq!(cols[5].1, Av::Union(1, Box::new(Av::String("[1,null]".into()))));
+        assert_eq!(cols[6].1, Av::Union(0, Box::new(Av::Null)));
+        let key = key_datum(&t, ev.after.as_ref().unwrap(), &ks, &mut scratch).unwrap();
+        assert_eq!(key, vec![2], "zigzag 1");
+        // NaN in a decimal column is refused, naming the column.
+        let mut bad = ev.clone();
+        bad.after.as_mut().unwrap().values[1] = Value::Numeric("NaN".into());
+        let e = value_datum(&bad, &vs, 1, &mut scratch).unwrap_err();
+        assert!(e.message.contains("column n"), "{e}");
+        assert_eq!(framed(7, &[1]), vec![0, 0, 0, 0, 7, 1]);
+    }
+}
