@@ -8,11 +8,27 @@ use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 
-use crate::harness::kafka::{read_topics, KMsg, Tansu};
+use crate::harness::kafka::{avro_to_json, read_topics, KMsg, RegistryStandIn, Tansu};
 use crate::harness::*;
 
 /// Messages of a run, checked for exactly-once delivery, as replayable events by table.
 fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>> {
+    decode_with(msgs, tx_topic, &|m: &KMsg| {
+        let v: serde_json::Value = serde_json::from_str(m.value.as_ref().unwrap()).unwrap();
+        if v.get("payload").is_some() && v.get("schema").is_some() {
+            v["payload"].clone()
+        } else {
+            v
+        }
+    })
+}
+
+/// [`decode`] with `parse` turning a (non-tombstone) message into its event JSON.
+fn decode_with(
+    msgs: &[KMsg],
+    tx_topic: Option<&str>,
+    parse: &dyn Fn(&KMsg) -> serde_json::Value,
+) -> BTreeMap<String, Vec<Event>> {
     assert!(!msgs.is_empty(), "no messages");
     let mut seqs: Vec<u64> = msgs.iter().map(|m| m.seq()).collect();
     seqs.sort_unstable();
@@ -56,7 +72,7 @@ fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>>
             assert!(m.headers.contains_key(h), "message without {h}: {m:?}");
         }
         if Some(m.topic.as_str()) != tx_topic && parts[&m.topic] > 1 {
-            let want = sluice_sink_kafka::encode::partition_for(m.key.as_deref().map(str::as_bytes), 3);
+            let want = sluice_sink_kafka::encode::partition_for(m.raw_key.as_deref(), 3);
             assert_eq!(m.partition, want, "message in the wrong partition for its key: {m:?}");
         }
     }
@@ -78,20 +94,17 @@ fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>>
             }
             continue;
         }
-        let Some(value) = &m.value else {
+        let Some(_) = &m.raw else {
             // A tombstone follows the delete of the same key in its partition.
             let p = prev.expect("tombstone first in its partition");
-            assert_eq!(p.key, m.key, "tombstone key");
+            assert_eq!(p.raw_key, m.raw_key, "tombstone key");
             assert!(
                 p.value.as_ref().is_some_and(|v| v.contains("\"op\":\"d\"")),
                 "tombstone not after a delete: {p:?}"
             );
             continue;
         };
-        let mut raw: serde_json::Value = serde_json::from_str(value).unwrap();
-        if raw.get("payload").is_some() && raw.get("schema").is_some() {
-            raw = raw["payload"].clone();
-        }
+        let raw = parse(m);
         let src = &raw["source"];
         let schema = src.get("schema").unwrap_or(&src["db"]).as_str().unwrap();
         let table = format!("{schema}.{}", src["table"].as_str().unwrap());
@@ -187,4 +200,63 @@ async fn mysql_to_kafka_json_schema_exactly_once() {
     let hist = "SELECT JSON_OBJECT('id', id, 'acct', acct, 'note', note) FROM shop.hist";
     assert_same("kafka acct", &replay(&out["shop.acct"], &["id"]).unwrap(), &env.rows(acct, &["id"]));
     assert_same("kafka hist", &replay(&out["shop.hist"], &["id"]).unwrap(), &env.rows(hist, &["id"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_kafka_avro_with_schema_registry() {
+    let env = Env::new("kafkaavro");
+    let kafka = Tansu::start();
+    let reg = RegistryStandIn::start().await;
+    let c = env.client().await;
+    c.batch_execute(super::crash::SETUP).await.unwrap();
+    let sink = format!(
+        "  type: kafka\n  brokers: {}\n  topic: \"pa.{{schema}}.{{table}}\"\n  format: avro\n  schema_registry: {}\n  partitions: 3\n",
+        kafka.brokers(),
+        reg.url
+    );
+    let p = env.pipeline("pa", &["public.*"], &sink, "snapshot:\n  parallelism: 2\n");
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("avro crash seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let work = tokio::spawn(super::crash::workload(env.url(), seed, 60));
+    super::pg_sink::kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    // A column added mid-stream registers a new version of the value schema.
+    c.batch_execute("ALTER TABLE hist ADD COLUMN extra int; INSERT INTO hist (acct, note, extra) VALUES (1, 'x', 7)")
+        .await
+        .unwrap();
+    catch_up(&p).await;
+    {
+        let s = reg.state.lock().unwrap();
+        assert_eq!(s.subjects["pa.public.hist-value"].len(), 2, "{:?}", s.subjects);
+        assert_eq!(s.subjects["pa.public.acct-key"].len(), 1);
+    }
+    let msgs = read_topics(&kafka.brokers(), "pa.");
+    for m in msgs.iter().take(3) {
+        assert_eq!(m.raw_key.as_ref().map(|k| k[0]), Some(0), "keys are Confluent-framed Avro too");
+    }
+    let out = decode_with(&msgs, None, &|m: &KMsg| avro_to_json(&reg, m.raw.as_ref().unwrap()));
+    super::crash::check_versions(&out["public.acct"]);
+    let acct = "SELECT json_build_object('id', id, 'v', v, 'n', n::text, 'ver', ver) FROM acct";
+    assert_same("avro acct", &replay(&out["public.acct"], &["id"]).unwrap(), &source_rows(&c, acct, &["id"]).await);
+    let hist = "SELECT json_build_object('id', id, 'acct', acct, 'note', note, 'extra', extra) FROM hist";
+    let mut got = replay(&out["public.hist"], &["id"]).unwrap();
+    for row in got.values_mut() {
+        row.entry("extra").or_insert(serde_json::Value::Null);
+    }
+    assert_same("avro hist", &got, &source_rows(&c, hist, &["id"]).await);
+
+    // An incompatible change is refused by the registry: the run stops naming table and subject.
+    reg.state.lock().unwrap().refuse.insert("pa.public.hist-value".into());
+    c.batch_execute("ALTER TABLE hist ADD COLUMN more text; INSERT INTO hist (acct, note) VALUES (2, 'y')")
+        .await
+        .unwrap();
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("public.hist")
+            && r.stderr.contains("pa.public.hist-value")
+            && r.stderr.contains("incompatible"),
+        "{}",
+        r.stderr
+    );
 }
