@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Kafka sink throughput: ROWS inserts (in 50 transactions) from Postgres into
-# Kafka (tansu 0.6.0, in-memory storage) with zstd, per format, against the
+# Kafka (tansu 0.6.0, in-memory storage) with zstd, per format (json,
+# json_schema, avro through bench/registry.py, a schema-registry stand-in), against the
 # same backlog into the blackhole sink, in the same run. Slots are created
 # before the load; each run is `sluice run --until-caught-up` (process start
 # and the final checkpoint included). Every Kafka run is checked: the broker
@@ -47,8 +48,11 @@ as_pg "$BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w start >/dev/null
 (cd "$WORK/kafka" && exec env -i PATH="$PATH" "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" \
   --advertised-listener-url "tcp://127.0.0.1:$KPORT" --storage-engine memory://tansu/ >/dev/null 2>"$WORK/kafka/log") &
 TANSU_PID=$!
+RPORT=$(free_port)
+python3 bench/registry.py "$RPORT" &
+REG_PID=$!
 cleanup() {
-  kill "$TANSU_PID" 2>/dev/null || true
+  kill "$TANSU_PID" "$REG_PID" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -81,10 +85,10 @@ YAML
   echo "$WORK/$1.yaml"
 }
 kafka_sink() { # format topic-prefix
-  printf '  type: kafka\n  brokers: 127.0.0.1:%s\n  topic: "%s.{schema}.{table}"\n  format: %s\n  partitions: 4\n  producer:\n    compression.type: zstd\n    linger.ms: 20\n' "$KPORT" "$2" "$1"
+  printf '  type: kafka\n  brokers: 127.0.0.1:%s\n  topic: "%s.{schema}.{table}"\n  format: %s\n  schema_registry: http://127.0.0.1:%s\n  partitions: 4\n  producer:\n    compression.type: zstd\n    linger.ms: 20\n' "$KPORT" "$2" "$1" "$RPORT"
 }
-NAMES=(bh json jsonschema)
-declare -A BODY=([bh]="  type: blackhole" [json]="$(kafka_sink json kj)" [jsonschema]="$(kafka_sink json_schema ks)")
+NAMES=(bh json jsonschema avro)
+declare -A BODY=([bh]="  type: blackhole" [json]="$(kafka_sink json kj)" [jsonschema]="$(kafka_sink json_schema ks)" [avro]="$(kafka_sink avro ka)")
 for n in "${NAMES[@]}"; do
   psrc -c "SELECT pg_create_logical_replication_slot('sl_$n', 'pgoutput')" >/dev/null
 done

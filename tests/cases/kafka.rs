@@ -260,3 +260,25 @@ async fn postgres_to_kafka_avro_with_schema_registry() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_bad_settings_fail_clearly() {
+    let env = Env::new("kafkabad");
+    let kafka = Tansu::start();
+    let c = env.client().await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)").await.unwrap();
+    // A missing topic with create_topics off: a configuration error naming it.
+    let sink =
+        format!("  type: kafka\n  brokers: {}\n  topic: \"nope.{{table}}\"\n  create_topics: false\n", kafka.brokers());
+    let p = env.pipeline("kb1", &["public.t"], &sink, "");
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("topic nope.t does not exist") && r.stderr.contains("create_topics"), "{}", r.stderr);
+    // No broker there: exit 1 at start, saying which brokers.
+    let sink = "  type: kafka\n  brokers: 127.0.0.1:1\n";
+    let p = env.pipeline("kb2", &["public.t"], sink, "");
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot reach the Kafka brokers 127.0.0.1:1"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}

@@ -12,12 +12,14 @@
 //! - Every non-key column is a union with `null`: a value the source did not
 //!   send (unchanged TOAST) is `null`, and its column is named in the
 //!   `sluice.unchanged` header — never a made-up value.
+//! - Datums are written straight from our values for the schemas built here
+//!   (no generic Avro value tree); the unit tests decode them with
+//!   `apache-avro` against the same schemas.
 //! - Registry calls are the only I/O; encoding itself does none.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use apache_avro::types::Value as Av;
 use apache_avro::Schema;
 use base64::Engine;
 use serde_json::{json, Value as Json};
@@ -161,92 +163,126 @@ fn value_err(table: &TableSchema, col: &str, what: &str) -> SinkError {
     ))
 }
 
-/// One column value as Avro (not wrapped in the null union).
-fn av(table: &TableSchema, ci: usize, v: &Value, scratch: &mut String) -> Result<Av, SinkError> {
+fn zz(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    zz(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+/// One column value in Avro binary (not wrapped in the null union), written
+/// straight from our value for the type `column_type` declares. `v` is not
+/// null.
+fn put_value(
+    out: &mut Vec<u8>,
+    table: &TableSchema,
+    ci: usize,
+    v: &Value,
+    scratch: &mut String,
+) -> Result<(), SinkError> {
     let col = &table.columns[ci];
-    Ok(match (&col.ty, v) {
-        (_, Value::Null | Value::Unchanged) => Av::Null,
-        (ColumnType::Bool, Value::Bool(b)) => Av::Boolean(*b),
+    let range = || value_err(table, &col.name, "an out-of-range integer");
+    match (&col.ty, v) {
+        (ColumnType::Bool, Value::Bool(b)) => out.push(*b as u8),
         (ColumnType::Int16 | ColumnType::Int32, Value::Int(i)) => {
-            Av::Int(i32::try_from(*i).map_err(|_| value_err(table, &col.name, "an out-of-range integer"))?)
+            zz(out, i32::try_from(*i).map_err(|_| range())? as i64)
         }
-        (ColumnType::Int64 | ColumnType::UInt32, Value::Int(i)) => Av::Long(*i),
-        (ColumnType::Int64 | ColumnType::UInt32, Value::UInt(u)) => {
-            Av::Long(i64::try_from(*u).map_err(|_| value_err(table, &col.name, "an out-of-range integer"))?)
-        }
-        (ColumnType::UInt64, Value::UInt(u)) => Av::Decimal(decimal_bytes(*u as i128).into()),
-        (ColumnType::UInt64, Value::Int(i)) => Av::Decimal(decimal_bytes(*i as i128).into()),
-        (ColumnType::Float32, Value::Float(f)) => Av::Float(*f as f32),
-        (ColumnType::Float64, Value::Float(f)) => Av::Double(*f),
+        (ColumnType::Int64 | ColumnType::UInt32, Value::Int(i)) => zz(out, *i),
+        (ColumnType::Int64 | ColumnType::UInt32, Value::UInt(u)) => zz(out, i64::try_from(*u).map_err(|_| range())?),
+        (ColumnType::UInt64, Value::UInt(u)) => put_bytes(out, &decimal_bytes(*u as i128)),
+        (ColumnType::UInt64, Value::Int(i)) => put_bytes(out, &decimal_bytes(*i as i128)),
+        (ColumnType::Float32, Value::Float(f)) => out.extend_from_slice(&(*f as f32).to_le_bytes()),
+        (ColumnType::Float64, Value::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
         (ColumnType::Numeric { precision: Some(p), scale }, Value::Numeric(s)) if *p <= 38 => {
             let n =
                 scaled(s, scale.unwrap_or(0)).ok_or_else(|| value_err(table, &col.name, &format!("numeric {s}")))?;
-            Av::Decimal(decimal_bytes(n).into())
+            put_bytes(out, &decimal_bytes(n));
         }
-        (ColumnType::Bytes, Value::Bytes(b)) => Av::Bytes(b.clone()),
-        (ColumnType::Date, Value::Date(d)) => Av::Date(*d),
-        (ColumnType::Time, Value::Time(t)) => Av::TimeMicros(*t),
-        (ColumnType::Timestamp, Value::Timestamp(t)) => Av::LocalTimestampMicros(*t),
-        (ColumnType::TimestampTz, Value::TimestampTz(t)) => Av::TimestampMicros(*t),
-        (ColumnType::Uuid, Value::Uuid(s)) => Av::String(s.clone()),
-        // Everything else travels as text: its JSON form for JSON and arrays,
-        // the plain string otherwise.
-        (_, Value::Text(s) | Value::Numeric(s) | Value::Uuid(s) | Value::Json(s)) => Av::String(s.clone()),
-        (_, other) => {
-            let mut out = Vec::new();
-            sluice_schemas::json::write_value(&mut out, other, scratch);
-            let text = String::from_utf8_lossy(&out);
-            Av::String(text.trim_matches('"').to_string())
+        (ColumnType::Bytes, Value::Bytes(b)) => put_bytes(out, b),
+        (ColumnType::Date, Value::Date(d)) => zz(out, *d as i64),
+        (ColumnType::Time, Value::Time(t)) | (ColumnType::Timestamp, Value::Timestamp(t)) => zz(out, *t),
+        (ColumnType::TimestampTz, Value::TimestampTz(t)) => zz(out, *t),
+        (ty, other) => {
+            // The remaining declared types are strings: text as is, anything
+            // else (JSON documents, arrays) as its JSON text.
+            if column_type(ty) != json!("string")
+                && !matches!(ty, ColumnType::Uuid | ColumnType::Json | ColumnType::Array(_))
+            {
+                return Err(value_err(table, &col.name, &format!("a {other:?} value in a {ty:?} column")));
+            }
+            match other {
+                Value::Text(s) | Value::Numeric(s) | Value::Uuid(s) | Value::Json(s) => put_bytes(out, s.as_bytes()),
+                _ => {
+                    let mut buf = Vec::new();
+                    sluice_schemas::json::write_value(&mut buf, other, scratch);
+                    let text = if buf.len() >= 2 && buf[0] == b'"' && buf[buf.len() - 1] == b'"' {
+                        &buf[1..buf.len() - 1]
+                    } else {
+                        &buf[..]
+                    };
+                    put_bytes(out, text);
+                }
+            }
         }
-    })
+    }
+    Ok(())
 }
 
-fn row_value(table: &TableSchema, row: &Row, only_key: bool, scratch: &mut String) -> Result<Av, SinkError> {
-    let mut fields = Vec::with_capacity(table.columns.len());
+fn put_row(
+    out: &mut Vec<u8>,
+    table: &TableSchema,
+    row: &Row,
+    only_key: bool,
+    scratch: &mut String,
+) -> Result<(), SinkError> {
     for (i, c) in table.columns.iter().enumerate() {
         if only_key && !c.key {
             continue;
         }
         let v = row.values.get(i).unwrap_or(&Value::Null);
-        let a = av(table, i, v, scratch)?;
-        let a = if only_key {
-            if matches!(a, Av::Null) {
+        let null = matches!(v, Value::Null | Value::Unchanged);
+        if only_key {
+            if null {
                 return Err(value_err(table, &c.name, "a NULL key value"));
             }
-            a
-        } else if matches!(a, Av::Null) {
-            Av::Union(0, Box::new(Av::Null))
+        } else if null {
+            zz(out, 0);
+            continue;
         } else {
-            Av::Union(1, Box::new(a))
-        };
-        fields.push((name_part(&c.name), a));
+            zz(out, 1);
+        }
+        put_value(out, table, i, v, scratch)?;
     }
-    Ok(Av::Record(fields))
+    Ok(())
 }
 
 /// The Avro key datum of a row.
-pub fn key_datum(table: &TableSchema, row: &Row, schema: &Schema, scratch: &mut String) -> Result<Vec<u8>, SinkError> {
-    let v = row_value(table, row, true, scratch)?;
-    apache_avro::to_avro_datum(schema, v)
-        .map_err(|e| SinkError::fatal(format!("table {}: Avro key encoding failed: {e}", table.id)))
+pub fn key_datum(table: &TableSchema, row: &Row, scratch: &mut String) -> Result<Vec<u8>, SinkError> {
+    let mut out = Vec::with_capacity(16);
+    put_row(&mut out, table, row, true, scratch)?;
+    Ok(out)
 }
 
 /// The Avro envelope datum of an event, and the columns the source did not send.
-pub fn value_datum(
-    ev: &ChangeEvent,
-    schema: &Schema,
-    now_ms: i64,
-    scratch: &mut String,
-) -> Result<(Vec<u8>, Vec<String>), SinkError> {
+pub fn value_datum(ev: &ChangeEvent, now_ms: i64, scratch: &mut String) -> Result<(Vec<u8>, Vec<String>), SinkError> {
     let t = &ev.table;
-    let image = |r: &Option<Row>, scratch: &mut String| -> Result<Av, SinkError> {
-        Ok(match r {
-            Some(r) => Av::Union(1, Box::new(row_value(t, r, false, scratch)?)),
-            None => Av::Union(0, Box::new(Av::Null)),
-        })
-    };
-    let before = image(&ev.before, scratch)?;
-    let after = image(&ev.after, scratch)?;
+    let mut out = Vec::with_capacity(128);
+    for image in [&ev.before, &ev.after] {
+        match image {
+            Some(r) => {
+                zz(&mut out, 1);
+                put_row(&mut out, t, r, false, scratch)?;
+            }
+            None => zz(&mut out, 0),
+        }
+    }
     let unchanged: Vec<String> = match &ev.after {
         Some(r) => t
             .columns
@@ -257,65 +293,58 @@ pub fn value_datum(
             .collect(),
         None => Vec::new(),
     };
-    let snapshot = if ev.snapshot { "true" } else { "false" };
+    let snapshot: &[u8] = if ev.snapshot { b"true" } else { b"false" };
     let ts = ev.commit_ts_us.div_euclid(1000);
-    let version = Av::String(env!("CARGO_PKG_VERSION").into());
-    let source = match &ev.mysql {
-        Some(m) => Av::Record(vec![
-            ("version".into(), version),
-            ("connector".into(), Av::String("mysql".into())),
-            ("db".into(), Av::String(t.id.schema.clone())),
-            ("table".into(), Av::String(t.id.name.clone())),
-            ("server_id".into(), Av::Long(m.server_id as i64)),
-            (
-                "gtid".into(),
-                match m.gtid {
-                    sluice_core::EventGtid::None => Av::Union(0, Box::new(Av::Null)),
-                    g => Av::Union(1, Box::new(Av::String(g.to_string()))),
-                },
-            ),
-            ("file".into(), Av::String(m.file.to_string())),
-            ("pos".into(), Av::Long(m.pos as i64)),
-            ("row".into(), Av::Int(m.row as i32)),
-            ("ts_ms".into(), Av::Long(ts)),
-            ("snapshot".into(), Av::String(snapshot.into())),
-        ]),
-        None => Av::Record(vec![
-            ("version".into(), version),
-            ("connector".into(), Av::String("postgresql".into())),
-            ("db".into(), Av::String(t.database.clone())),
-            ("schema".into(), Av::String(t.id.schema.clone())),
-            ("table".into(), Av::String(t.id.name.clone())),
-            ("lsn".into(), Av::Union(1, Box::new(Av::Long(ev.lsn as i64)))),
-            (
-                "txId".into(),
-                match ev.tx_id {
-                    Some(x) => Av::Union(1, Box::new(Av::Long(x as i64))),
-                    None => Av::Union(0, Box::new(Av::Null)),
-                },
-            ),
-            ("ts_ms".into(), Av::Long(ts)),
-            ("snapshot".into(), Av::String(snapshot.into())),
-            ("sequence".into(), Av::String(format!("[\"{}\",\"{}\"]", ev.commit_lsn, ev.lsn))),
-        ]),
+    put_bytes(&mut out, env!("CARGO_PKG_VERSION").as_bytes());
+    match &ev.mysql {
+        Some(m) => {
+            put_bytes(&mut out, b"mysql");
+            put_bytes(&mut out, t.id.schema.as_bytes());
+            put_bytes(&mut out, t.id.name.as_bytes());
+            zz(&mut out, m.server_id as i64);
+            match m.gtid {
+                sluice_core::EventGtid::None => zz(&mut out, 0),
+                g => {
+                    zz(&mut out, 1);
+                    put_bytes(&mut out, g.to_string().as_bytes());
+                }
+            }
+            put_bytes(&mut out, m.file.to_string().as_bytes());
+            zz(&mut out, m.pos as i64);
+            zz(&mut out, m.row as i64);
+            zz(&mut out, ts);
+            put_bytes(&mut out, snapshot);
+        }
+        None => {
+            put_bytes(&mut out, b"postgresql");
+            put_bytes(&mut out, t.database.as_bytes());
+            put_bytes(&mut out, t.id.schema.as_bytes());
+            put_bytes(&mut out, t.id.name.as_bytes());
+            zz(&mut out, 1);
+            zz(&mut out, ev.lsn as i64);
+            match ev.tx_id {
+                Some(x) => {
+                    zz(&mut out, 1);
+                    zz(&mut out, x as i64);
+                }
+                None => zz(&mut out, 0),
+            }
+            zz(&mut out, ts);
+            put_bytes(&mut out, snapshot);
+            put_bytes(&mut out, format!("[\"{}\",\"{}\"]", ev.commit_lsn, ev.lsn).as_bytes());
+        }
+    }
+    let op: &[u8] = match ev.op {
+        Op::Read => b"r",
+        Op::Create => b"c",
+        Op::Update => b"u",
+        Op::Delete => b"d",
+        Op::Truncate => b"t",
     };
-    let op = match ev.op {
-        Op::Read => "r",
-        Op::Create => "c",
-        Op::Update => "u",
-        Op::Delete => "d",
-        Op::Truncate => "t",
-    };
-    let v = Av::Record(vec![
-        ("before".into(), before),
-        ("after".into(), after),
-        ("source".into(), source),
-        ("op".into(), Av::String(op.into())),
-        ("ts_ms".into(), Av::Union(1, Box::new(Av::Long(now_ms)))),
-    ]);
-    let datum = apache_avro::to_avro_datum(schema, v)
-        .map_err(|e| SinkError::fatal(format!("table {}: Avro encoding failed: {e}", t.id)))?;
-    Ok((datum, unchanged))
+    put_bytes(&mut out, op);
+    zz(&mut out, 1);
+    zz(&mut out, now_ms);
+    Ok((out, unchanged))
 }
 
 /// Prefix a datum with the Confluent wire-format header.
@@ -453,6 +482,7 @@ pub fn parse(schema: &Json) -> Result<Schema, SinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apache_avro::types::Value as Av;
     use sluice_core::{Column, ReplicaIdentity, TableId};
 
     #[test]
@@ -517,7 +547,7 @@ mod tests {
             mysql: None,
         };
         let mut scratch = String::new();
-        let (datum, unchanged) = value_datum(&ev, &vs, 1, &mut scratch).unwrap();
+        let (datum, unchanged) = value_datum(&ev, 1, &mut scratch).unwrap();
         assert_eq!(unchanged, vec!["big".to_string()]);
         let back = apache_avro::from_avro_datum(&vs, &mut &datum[..], None).unwrap();
         let Av::Record(fields) = back else { panic!() };
@@ -527,12 +557,14 @@ mod tests {
         assert_eq!(cols[4].1, Av::Union(1, Box::new(Av::String("{\"a\":1}".into()))));
         assert_eq!(cols[5].1, Av::Union(1, Box::new(Av::String("[1,null]".into()))));
         assert_eq!(cols[6].1, Av::Union(0, Box::new(Av::Null)));
-        let key = key_datum(&t, ev.after.as_ref().unwrap(), &ks, &mut scratch).unwrap();
+        let key = key_datum(&t, ev.after.as_ref().unwrap(), &mut scratch).unwrap();
         assert_eq!(key, vec![2], "zigzag 1");
+        let k = apache_avro::from_avro_datum(&ks, &mut &key[..], None).unwrap();
+        assert_eq!(k, Av::Record(vec![("id".into(), Av::Long(1))]));
         // NaN in a decimal column is refused, naming the column.
         let mut bad = ev.clone();
         bad.after.as_mut().unwrap().values[1] = Value::Numeric("NaN".into());
-        let e = value_datum(&bad, &vs, 1, &mut scratch).unwrap_err();
+        let e = value_datum(&bad, 1, &mut scratch).unwrap_err();
         assert!(e.message.contains("column n"), "{e}");
         assert_eq!(framed(7, &[1]), vec![0, 0, 0, 0, 7, 1]);
     }

@@ -201,8 +201,8 @@ impl Encoder {
         }
         if self.format == KafkaFormat::Avro {
             let a = self.avro.get(&table.id).expect("registered before encoding");
-            let Some((schema, id)) = &a.key else { return Ok(None) };
-            let datum = crate::avro::key_datum(table, row, schema, &mut self.scratch)?;
+            let Some((_, id)) = &a.key else { return Ok(None) };
+            let datum = crate::avro::key_datum(table, row, &mut self.scratch)?;
             return Ok(Some(crate::avro::framed(*id, &datum)));
         }
         let mut out = Vec::with_capacity(32);
@@ -235,7 +235,7 @@ impl Encoder {
         match self.format {
             KafkaFormat::Avro => {
                 let a = self.avro.get(&ev.table.id).expect("registered before encoding");
-                let (datum, unchanged) = crate::avro::value_datum(ev, &a.value.0, now_ms, &mut self.scratch)?;
+                let (datum, unchanged) = crate::avro::value_datum(ev, now_ms, &mut self.scratch)?;
                 self.unchanged = unchanged;
                 return Ok(crate::avro::framed(a.value.1, &datum));
             }
