@@ -101,7 +101,11 @@ base=""
 for n in "${NAMES[@]}"; do
   p=$(pipeline "$n" "${BODY[$n]}")
   t0=$(now)
-  "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n.log" || { cat "$WORK/$n.log"; exit 1; }
+  if [ -n "${BENCH_PERF:-}" ] && [ "$n" = "$BENCH_PERF" ]; then
+    perf record -F 999 -g -o /tmp/sluice-kafka.perf -- "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n.log" || { cat "$WORK/$n.log"; exit 1; }
+  else
+    "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n.log" || { cat "$WORK/$n.log"; exit 1; }
+  fi
   t1=$(now)
   rate=$(python3 -c "print($ROWS/($t1-$t0))")
   [ -z "$base" ] && base=$rate

@@ -68,7 +68,7 @@ fn decode_with(
         let k = (m.topic.clone(), m.partition);
         let prev = last.insert(k.clone(), m.seq()).unwrap_or(0);
         assert!(m.seq() > prev, "{k:?}: sequence goes back at offset {}", m.offset);
-        for h in ["sluice.position", "sluice.tx", "sluice.pipeline", "sluice.epoch"] {
+        for h in ["sluice.position", "sluice.tx", "sluice.epoch"] {
             assert!(m.headers.contains_key(h), "message without {h}: {m:?}");
         }
         if Some(m.topic.as_str()) != tx_topic && parts[&m.topic] > 1 {

@@ -305,12 +305,11 @@ impl KafkaSink {
         }
         let mut seq_buf = itoa::Buffer::new();
         let mut epoch_buf = itoa::Buffer::new();
-        let headers = OwnedHeaders::new_with_capacity(5)
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header { key: "sluice.position", value: Some(position) })
             .insert(Header { key: "sluice.tx", value: Some(tx) })
             .insert(Header { key: "sluice.seq", value: Some(seq_buf.format(seq)) })
-            .insert(Header { key: "sluice.epoch", value: Some(epoch_buf.format(self.epoch)) })
-            .insert(Header { key: "sluice.pipeline", value: Some(self.pipeline.as_str()) });
+            .insert(Header { key: "sluice.epoch", value: Some(epoch_buf.format(self.epoch)) });
         let unchanged = std::mem::take(&mut self.unchanged_header);
         let headers = if unchanged.is_empty() {
             headers

@@ -203,8 +203,7 @@ fn last_seqs(
                         continue;
                     }
                     if let Some(s) = state.get_mut(&m.partition()) {
-                        let ours = parse_u64(header(&m, "sluice.epoch")) == Some(epoch)
-                            && header(&m, "sluice.pipeline") == Some(pipeline.as_bytes());
+                        let ours = parse_u64(header(&m, "sluice.epoch")) == Some(epoch);
                         // Only the latest data message decides: a later message of
                         // another epoch means this epoch wrote nothing after it.
                         s.1 = true;
