@@ -551,6 +551,7 @@ mod tests {
         assert_eq!(unchanged, vec!["big".to_string()]);
         let back = apache_avro::from_avro_datum(&vs, &mut &datum[..], None).unwrap();
         let Av::Record(fields) = back else { panic!() };
+        assert_eq!(fields[3], ("op".to_string(), Av::String("u".into())), "{fields:?}");
         let Av::Union(1, after) = &fields[1].1 else { panic!("after") };
         let Av::Record(cols) = after.as_ref() else { panic!() };
         assert_eq!(cols[0].1, Av::Union(1, Box::new(Av::Long(1))));
