@@ -294,6 +294,7 @@ impl KafkaSink {
         }
         self.seq += 1;
         let seq = self.seq;
+        let unchanged = std::mem::take(&mut self.unchanged_header);
         let state = self.topics.get(topic).expect("topic prepared before sending");
         if state.written.get(partition as usize).is_some_and(|w| seq <= *w) {
             self.skipped += 1;
@@ -310,7 +311,6 @@ impl KafkaSink {
             .insert(Header { key: "sluice.tx", value: Some(tx) })
             .insert(Header { key: "sluice.seq", value: Some(seq_buf.format(seq)) })
             .insert(Header { key: "sluice.epoch", value: Some(epoch_buf.format(self.epoch)) });
-        let unchanged = std::mem::take(&mut self.unchanged_header);
         let headers = if unchanged.is_empty() {
             headers
         } else {
