@@ -39,7 +39,7 @@ use rdkafka::ClientContext;
 use serde_json::json;
 use sluice_core::config::{yaml_scalar_text, KafkaDelivery, KafkaKey, KafkaSinkConfig};
 use sluice_core::event::format_lsn;
-use sluice_core::{ChangeEvent, Checkpoint, ErrorKind, Op, Sink, SinkError, TableId, TableSchema};
+use sluice_core::{ChangeEvent, Checkpoint, ErrorKind, Sink, SinkError, TableId, TableSchema};
 
 use encode::{partition_for, topic_for, Encoder, Msg};
 use spool::{SpoolReader, SpoolWriter};
@@ -144,7 +144,7 @@ struct OpenTx {
     id: String,
     commit_lsn: u64,
     ts_ms: i64,
-    counts: Vec<(String, u64)>,
+    counts: Vec<(TableId, u64)>,
 }
 
 pub struct KafkaSink {
@@ -178,6 +178,8 @@ pub struct KafkaSink {
     registry: Option<avro::Registry>,
     /// `sluice.unchanged` for the next message (Avro values only).
     unchanged_header: String,
+    /// The last transaction's id text, by commit position.
+    tx_text: (u64, String),
 }
 
 impl KafkaSink {
@@ -210,6 +212,7 @@ impl KafkaSink {
             epoch_saved: false,
             registry: None,
             unchanged_header: String::new(),
+            tx_text: (0, String::new()),
         }
     }
 
@@ -402,7 +405,7 @@ impl KafkaSink {
         let Some(topic) = self.cfg.transaction_topic.clone() else { return Ok(()) };
         let total: u64 = tx.counts.iter().map(|(_, n)| n).sum();
         let collections: Vec<_> =
-            tx.counts.iter().map(|(t, n)| json!({"data_collection": t, "event_count": n})).collect();
+            tx.counts.iter().map(|(t, n)| json!({"data_collection": t.to_string(), "event_count": n})).collect();
         let value = json!({"status": "END", "id": tx.id, "event_count": total, "data_collections": collections, "ts_ms": tx.ts_ms});
         let key = json!({"id": tx.id});
         let pos = format_lsn(tx.commit_lsn);
@@ -463,24 +466,23 @@ fn kafka_err(what: &str, e: KafkaError) -> SinkError {
     SinkError::new(ErrorKind::Transient, format!("{what}: {e}")).with_source(e)
 }
 
-/// Position and transaction id of an event, as header text.
-fn event_position(ev: &ChangeEvent) -> (String, String) {
+/// An event's position, as header text (`sluice.position`).
+fn event_position(ev: &ChangeEvent) -> String {
     match &ev.mysql {
-        Some(m) => {
-            let pos = format!("{}:{}:{}", m.file, m.pos, m.row);
-            let tx = match m.gtid {
-                sluice_core::EventGtid::None => format!("{}:{}", m.file, ev.commit_lsn & ((1 << 40) - 1)),
-                g => g.to_string(),
-            };
-            (pos, tx)
-        }
-        None => {
-            let tx = match ev.tx_id {
-                Some(x) => format!("{x}:{}", ev.commit_lsn),
-                None => ev.commit_lsn.to_string(),
-            };
-            (format_lsn(ev.lsn), tx)
-        }
+        Some(m) => format!("{}:{}:{}", m.file, m.pos, m.row),
+        None => format_lsn(ev.lsn),
+    }
+}
+
+/// An event's transaction id, as header text (`sluice.tx`).
+fn event_tx(ev: &ChangeEvent) -> String {
+    match (&ev.mysql, ev.tx_id) {
+        (Some(m), _) => match m.gtid {
+            sluice_core::EventGtid::None => format!("{}:{}", m.file, ev.commit_lsn & ((1 << 40) - 1)),
+            g => g.to_string(),
+        },
+        (None, Some(x)) => format!("{x}:{}", ev.commit_lsn),
+        (None, None) => ev.commit_lsn.to_string(),
     }
 }
 
@@ -594,7 +596,12 @@ impl Sink for KafkaSink {
         let now = now_ms();
         for ev in events {
             let topic = self.route(&ev.table).await?;
-            let (position, tx) = event_position(ev);
+            let position = event_position(ev);
+            // One transaction id text per transaction, not per event.
+            if self.tx_text.0 != ev.commit_lsn || self.tx_text.1.is_empty() {
+                self.tx_text = (ev.commit_lsn, event_tx(ev));
+            }
+            let tx = std::mem::take(&mut self.tx_text.1);
             let mut msgs = std::mem::take(&mut self.msgs);
             msgs.clear();
             self.ensure_avro(&ev.table, &topic, ev.mysql.is_some()).await?;
@@ -611,6 +618,7 @@ impl Sink for KafkaSink {
                     w.append(&topic, p, m.key.as_deref(), m.value.as_deref(), &position, &tx)?;
                 }
                 self.msgs = msgs;
+                self.tx_text.1 = tx;
                 continue;
             }
             if let Some(w) = self.snapshotting.get(&ev.table.id) {
@@ -631,16 +639,13 @@ impl Sink for KafkaSink {
                 self.send(&topic, p, m.key.as_deref(), m.value.as_deref(), &position, &tx).await?;
             }
             if let Some(open) = &mut self.open_tx {
-                let name = ev.table.id.to_string();
-                match open.counts.iter_mut().find(|(t, _)| *t == name) {
+                match open.counts.iter_mut().find(|(t, _)| *t == ev.table.id) {
                     Some((_, n)) => *n += 1,
-                    None => open.counts.push((name, 1)),
+                    None => open.counts.push((ev.table.id.clone(), 1)),
                 }
             }
             self.msgs = msgs;
-            if ev.op == Op::Truncate {
-                tracing::debug!(table = %ev.table.id, "truncate sent");
-            }
+            self.tx_text.1 = tx;
         }
         Ok(())
     }
