@@ -178,6 +178,11 @@ async fn dispatch(cmd: Command) -> Result<u8, Failure> {
 
 fn load(path: &Path) -> Result<PipelineConfig, Failure> {
     let cfg = load_pipeline(path)?;
+    // Filter expressions: syntax now, columns and types once tables are known.
+    let errors = sluice_transforms::validate(&cfg);
+    if !errors.is_empty() {
+        return Err(ConfigError { file: path.display().to_string(), errors }.into());
+    }
     // Connector-level validation that needs no I/O.
     match &cfg.source {
         SourceConfig::Postgres(pg) => {
@@ -329,11 +334,49 @@ pub(crate) async fn run_config(
         SinkConfig::Kafka(k) => sluice_sink_kafka::check(k).await.context("cannot start the pipeline")?,
         _ => {}
     }
+    let mut chain = sluice_transforms::Chain::new(&cfg.transforms)
+        .map_err(|errors| ConfigError { file: cfg.name.clone(), errors })?;
+    if !chain.is_empty() {
+        // Unknown columns and type errors stop the run before anything is read.
+        let tables = source_schemas(cfg).await.context("cannot start the pipeline")?;
+        let errors = chain.check_tables(&tables);
+        if !errors.is_empty() {
+            return Err(ConfigError { file: format!("pipeline {}", cfg.name), errors }.into());
+        }
+    }
     let summary = match &cfg.source {
-        SourceConfig::Postgres(_) => run_with(cfg, until_caught_up, shutdown, stats, PostgresSource::new).await?,
-        SourceConfig::Mysql(_) => run_with(cfg, until_caught_up, shutdown, stats, MysqlSource::new).await?,
+        SourceConfig::Postgres(_) => {
+            run_with(cfg, until_caught_up, shutdown, stats, PostgresSource::new, &mut chain).await?
+        }
+        SourceConfig::Mysql(_) => run_with(cfg, until_caught_up, shutdown, stats, MysqlSource::new, &mut chain).await?,
     };
     Ok(summary)
+}
+
+/// The current schemas of the included tables, read from the source.
+pub(crate) async fn source_schemas(cfg: &PipelineConfig) -> Result<Vec<Arc<sluice_core::TableSchema>>, SourceError> {
+    match &cfg.source {
+        SourceConfig::Postgres(pg) => {
+            let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
+            let client = sluice_postgres::conn::connect_sql(&info).await?;
+            let tables = sluice_postgres::catalog::included_tables(&client, &cfg.tables).await?;
+            let domains = sluice_postgres::catalog::domains(&client).await?;
+            let ids: Vec<TableId> = tables.into_iter().map(|t| t.id).collect();
+            sluice_postgres::table_schemas(&client, &info.dbname, &ids, &domains).await
+        }
+        SourceConfig::Mysql(my) => {
+            let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
+            let mut conn = info.connect().await?;
+            let tables = sluice_mysql::catalog::included_tables(&mut conn, &cfg.tables).await?;
+            let mut out = Vec::with_capacity(tables.len());
+            for t in tables {
+                if let Some((schema, _)) = sluice_mysql::catalog::table_schema(&mut conn, &t.id).await? {
+                    out.push(Arc::new(schema));
+                }
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// The runtime with a source of type `S` and the configured sink.
@@ -343,6 +386,7 @@ async fn run_with<S: sluice_core::Source>(
     shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
     make: fn(PipelineConfig) -> S,
+    transforms: &mut sluice_transforms::Chain,
 ) -> Result<RunSummary, PipelineError> {
     let mut store = FileCheckpointStore::new(cfg.checkpoint_dir());
     let mut opts = RuntimeOptions::new(&cfg.name);
@@ -353,7 +397,7 @@ async fn run_with<S: sluice_core::Source>(
         &opts,
         move || make(cfg_src.clone()),
         move || AnySink::from_config(&sink_cfg, &name, &state_dir),
-        &[],
+        transforms,
         &mut store,
         shutdown,
         stats,
@@ -409,6 +453,10 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
         SourceConfig::Postgres(_) => sluice_postgres::preflight::check(&cfg).await,
         SourceConfig::Mysql(_) => sluice_mysql::preflight::check(&cfg).await,
     };
+    let mut report = report;
+    if !cfg.transforms.is_empty() {
+        transform_findings(&cfg, &mut report).await;
+    }
     for f in &report.findings {
         let tag = match f.status {
             CheckStatus::Ok => "ok  ",
@@ -423,6 +471,35 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
     } else {
         println!("ready");
         Ok(0)
+    }
+}
+
+/// `sluice check` findings of the transform stage: every filter, column and
+/// mask against the tables, and filters whose update semantics depend on
+/// old values the source does not send.
+async fn transform_findings(cfg: &PipelineConfig, report: &mut sluice_core::preflight::Report) {
+    let Ok(mut chain) = sluice_transforms::Chain::new(&cfg.transforms) else { return };
+    let tables = match source_schemas(cfg).await {
+        Ok(t) => t,
+        Err(e) => {
+            report.push(CheckStatus::Fail, "transforms", format!("cannot read the tables' columns: {e}"));
+            return;
+        }
+    };
+    let errors = chain.check_tables(&tables);
+    for e in &errors {
+        report.push(CheckStatus::Fail, "transforms", e.clone());
+    }
+    let mysql = matches!(cfg.source, SourceConfig::Mysql(_));
+    for w in chain.warnings(&tables, mysql) {
+        report.push(CheckStatus::Warn, "filter semantics", w);
+    }
+    if errors.is_empty() {
+        report.push(
+            CheckStatus::Ok,
+            "transforms",
+            format!("{} step(s) apply to {} table(s)", cfg.transforms.len(), tables.len()),
+        );
     }
 }
 

@@ -426,6 +426,7 @@ async fn connect_target(sink: &DbSinkConfig, mysql: bool) -> anyhow::Result<Targ
             publication: None,
             tls: sink.tls.clone(),
             streaming: None,
+            pushdown: None,
         })?;
         let client = sluice_postgres::conn::connect_sql(&tinfo).await.context("connecting to the target")?;
         client

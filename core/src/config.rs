@@ -43,6 +43,163 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// The filter and transform stage, applied in order (see `sluice-transforms`).
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+}
+
+/// One step of the transform stage. In YAML a one-key map: `- filter: {...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Keep rows matching a SQL boolean expression.
+    Filter(FilterConfig),
+    /// Keep or drop columns.
+    Columns(ColumnsConfig),
+    /// Replace column values before any sink sees them.
+    Mask(MaskConfig),
+    /// Rename tables (sink tables, Kafka topics, file directories) and columns.
+    Rename(RenameConfig),
+    /// Drop whole kinds of changes.
+    Ops(OpsConfig),
+}
+
+impl TransformConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformConfig::Filter(_) => "filter",
+            TransformConfig::Columns(_) => "columns",
+            TransformConfig::Mask(_) => "mask",
+            TransformConfig::Rename(_) => "rename",
+            TransformConfig::Ops(_) => "ops",
+        }
+    }
+    /// The `tables:` globs (every table when left out).
+    pub fn tables(&self) -> &[String] {
+        match self {
+            TransformConfig::Filter(c) => &c.tables,
+            TransformConfig::Columns(c) => &c.tables,
+            TransformConfig::Mask(c) => &c.tables,
+            TransformConfig::Rename(c) => &c.tables,
+            TransformConfig::Ops(c) => &c.tables,
+        }
+    }
+    /// Does this step apply to the source table `schema.table`?
+    pub fn applies_to(&self, schema: &str, table: &str) -> bool {
+        let full = format!("{schema}.{table}");
+        self.tables().iter().any(|g| glob_match(g, &full))
+    }
+}
+
+fn all_tables() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    /// A SQL boolean expression over the row's columns.
+    #[serde(rename = "where")]
+    pub condition: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnsConfig {
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    pub columns: Vec<String>,
+    /// `sha256`, `redact`, `null` or `keep_last(N)`.
+    pub with: String,
+    /// Appended to the value before hashing (`sha256` only).
+    pub salt: Option<String>,
+}
+
+/// A parsed `mask.with`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskMethod {
+    /// Lower-case hex SHA-256 of the value's text form followed by the salt.
+    Sha256,
+    /// The constant [`REDACTED`].
+    Redact,
+    /// NULL.
+    Null,
+    /// Every character but the last N replaced by `*`.
+    KeepLast(usize),
+}
+
+/// What `mask: {with: redact}` writes.
+pub const REDACTED: &str = "****";
+
+impl MaskMethod {
+    pub fn parse(s: &str) -> Option<MaskMethod> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "sha256" => Some(MaskMethod::Sha256),
+            "redact" => Some(MaskMethod::Redact),
+            "null" => Some(MaskMethod::Null),
+            _ => {
+                let n = t.strip_prefix("keep_last(")?.strip_suffix(')')?;
+                n.trim().parse().ok().map(MaskMethod::KeepLast)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConfig {
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    /// New name, a template over `{schema}` and `{table}`: `analytics.{table}`
+    /// (schema and table) or `{table}_v2` (table only, schema kept).
+    pub to: Option<String>,
+    /// Column renames: `{old: new}`.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    /// Kinds of changes to drop: `insert`, `update`, `delete`, `truncate`
+    /// (or Debezium's `c`, `u`, `d`, `t`).
+    pub skip: Vec<String>,
+}
+
+/// A change kind named in `ops.skip`.
+pub fn parse_op_name(s: &str) -> Option<crate::event::Op> {
+    use crate::event::Op;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "insert" | "create" | "c" => Some(Op::Create),
+        "update" | "u" => Some(Op::Update),
+        "delete" | "d" => Some(Op::Delete),
+        "truncate" | "t" => Some(Op::Truncate),
+        _ => None,
+    }
+}
+
+/// Render a rename template for `schema.table`: the new table name and, when
+/// the template has a `schema.` part, the new schema.
+pub fn render_table_template(template: &str, schema: &str, table: &str) -> (String, Option<String>) {
+    let name = template.replace("{schema}", schema).replace("{table}", table);
+    match name.split_once('.') {
+        Some((s, t)) => (t.to_string(), Some(s.to_string())),
+        None => (name, None),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +237,10 @@ pub struct PostgresSourceConfig {
     /// server supports it (default true).
     #[serde(default)]
     pub streaming: Option<bool>,
+    /// Push column lists and row filters of the transform stage down into
+    /// the publication where Postgres (15+) can apply them (default true).
+    #[serde(default)]
+    pub pushdown: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -528,6 +689,9 @@ impl PipelineConfig {
         if let SinkConfig::Kafka(k) = &self.sink {
             validate_kafka(k, &mut errs);
         }
+        for (i, t) in self.transforms.iter().enumerate() {
+            validate_transform(i, t, &mut errs);
+        }
         if let SinkConfig::Files(f) = &self.sink {
             if f.path.as_os_str().is_empty() {
                 errs.push("sink.path: must not be empty".into());
@@ -537,6 +701,72 @@ impl PipelineConfig {
             }
         }
         errs
+    }
+}
+
+fn validate_transform(i: usize, t: &TransformConfig, errs: &mut Vec<String>) {
+    let at = format!("transforms[{i}].{}", t.kind());
+    if t.tables().is_empty() || t.tables().iter().any(|g| g.trim().is_empty()) {
+        errs.push(format!(
+            "{at}.tables: list one or more table globs (schema.table), or leave the key out for every table"
+        ));
+    }
+    match t {
+        TransformConfig::Filter(f) => {
+            if f.condition.trim().is_empty() {
+                errs.push(format!("{at}.where: must be a SQL boolean expression, e.g. \"status <> 'test'\""));
+            }
+        }
+        TransformConfig::Columns(c) => match (&c.include, &c.exclude) {
+            (Some(_), Some(_)) => errs.push(format!("{at}: give include or exclude, not both")),
+            (None, None) => errs.push(format!("{at}: give include: [columns to keep] or exclude: [columns to drop]")),
+            (Some(l), None) if l.is_empty() => errs.push(format!("{at}.include: keeps no column; list at least one")),
+            _ => {}
+        },
+        TransformConfig::Mask(m) => {
+            if m.columns.is_empty() {
+                errs.push(format!("{at}.columns: list the columns to mask"));
+            }
+            match MaskMethod::parse(&m.with) {
+                None => errs
+                    .push(format!("{at}.with: {:?} is not a mask; use sha256, redact, null or keep_last(N)", m.with)),
+                Some(MaskMethod::Sha256) => {}
+                Some(_) if m.salt.is_some() => {
+                    errs.push(format!("{at}.salt: only sha256 takes a salt"));
+                }
+                Some(_) => {}
+            }
+        }
+        TransformConfig::Rename(r) => {
+            if r.to.is_none() && r.columns.is_empty() {
+                errs.push(format!("{at}: give to: \"<template>\" and/or columns: {{old: new}}"));
+            }
+            if let Some(to) = &r.to {
+                let rest = to.replace("{schema}", "").replace("{table}", "");
+                if rest.contains('{') || rest.contains('}') {
+                    errs.push(format!("{at}.to: {to:?} may only use the placeholders {{schema}} and {{table}}"));
+                }
+                let parts: Vec<&str> = to.split('.').collect();
+                if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+                    errs.push(format!("{at}.to: {to:?} must be \"table\" or \"schema.table\" (one dot at most)"));
+                }
+            }
+            for (old, new) in &r.columns {
+                if old.is_empty() || new.is_empty() {
+                    errs.push(format!("{at}.columns: column names must not be empty"));
+                }
+            }
+        }
+        TransformConfig::Ops(o) => {
+            if o.skip.is_empty() {
+                errs.push(format!("{at}.skip: list the operations to drop (insert, update, delete, truncate)"));
+            }
+            for s in &o.skip {
+                if parse_op_name(s).is_none() {
+                    errs.push(format!("{at}.skip: {s:?} is not an operation; use insert, update, delete or truncate"));
+                }
+            }
+        }
     }
 }
 
@@ -779,6 +1009,42 @@ fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_yaml::Error
     }
 }
 
+/// The `transforms:` list, item by item (each error names its item).
+fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<String>) -> Vec<TransformConfig> {
+    const KINDS: &str = "filter, columns, mask, rename, ops";
+    let Some(v) = map.get("transforms") else { return Vec::new() };
+    let items = match v {
+        serde_yaml::Value::Null => return Vec::new(),
+        serde_yaml::Value::Sequence(s) => s,
+        _ => {
+            errors.push(format!("transforms: must be a list of steps (- filter: ..., - mask: ...; kinds: {KINDS})"));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let kind = match item {
+            serde_yaml::Value::Mapping(m) if m.len() == 1 => m.keys().next().and_then(|k| k.as_str()).unwrap_or(""),
+            _ => {
+                errors.push(format!("transforms[{i}]: each step is a one-key mapping naming its kind ({KINDS})"));
+                continue;
+            }
+        };
+        if !["filter", "columns", "mask", "rename", "ops"].contains(&kind) {
+            errors.push(format!("transforms[{i}]: unknown kind `{kind}`; expected one of {KINDS}"));
+            continue;
+        }
+        match serde_yaml::from_value::<TransformConfig>(item.clone()) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                let msg = describe_serde_error(text, None, &e);
+                errors.push(format!("transforms[{i}].{kind}: {msg}"));
+            }
+        }
+    }
+    out
+}
+
 /// Parse pipeline text (after substitution) into a config, reporting every
 /// structural and semantic problem at once.
 pub fn parse_pipeline_text(text: &str, file: &str) -> Result<PipelineConfig, ConfigError> {
@@ -802,7 +1068,7 @@ pub fn parse_pipeline_text_with(
     };
     // Section by section, so that one bad section doesn't hide the others.
     let mut errors = Vec::new();
-    const KNOWN: [&str; 7] = ["version", "name", "source", "tables", "snapshot", "sink", "checkpoint"];
+    const KNOWN: [&str; 8] = ["version", "name", "source", "tables", "snapshot", "sink", "checkpoint", "transforms"];
     for k in map.keys() {
         let key = k.as_str().unwrap_or("?");
         if !KNOWN.contains(&key) {
@@ -837,6 +1103,7 @@ pub fn parse_pipeline_text_with(
     let snapshot: Option<SnapshotConfig> = section(&map, "snapshot", &substituted, &mut errors);
     let sink: Option<SinkConfig> = section(&map, "sink", &substituted, &mut errors);
     let checkpoint: Option<CheckpointConfig> = section(&map, "checkpoint", &substituted, &mut errors);
+    let transforms = parse_transforms(&map, &substituted, &mut errors);
     if !errors.is_empty() {
         return Err(err(errors));
     }
@@ -848,6 +1115,7 @@ pub fn parse_pipeline_text_with(
         snapshot: snapshot.unwrap_or_default(),
         sink: sink.expect("checked"),
         checkpoint: checkpoint.unwrap_or_default(),
+        transforms,
     };
     let errors = cfg.validate();
     if errors.is_empty() {

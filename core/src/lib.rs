@@ -33,5 +33,5 @@ pub use event::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;
 pub use source::{Source, SourceContext, SourceMessage};
-pub use transform::Transform;
+pub use transform::{NoTransforms, Transform, TransformError};
 pub use value::{Row, Value};

@@ -30,7 +30,7 @@ use crate::event::{ChangeEvent, Op, Position};
 use crate::schema::TableId;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext, SourceMessage};
-use crate::transform::Transform;
+use crate::transform::{Transform, TransformError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -40,6 +40,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("transform stage: {0}")]
+    Transform(#[from] TransformError),
     #[error("checkpoint belongs to pipeline {found:?}, not {expected:?}")]
     ForeignCheckpoint { expected: String, found: String },
 }
@@ -50,6 +52,7 @@ impl PipelineError {
             PipelineError::Source(e) => e.kind,
             PipelineError::Sink(e) => e.kind,
             PipelineError::Checkpoint(_) => ErrorKind::Fatal,
+            PipelineError::Transform(e) => e.kind(),
             PipelineError::ForeignCheckpoint { .. } => ErrorKind::Config,
         }
     }
@@ -178,7 +181,7 @@ pub async fn run_pipeline<S, K, FS, FK>(
     opts: &RuntimeOptions,
     mut make_source: FS,
     mut make_sink: FK,
-    transforms: &[Box<dyn Transform>],
+    transforms: &mut dyn Transform,
     store: &mut dyn CheckpointStore,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
@@ -284,7 +287,7 @@ async fn run_once<S: Source, K: Sink>(
     opts: &RuntimeOptions,
     source: S,
     mut sink: K,
-    transforms: &[Box<dyn Transform>],
+    transforms: &mut dyn Transform,
     store: &mut dyn CheckpointStore,
     shutdown: &mut watch::Receiver<bool>,
     stats: &Stats,
@@ -350,7 +353,7 @@ async fn drive<K: Sink>(
     opts: &RuntimeOptions,
     rx: &mut mpsc::Receiver<Vec<SourceMessage>>,
     f: &mut Flusher<'_, K>,
-    transforms: &[Box<dyn Transform>],
+    transforms: &mut dyn Transform,
     shutdown: &mut watch::Receiver<bool>,
     stats: &Stats,
 ) -> Result<Option<Ending>, PipelineError> {
@@ -362,6 +365,7 @@ async fn drive<K: Sink>(
     let mut stopping = *shutdown.borrow();
     let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
     let mut snap_run: Option<(Arc<crate::schema::TableSchema>, u64)> = None;
+    let identity = transforms.is_identity();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -421,18 +425,10 @@ async fn drive<K: Sink>(
                                     }
                                 }
                             }
-                            if transforms.is_empty() {
+                            if identity {
                                 buf.push(ev);
                             } else {
-                                let mut evs = vec![ev];
-                                for t in transforms {
-                                    let mut next = Vec::new();
-                                    for e in evs {
-                                        t.apply(e, &mut next);
-                                    }
-                                    evs = next;
-                                }
-                                buf.extend(evs);
+                                transforms.apply(ev, &mut buf)?;
                             }
                             if buf.len() >= 4096 {
                                 f.sink.write(&buf).await?;
@@ -461,14 +457,17 @@ async fn drive<K: Sink>(
                                     }
                                 }
                                 SourceMessage::TableSnapshotStarted { schema, position: p, estimated_rows } => {
-                                    f.sink.snapshot_started(&schema).await?;
+                                    // The sink sees the table as transformed; the
+                                    // checkpoint keeps the source's name.
+                                    let out = transforms.table_schema(&schema)?;
+                                    f.sink.snapshot_started(&out).await?;
+                                    held.insert(out.id.clone());
                                     let table = schema.id.clone();
                                     f.cp.tables.insert(
                                         table.to_string(),
                                         TableState { snapshot: SnapshotState::Copying, snapshot_position: Some(p), snapshot_rows: 0 },
                                     );
                                     stats.snapshot_progress(&table, 0, false, Some(estimated_rows));
-                                    held.insert(table);
                                 }
                                 SourceMessage::TableSnapshotDone { table, rows } => {
                                     if let Some(t) = f.cp.tables.get_mut(&table.to_string()) {
@@ -476,12 +475,13 @@ async fn drive<K: Sink>(
                                         t.snapshot_rows = rows;
                                     }
                                     stats.snapshot_progress(&table, 0, true, None);
-                                    held.remove(&table);
+                                    held.remove(&transforms.table_id(&table));
                                     force_flush = true;
                                 }
                                 SourceMessage::CaughtUp => caught_up = true,
                                 SourceMessage::Tables { included } => {
-                                    f.sink.tables_included(&included);
+                                    let renamed: Vec<TableId> = included.iter().map(|t| transforms.table_id(t)).collect();
+                                    f.sink.tables_included(&renamed);
                                     let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
                                     f.cp.tables.retain(|name, _| names.contains(name));
                                 }

@@ -207,6 +207,55 @@ pub struct PublicationInfo {
     pub all_tables: bool,
     pub ours: bool,
     pub tables: Vec<TableId>,
+    /// Fingerprint of the column lists and row filters Sluice pushed down
+    /// (kept in the comment; empty when none).
+    pub pushdown: String,
+}
+
+/// The comment on a publication Sluice creates: the pipeline, and the
+/// fingerprint of what was pushed down into it.
+fn publication_comment(pipeline: &str, fingerprint: &str) -> String {
+    if fingerprint.is_empty() {
+        format!("{PUBLICATION_COMMENT_PREFIX}{pipeline}")
+    } else {
+        format!("{PUBLICATION_COMMENT_PREFIX}{pipeline}; pushdown {fingerprint}")
+    }
+}
+
+/// Column lists and row filters to put in the publication, per table.
+pub type Pushdowns = std::collections::HashMap<TableId, sluice_transforms::pushdown::TablePushdown>;
+
+/// One `FOR TABLE` entry: `"s"."t" ("a", "b") WHERE (...)`.
+fn table_entry(t: &TableId, pushdown: &Pushdowns) -> String {
+    let mut s = t.quoted();
+    if let Some(p) = pushdown.get(t) {
+        if let Some(cols) = &p.columns {
+            s.push_str(&format!(" ({})", cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")));
+        }
+        if let Some(f) = &p.row_filter {
+            s.push_str(&format!(" WHERE ({f})"));
+        }
+    }
+    s
+}
+
+/// A stable fingerprint (FNV-1a, hex) of the pushed-down entries.
+fn fingerprint(tables: &[TableId], pushdown: &Pushdowns) -> String {
+    let mut entries: Vec<String> = tables
+        .iter()
+        .filter(|t| pushdown.get(*t).is_some_and(|p| !p.is_empty()))
+        .map(|t| table_entry(t, pushdown))
+        .collect();
+    if entries.is_empty() {
+        return String::new();
+    }
+    entries.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in entries.join("\n").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 pub async fn publication_info(client: &Client, name: &str) -> Result<Option<PublicationInfo>, SourceError> {
@@ -223,19 +272,25 @@ pub async fn publication_info(client: &Client, name: &str) -> Result<Option<Publ
         .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
         .await
         .map_err(|e| sql_error("reading pg_publication_tables", e))?;
+    let pushdown = comment.split_once("; pushdown ").map(|(_, f)| f.trim().to_string()).unwrap_or_default();
     Ok(Some(PublicationInfo {
+        pushdown,
         all_tables: row.get(0),
         ours: comment.starts_with(PUBLICATION_COMMENT_PREFIX),
         tables: rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect(),
     }))
 }
 
-/// Create the publication for `tables`, or bring one Sluice created up to date.
+/// Create the publication for `tables`, or bring one Sluice created up to
+/// date, with the column lists and row filters in `pushdown` (Postgres 15+;
+/// a publication Sluice did not create is left as it is, and everything is
+/// then done in Sluice).
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     pipeline: &str,
     tables: &[TableId],
+    pushdown: &Pushdowns,
 ) -> Result<(), SourceError> {
     if tables.is_empty() {
         return Err(SourceError::new(
@@ -243,7 +298,8 @@ pub async fn ensure_publication(
             "no tables match tables.include/exclude; check the globs (schema.table) against the source database",
         ));
     }
-    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let list = tables.iter().map(|t| table_entry(t, pushdown)).collect::<Vec<_>>().join(", ");
+    let fp = fingerprint(tables, pushdown);
     match publication_info(client, name).await? {
         None => {
             // Partitioned tables are published as their root (Postgres 13+).
@@ -257,7 +313,7 @@ pub async fn ensure_publication(
                 "CREATE PUBLICATION {} FOR TABLE {list}{with}; COMMENT ON PUBLICATION {} IS {}",
                 quote_ident(name),
                 quote_ident(name),
-                sluice_core::schema::quote_literal(&format!("{PUBLICATION_COMMENT_PREFIX}{pipeline}"))
+                sluice_core::schema::quote_literal(&publication_comment(pipeline, &fp))
             );
             client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("creating publication {name}"), e))?;
             tracing::info!(publication = name, tables = tables.len(), "created publication");
@@ -267,13 +323,24 @@ pub async fn ensure_publication(
             have.sort();
             let mut want = tables.to_vec();
             want.sort();
-            if p.all_tables || have == want {
+            if p.all_tables || (have == want && (p.pushdown == fp || !p.ours)) {
+                if !p.ours && !fp.is_empty() {
+                    tracing::info!(
+                        publication = name,
+                        "the publication was not created by Sluice: column lists and row filters are applied in Sluice, not pushed down"
+                    );
+                }
                 return Ok(());
             }
             if p.ours {
-                let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+                let sql = format!(
+                    "ALTER PUBLICATION {} SET TABLE {list}; COMMENT ON PUBLICATION {} IS {}",
+                    quote_ident(name),
+                    quote_ident(name),
+                    sluice_core::schema::quote_literal(&publication_comment(pipeline, &fp))
+                );
                 client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("updating publication {name}"), e))?;
-                tracing::info!(publication = name, tables = tables.len(), "updated publication's table list");
+                tracing::info!(publication = name, tables = tables.len(), pushdown = %fp, "updated the publication's tables, column lists and row filters");
             } else {
                 let missing: Vec<String> = want.iter().filter(|t| !have.contains(t)).map(|t| t.to_string()).collect();
                 if !missing.is_empty() {

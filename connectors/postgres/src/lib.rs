@@ -104,6 +104,53 @@ fn parse_created_slot(rows: &[Vec<Option<String>>]) -> Result<(u64, String), Sou
     Ok((lsn, snap))
 }
 
+/// The current schemas of `tables`, as the snapshot reads them.
+pub async fn table_schemas(
+    client: &tokio_postgres::Client,
+    database: &str,
+    tables: &[TableId],
+    domains: &catalog::Domains,
+) -> Result<Vec<Arc<sluice_core::TableSchema>>, SourceError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        out.push(Arc::new(catalog::table_schema(client, database, t, domains).await?));
+    }
+    Ok(out)
+}
+
+/// Column lists and row filters of the transform stage that the
+/// publication can apply (Postgres 15+, `source.pushdown` not false).
+pub async fn plan_pushdown(
+    client: &tokio_postgres::Client,
+    cfg: &PipelineConfig,
+    database: &str,
+    tables: &[TableId],
+    domains: &catalog::Domains,
+) -> Result<catalog::Pushdowns, SourceError> {
+    let mut out = catalog::Pushdowns::new();
+    let enabled = pg_config(cfg)?.pushdown.unwrap_or(true);
+    if !enabled || cfg.transforms.is_empty() {
+        return Ok(out);
+    }
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| conn::sql_error("reading server_version_num", e))?
+        .get(0);
+    if version < 150000 {
+        return Ok(out);
+    }
+    let Ok(mut chain) = sluice_transforms::Chain::new(&cfg.transforms) else { return Ok(out) };
+    for schema in table_schemas(client, database, tables, domains).await? {
+        let p = sluice_transforms::pushdown::postgres(&mut chain, &schema);
+        if !p.is_empty() {
+            tracing::info!(table = %schema.id, columns = ?p.columns, row_filter = ?p.row_filter, "pushed down into the publication");
+            out.insert(schema.id.clone(), p);
+        }
+    }
+    Ok(out)
+}
+
 async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
     let pg = pg_config(cfg)?;
     let info = ConnInfo::from_config(pg)?;
@@ -114,7 +161,8 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let tables = catalog::included_tables(&client, &cfg.tables).await?;
     let domains = catalog::domains(&client).await?;
     let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
-    catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids).await?;
+    let pushdown = plan_pushdown(&client, cfg, &info.dbname, &ids, &domains).await?;
+    catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await?;
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
 
     if ctx.tx.send(vec![SourceMessage::Tables { included: ids.clone() }]).await.is_err() {

@@ -812,6 +812,7 @@ async fn connect(cfg: &DbSinkConfig) -> Result<Client, SinkError> {
         publication: None,
         tls: cfg.tls.clone(),
         streaming: None,
+        pushdown: None,
     };
     let info = sluice_postgres::conn::ConnInfo::from_config(&src)
         .map_err(|e| SinkError::new(e.kind, format!("sink.url: {}", e.message)))?;

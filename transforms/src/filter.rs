@@ -1,0 +1,138 @@
+//! Row filters on change events.
+//!
+//! A filter keeps the events that keep a downstream replica equal to
+//! "source rows matching the expression":
+//!
+//! | event  | old row matched | new row matches | sent                      |
+//! |--------|-----------------|-----------------|---------------------------|
+//! | r / c  |                 | yes / no        | as is / nothing           |
+//! | u      | yes             | yes             | `u`                       |
+//! | u      | no              | yes             | `c` with the new row      |
+//! | u      | yes             | no              | `d` with the old row      |
+//! | u      | no              | no              | nothing                   |
+//! | u      | unknown         | yes             | `c` (an upsert by key)    |
+//! | u      | unknown         | no              | `d` by key                |
+//! | u      | any             | unknown         | `u` as is                 |
+//! | d      | yes / unknown   |                 | `d`                       |
+//! | d      | no              |                 | nothing                   |
+//! | t      |                 |                 | `t`                       |
+//!
+//! "Unknown" means the image lacks a column the expression reads. The old
+//! row is complete under REPLICA IDENTITY FULL (Postgres) and with
+//! `binlog_row_image=FULL` (MySQL). Under Postgres's DEFAULT identity an
+//! UPDATE carries only the key of the old row, so a filter on other columns
+//! cannot tell whether the row was inside: the update is sent as an upsert
+//! (`c`) when the new row matches, and as a delete by key when it does not
+//! (deleting a row the replica never had is harmless). A new row can only
+//! be unknown when it holds unchanged TOASTed values the filter reads and
+//! the old row does not supply them; such an update passes unchanged.
+//! `sluice check` warns about filters in this situation.
+
+use sluice_core::{ChangeEvent, Op, ReplicaIdentity, Row, TableSchema, Value};
+
+use crate::expr::{Compiled, Tri};
+
+#[derive(Debug, Clone)]
+pub struct RowFilter {
+    pub expr: Compiled,
+    /// Key columns of the layout the filter runs on.
+    key: Vec<usize>,
+}
+
+impl RowFilter {
+    pub fn new(expr: Compiled, schema: &TableSchema) -> RowFilter {
+        let key = schema.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
+        RowFilter { expr, key }
+    }
+
+    fn test(&self, values: &[Value], warn: &mut dyn FnMut(&str, &str)) -> Tri {
+        match self.expr.test(values) {
+            Ok(t) => t,
+            Err(e) => {
+                warn(self.expr.text(), &e.0);
+                Tri::False
+            }
+        }
+    }
+
+    /// The `sluice check` warning for `schema`, if the filter reads old
+    /// values its source does not send.
+    pub fn identity_warning(&self, schema: &TableSchema) -> Option<String> {
+        if matches!(schema.replica_identity, ReplicaIdentity::Full) {
+            return None;
+        }
+        let non_key: Vec<&str> = self
+            .expr
+            .column_names
+            .iter()
+            .filter(|n| schema.columns.iter().any(|c| c.name == **n && !c.key))
+            .map(|s| s.as_str())
+            .collect();
+        if non_key.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "table {} has REPLICA IDENTITY {:?} and the filter {:?} reads non-key columns ({}): updates carry no old values for them, so every update of a matching row is sent as an upsert (c) and every other update as a delete by key; ALTER TABLE {} REPLICA IDENTITY FULL gives exact u/c/d",
+            schema.id,
+            schema.replica_identity,
+            self.expr.text(),
+            non_key.join(", "),
+            schema.id.quoted()
+        ))
+    }
+
+    pub fn apply(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
+        match ev.op {
+            Op::Truncate => Some(ev),
+            Op::Read | Op::Create => {
+                let t = ev.after.as_ref().map(|r| self.test(&r.values, warn)).unwrap_or(Tri::Unknown);
+                (t != Tri::False).then_some(ev)
+            }
+            Op::Delete => {
+                let t = ev.before.as_ref().map(|r| self.test(&r.values, warn)).unwrap_or(Tri::Unknown);
+                (t != Tri::False).then_some(ev)
+            }
+            Op::Update => {
+                let after = ev.after.as_ref()?;
+                // The old row: the image sent, or (no image: the key did not
+                // change) the new row's key with everything else unknown.
+                let old: Vec<Value> = match &ev.before {
+                    Some(b) => b.values.clone(),
+                    None => after
+                        .values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| if self.key.contains(&i) { v.clone() } else { Value::Unchanged })
+                        .collect(),
+                };
+                // Unchanged values of the new row are the old row's.
+                let mut new = after.values.clone();
+                for (i, v) in new.iter_mut().enumerate() {
+                    if matches!(v, Value::Unchanged) {
+                        if let Some(o) = old.get(i) {
+                            *v = o.clone();
+                        }
+                    }
+                }
+                let was = self.test(&old, warn);
+                let is = self.test(&new, warn);
+                match (was, is) {
+                    (_, Tri::Unknown) | (Tri::True, Tri::True) => Some(ev),
+                    (Tri::False, Tri::False) => None,
+                    (Tri::False | Tri::Unknown, Tri::True) => {
+                        ev.op = Op::Create;
+                        ev.before = None;
+                        ev.after = Some(Row::new(new));
+                        Some(ev)
+                    }
+                    (Tri::True | Tri::Unknown, Tri::False) => {
+                        ev.op = Op::Delete;
+                        ev.before = Some(Row::new(old));
+                        ev.after = None;
+                        Some(ev)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The filter and transform stage: row filters, column subsets, masking,
+//! renames and op skipping, between source and sink.
+//!
+//! ```text
+//!  transforms: [..] ──compile──▶ Chain ──per source table version──▶ Plan
+//!                                                                     │
+//!  ChangeEvent (source schema) ──▶ filter / project / mask / skip ────┴─▶ ChangeEvent (plan's output schema)
+//! ```
+//!
+//! Invariants:
+//! - Steps apply in the order of the pipeline file. Every step's `tables:`
+//!   globs are matched against the *source* table name (`schema.table`),
+//!   like `tables.include`, whatever earlier renames did.
+//! - A step's column names refer to the columns as the earlier steps left
+//!   them (after a column rename, the new name).
+//! - One source schema version gives one [`Plan`] and one output schema
+//!   `Arc`; every event of that version carries it.
+//! - No I/O and no waiting; each event becomes zero or one event.
+//! - Masks apply to `before` and `after` images and to snapshot rows alike;
+//!   values the source did not send ([`Value::Unchanged`]) stay unsent.
+//! - Filters keep a replica equal to "source rows matching the filter": an
+//!   UPDATE moving a row in becomes `c`, moving it out becomes `d`. When the
+//!   old row is incomplete (REPLICA IDENTITY DEFAULT, old values of non-key
+//!   columns unknown) see [`filter`] for what is sent.
+
+pub mod expr;
+pub mod filter;
+pub mod mask;
+pub mod pushdown;
+pub mod text;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use sluice_core::config::{parse_op_name, render_table_template, MaskMethod, PipelineConfig, TransformConfig};
+use sluice_core::transform::{Transform, TransformError};
+use sluice_core::{ChangeEvent, Op, TableId, TableSchema};
+
+pub use expr::Tri;
+
+/// A step compiled from the configuration, not yet bound to a table.
+#[derive(Debug, Clone)]
+enum Step {
+    Filter(expr::Parsed),
+    Columns { include: Option<Vec<String>>, exclude: Option<Vec<String>> },
+    Mask { columns: Vec<String>, method: MaskMethod, salt: Option<String> },
+    Rename { to: Option<String>, columns: BTreeMap<String, String> },
+    Ops { skip: [bool; 5] },
+}
+
+#[derive(Debug, Clone)]
+struct StepDef {
+    index: usize,
+    globs: Vec<String>,
+    step: Step,
+}
+
+impl StepDef {
+    fn applies(&self, id: &TableId) -> bool {
+        let full = format!("{}.{}", id.schema, id.name);
+        self.globs.iter().any(|g| sluice_core::config::glob_match(g, &full))
+    }
+    fn at(&self) -> String {
+        let kind = match self.step {
+            Step::Filter(_) => "filter",
+            Step::Columns { .. } => "columns",
+            Step::Mask { .. } => "mask",
+            Step::Rename { .. } => "rename",
+            Step::Ops { .. } => "ops",
+        };
+        format!("transforms[{}].{kind}", self.index)
+    }
+}
+
+/// What a plan does to rows, in order.
+#[derive(Debug, Clone)]
+enum RowOp {
+    Filter(filter::RowFilter),
+    /// Keep these column indices (of the layout before this op).
+    Project(Vec<usize>),
+    Mask(mask::RowMask),
+    Skip([bool; 5]),
+}
+
+/// The compiled transforms of one source schema version.
+#[derive(Debug)]
+pub struct Plan {
+    pub source: Arc<TableSchema>,
+    pub output: Arc<TableSchema>,
+    ops: Vec<RowOp>,
+    /// Nothing to do but (maybe) swap the schema.
+    rows_untouched: bool,
+    /// Filters compiled against the *source* layout (for pushdown), with the
+    /// steps before them that keep that layout.
+    pub source_filters: Vec<expr::Compiled>,
+    /// Source columns a pushed-down column list may leave out.
+    pub dropped_source_columns: Vec<String>,
+    /// True when every filter of this table is among `source_filters`.
+    pub filters_all_on_source: bool,
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Read => 0,
+        Op::Create => 1,
+        Op::Update => 2,
+        Op::Delete => 3,
+        Op::Truncate => 4,
+    }
+}
+
+/// All transforms of a pipeline.
+pub struct Chain {
+    steps: Vec<StepDef>,
+    plans: HashMap<TableId, Arc<Plan>>,
+    last: Option<Arc<Plan>>,
+    /// Output table → source table, to refuse two tables renamed into one.
+    outputs: HashMap<TableId, TableId>,
+    /// Evaluation errors already logged (per table and filter).
+    warned: HashSet<(TableId, usize)>,
+}
+
+/// Check the `where:` expressions of `cfg` (syntax only; columns and types
+/// are checked against the tables at start). Every error, with its step.
+pub fn validate(cfg: &PipelineConfig) -> Vec<String> {
+    match Chain::new(&cfg.transforms) {
+        Ok(_) => Vec::new(),
+        Err(e) => e,
+    }
+}
+
+impl Chain {
+    pub fn new(cfg: &[TransformConfig]) -> Result<Chain, Vec<String>> {
+        let mut errs = Vec::new();
+        let mut steps = Vec::new();
+        for (index, t) in cfg.iter().enumerate() {
+            let step = match t {
+                TransformConfig::Filter(f) => match expr::parse(&f.condition) {
+                    Ok(p) => Step::Filter(p),
+                    Err(e) => {
+                        errs.push(format!("transforms[{index}].filter.where: {:?}: {e}", f.condition));
+                        continue;
+                    }
+                },
+                TransformConfig::Columns(c) => Step::Columns { include: c.include.clone(), exclude: c.exclude.clone() },
+                TransformConfig::Mask(m) => match MaskMethod::parse(&m.with) {
+                    Some(method) => Step::Mask { columns: m.columns.clone(), method, salt: m.salt.clone() },
+                    None => {
+                        errs.push(format!("transforms[{index}].mask.with: {:?} is not a mask", m.with));
+                        continue;
+                    }
+                },
+                TransformConfig::Rename(r) => Step::Rename { to: r.to.clone(), columns: r.columns.clone() },
+                TransformConfig::Ops(o) => {
+                    let mut skip = [false; 5];
+                    for s in &o.skip {
+                        if let Some(op) = parse_op_name(s) {
+                            skip[op_index(op)] = true;
+                        }
+                    }
+                    Step::Ops { skip }
+                }
+            };
+            steps.push(StepDef { index, globs: t.tables().to_vec(), step });
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Chain { steps, plans: HashMap::new(), last: None, outputs: HashMap::new(), warned: HashSet::new() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The plan for a source schema (cached per table and version).
+    pub fn plan(&mut self, schema: &Arc<TableSchema>) -> Result<Arc<Plan>, TransformError> {
+        if let Some(p) = &self.last {
+            if Arc::ptr_eq(&p.source, schema) {
+                return Ok(p.clone());
+            }
+        }
+        if let Some(p) = self.plans.get(&schema.id) {
+            if Arc::ptr_eq(&p.source, schema) || (p.source.version == schema.version && *p.source == **schema) {
+                let p = p.clone();
+                self.last = Some(p.clone());
+                return Ok(p);
+            }
+        }
+        let plan = Arc::new(build_plan(&self.steps, schema).map_err(TransformError::new)?);
+        if let Some(other) = self.outputs.get(&plan.output.id) {
+            if *other != schema.id {
+                return Err(TransformError::new(format!(
+                    "tables {other} and {} are both renamed to {}; give them different names",
+                    schema.id, plan.output.id
+                )));
+            }
+        }
+        self.outputs.insert(plan.output.id.clone(), schema.id.clone());
+        // Keep the output Arc stable when an equal schema comes again (a
+        // source restart re-announces tables): sinks compare by pointer.
+        let plan = match self.plans.get(&schema.id) {
+            Some(old) if old.output == plan.output => Arc::new(Plan {
+                source: plan.source.clone(),
+                output: old.output.clone(),
+                ops: plan.ops.clone(),
+                rows_untouched: plan.rows_untouched,
+                source_filters: plan.source_filters.clone(),
+                dropped_source_columns: plan.dropped_source_columns.clone(),
+                filters_all_on_source: plan.filters_all_on_source,
+            }),
+            _ => plan,
+        };
+        self.plans.insert(schema.id.clone(), plan.clone());
+        self.last = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Plan every table at start: every problem at once, plus the names a
+    /// step lists that none of its tables has (a typo would leak the column
+    /// a mask or exclude meant to hide).
+    pub fn check_tables(&mut self, tables: &[Arc<TableSchema>]) -> Vec<String> {
+        let mut errs = Vec::new();
+        for t in tables {
+            if let Err(e) = self.plan(t) {
+                errs.push(e.message);
+            }
+        }
+        for s in &self.steps {
+            let names: Vec<&String> = match &s.step {
+                Step::Columns { include: Some(l), .. } | Step::Columns { exclude: Some(l), .. } => l.iter().collect(),
+                Step::Mask { columns, .. } => columns.iter().collect(),
+                Step::Rename { columns, .. } => columns.keys().collect(),
+                _ => continue,
+            };
+            let mine: Vec<&Arc<TableSchema>> = tables.iter().filter(|t| s.applies(&t.id)).collect();
+            if mine.is_empty() {
+                errs.push(format!("{}.tables: {:?} matches none of the included tables", s.at(), s.globs));
+                continue;
+            }
+            for n in names {
+                let known = mine.iter().any(|t| {
+                    intermediate_columns(&self.steps, t, s.index).is_some_and(|cols| cols.iter().any(|c| c == n))
+                });
+                if !known {
+                    errs.push(format!(
+                        "{}: no table it applies to has a column {n:?} (tables: {})",
+                        s.at(),
+                        mine.iter().map(|t| t.id.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        errs
+    }
+
+    /// Findings for `sluice check`: filters whose update semantics depend on
+    /// old values the source does not send.
+    /// `old_rows_complete`: the source always sends whole old rows (MySQL
+    /// with `binlog_row_image=FULL`, which Sluice requires).
+    pub fn warnings(&mut self, tables: &[Arc<TableSchema>], old_rows_complete: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if old_rows_complete {
+            return out;
+        }
+        for t in tables {
+            let Ok(plan) = self.plan(t) else { continue };
+            for op in &plan.ops {
+                if let RowOp::Filter(f) = op {
+                    if let Some(w) = f.identity_warning(t) {
+                        out.push(w);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The column names as the steps before `upto` leave them, for table `t`.
+fn intermediate_columns(steps: &[StepDef], t: &Arc<TableSchema>, upto: usize) -> Option<Vec<String>> {
+    let before: Vec<StepDef> = steps.iter().filter(|s| s.index < upto).cloned().collect();
+    let plan = build_plan(&before, t).ok()?;
+    Some(plan.output.columns.iter().map(|c| c.name.clone()).collect())
+}
+
+fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, String> {
+    let mut cur: TableSchema = (**source).clone();
+    let mut ops = Vec::new();
+    let mut source_filters = Vec::new();
+    // Still on the source's columns (no projection, mask or column rename yet).
+    let mut source_layout = true;
+    let mut filters_all_on_source = true;
+    let mut dropped_source_columns = Vec::new();
+    let mut projected_only = true;
+    for s in steps.iter().filter(|s| s.applies(&source.id)) {
+        let at = || format!("{} on table {}", s.at(), source.id);
+        match &s.step {
+            Step::Filter(p) => {
+                let c = expr::compile(p, &cur).map_err(|e| format!("{}: {:?}: {e}", at(), p.text))?;
+                if source_layout {
+                    source_filters.push(c.clone());
+                } else {
+                    filters_all_on_source = false;
+                }
+                ops.push(RowOp::Filter(filter::RowFilter::new(c, &cur)));
+            }
+            Step::Columns { include, exclude } => {
+                let keep: Vec<usize> = cur
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| match (include, exclude) {
+                        (Some(l), _) => l.iter().any(|n| *n == c.name),
+                        (None, Some(l)) => !l.iter().any(|n| *n == c.name),
+                        (None, None) => true,
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if keep.is_empty() {
+                    return Err(format!("{}: no column of the table would remain", at()));
+                }
+                if keep.len() == cur.columns.len() {
+                    continue;
+                }
+                if projected_only {
+                    for (i, c) in cur.columns.iter().enumerate() {
+                        if !keep.contains(&i) {
+                            dropped_source_columns.push(c.name.clone());
+                        }
+                    }
+                }
+                let had_key = cur.columns.iter().any(|c| c.key);
+                cur.columns = keep.iter().map(|&i| cur.columns[i].clone()).collect();
+                if had_key && !cur.columns.iter().any(|c| c.key) {
+                    tracing::warn!(
+                        table = %source.id,
+                        "{}: every key column is dropped; sinks treat the table as keyless",
+                        s.at()
+                    );
+                }
+                ops.push(RowOp::Project(keep));
+                // Later filters see fewer columns, but the same values: a
+                // filter after a projection can still run on the source.
+            }
+            Step::Mask { columns, method, salt } => {
+                let m = mask::RowMask::new(&mut cur, columns, *method, salt.clone())
+                    .map_err(|e| format!("{}: {e}", at()))?;
+                if let Some(m) = m {
+                    ops.push(RowOp::Mask(m));
+                    source_layout = false;
+                    projected_only = false;
+                }
+            }
+            Step::Rename { to, columns } => {
+                if let Some(to) = to {
+                    let (name, schema) = render_table_template(to, &source.id.schema, &source.id.name);
+                    cur.id = TableId::new(schema.unwrap_or_else(|| cur.id.schema.clone()), name);
+                }
+                for (old, new) in columns {
+                    if let Some(c) = cur.columns.iter_mut().find(|c| c.name == *old) {
+                        c.name = new.clone();
+                        source_layout = false;
+                        projected_only = false;
+                    }
+                }
+                let mut seen = HashSet::new();
+                for c in &cur.columns {
+                    if !seen.insert(c.name.as_str()) {
+                        return Err(format!("{}: two columns would be named {:?}", at(), c.name));
+                    }
+                }
+            }
+            Step::Ops { skip } => {
+                ops.push(RowOp::Skip(*skip));
+                // Skipping ops is not pushed down; later filters still can be.
+            }
+        }
+    }
+    let rows_untouched = ops.is_empty();
+    Ok(Plan {
+        source: source.clone(),
+        output: Arc::new(cur),
+        ops,
+        rows_untouched,
+        source_filters,
+        dropped_source_columns,
+        filters_all_on_source,
+    })
+}
+
+impl Plan {
+    /// Run one event through the plan (zero or one event out).
+    fn run(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
+        for op in &self.ops {
+            match op {
+                RowOp::Skip(skip) => {
+                    if skip[op_index(ev.op)] {
+                        return None;
+                    }
+                }
+                RowOp::Filter(f) => {
+                    ev = f.apply(ev, warn)?;
+                }
+                RowOp::Project(keep) => {
+                    for row in [ev.before.as_mut(), ev.after.as_mut()].into_iter().flatten() {
+                        let mut vals = std::mem::take(&mut row.values);
+                        row.values =
+                            keep.iter().map(|&i| std::mem::replace(&mut vals[i], sluice_core::Value::Null)).collect();
+                    }
+                }
+                RowOp::Mask(m) => {
+                    for row in [ev.before.as_mut(), ev.after.as_mut()].into_iter().flatten() {
+                        m.apply(&mut row.values);
+                    }
+                }
+            }
+        }
+        ev.table = self.output.clone();
+        Some(ev)
+    }
+}
+
+impl Transform for Chain {
+    fn table_schema(&mut self, schema: &Arc<TableSchema>) -> Result<Arc<TableSchema>, TransformError> {
+        Ok(self.plan(schema)?.output.clone())
+    }
+
+    fn table_id(&self, id: &TableId) -> TableId {
+        let mut out = id.clone();
+        for s in self.steps.iter().filter(|s| s.applies(id)) {
+            if let Step::Rename { to: Some(to), .. } = &s.step {
+                let (name, schema) = render_table_template(to, &id.schema, &id.name);
+                out = TableId::new(schema.unwrap_or(out.schema), name);
+            }
+        }
+        out
+    }
+
+    fn apply(&mut self, event: ChangeEvent, out: &mut Vec<ChangeEvent>) -> Result<(), TransformError> {
+        let plan = self.plan(&event.table)?;
+        if plan.rows_untouched {
+            let mut ev = event;
+            ev.table = plan.output.clone();
+            out.push(ev);
+            return Ok(());
+        }
+        let warned = &mut self.warned;
+        let table = plan.source.id.clone();
+        let mut warn = |expr: &str, err: &str| {
+            let key = (table.clone(), expr.len());
+            if warned.insert(key) {
+                tracing::warn!(table = %table, "filter {expr:?} could not be evaluated ({err}); such rows do not match (logged once)");
+            }
+        };
+        if let Some(ev) = plan.run(event, &mut warn) {
+            out.push(ev);
+        }
+        Ok(())
+    }
+
+    fn is_identity(&self) -> bool {
+        self.steps.is_empty()
+    }
+}

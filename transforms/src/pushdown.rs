@@ -1,0 +1,75 @@
+//! What a Postgres 15+ publication can do for the transform stage.
+//!
+//! A publication may carry, per table, a column list and a row filter
+//! (`CREATE PUBLICATION p FOR TABLE t (a, b) WHERE (...)`). Postgres then
+//! decodes less and sends less, and turns UPDATEs moving rows in or out of
+//! the filter into INSERTs and DELETEs itself.
+//!
+//! Invariants:
+//! - Pushdown never changes results: Sluice still runs every transform on
+//!   what arrives (a pushed filter then keeps everything it sees), and only
+//!   expressions Postgres evaluates exactly like Sluice are pushed (see
+//!   [`crate::expr`]: typed constants, `COLLATE "C"` orderings, no text
+//!   I/O of dates and times).
+//! - Pushdown never breaks the source: Postgres refuses UPDATE and DELETE
+//!   on a table whose publication row filter reads columns outside the
+//!   replica identity, or whose column list leaves out identity columns. So
+//!   filters are pushed only when they read identity columns (any column
+//!   under REPLICA IDENTITY FULL), column lists only when they keep every
+//!   key column, and never under FULL.
+//! - Only filters that see the source's own columns are pushed: the leading
+//!   steps for the table, before any mask or column rename.
+
+use std::sync::Arc;
+
+use sluice_core::{ReplicaIdentity, TableSchema};
+
+use crate::Chain;
+
+/// The publication clauses for one table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TablePushdown {
+    /// Columns to publish (`None`: all).
+    pub columns: Option<Vec<String>>,
+    /// Row filter in Postgres syntax (`None`: every row).
+    pub row_filter: Option<String>,
+}
+
+impl TablePushdown {
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_none() && self.row_filter.is_none()
+    }
+}
+
+/// What the publication can take over for `schema` (its catalog schema).
+pub fn postgres(chain: &mut Chain, schema: &Arc<TableSchema>) -> TablePushdown {
+    let Ok(plan) = chain.plan(schema) else { return TablePushdown::default() };
+    let mut out = TablePushdown::default();
+    let in_identity = |name: &str| match schema.replica_identity {
+        ReplicaIdentity::Full => true,
+        ReplicaIdentity::Default | ReplicaIdentity::Index => schema.columns.iter().any(|c| c.name == name && c.key),
+        ReplicaIdentity::Nothing => false,
+    };
+    let filters = &plan.source_filters;
+    if !filters.is_empty()
+        && plan.filters_all_on_source
+        && filters.iter().all(|f| f.pushdown.is_some() && f.column_names.iter().all(|n| in_identity(n)))
+    {
+        let parts: Vec<String> = filters.iter().filter_map(|f| f.pushdown.clone()).collect();
+        out.row_filter = Some(if parts.len() == 1 { parts[0].clone() } else { parts.join(" AND ") });
+    }
+    // Columns every filter reads stay published: the in-process filters
+    // read them too.
+    let read: Vec<&String> = plan.source_filters.iter().flat_map(|f| f.column_names.iter()).collect();
+    let dropped: Vec<&String> = plan.dropped_source_columns.iter().filter(|n| !read.contains(n)).collect();
+    let key_dropped = schema.columns.iter().any(|c| c.key && dropped.contains(&&c.name));
+    if !dropped.is_empty()
+        && !key_dropped
+        && matches!(schema.replica_identity, ReplicaIdentity::Default | ReplicaIdentity::Index)
+        && schema.columns.iter().any(|c| c.key)
+    {
+        out.columns =
+            Some(schema.columns.iter().filter(|c| !dropped.contains(&&c.name)).map(|c| c.name.clone()).collect());
+    }
+    out
+}
