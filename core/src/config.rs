@@ -1023,8 +1023,11 @@ fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<Stri
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let kind = match item {
-            serde_yaml::Value::Mapping(m) if m.len() == 1 => m.keys().next().and_then(|k| k.as_str()).unwrap_or(""),
+        let (kind, body) = match item {
+            serde_yaml::Value::Mapping(m) if m.len() == 1 => {
+                let (k, v) = m.iter().next().expect("one entry");
+                (k.as_str().unwrap_or(""), v.clone())
+            }
             _ => {
                 errors.push(format!("transforms[{i}]: each step is a one-key mapping naming its kind ({KINDS})"));
                 continue;
@@ -1034,7 +1037,19 @@ fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<Stri
             errors.push(format!("transforms[{i}]: unknown kind `{kind}`; expected one of {KINDS}"));
             continue;
         }
-        match serde_yaml::from_value::<TransformConfig>(item.clone()) {
+        fn body_of<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, serde_yaml::Error> {
+            // `- ops:` with nothing under it is an empty mapping, not null.
+            let v = if v.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { v };
+            serde_yaml::from_value(v)
+        }
+        let parsed = match kind {
+            "filter" => body_of(body).map(TransformConfig::Filter),
+            "columns" => body_of(body).map(TransformConfig::Columns),
+            "mask" => body_of(body).map(TransformConfig::Mask),
+            "rename" => body_of(body).map(TransformConfig::Rename),
+            _ => body_of(body).map(TransformConfig::Ops),
+        };
+        match parsed {
             Ok(t) => out.push(t),
             Err(e) => {
                 let msg = describe_serde_error(text, None, &e);
@@ -1151,6 +1166,81 @@ sink:
   format: jsonl
   path: ./out
 "#;
+
+    #[test]
+    fn transforms_parse_and_validate() {
+        let text = format!(
+            "{GOOD}transforms:
+  - filter:
+      tables: [\"shop.orders\"]
+      where: \"status <> 'test' AND amount >= 100\"
+  - columns:
+      tables: [\"shop.customers\"]
+      exclude: [\"ssn\", \"internal_notes\"]
+  - mask:
+      tables: [\"shop.customers\"]
+      columns: [\"email\", \"phone\"]
+      with: sha256
+      salt: ${{MASK_SALT}}
+  - mask:
+      columns: [card]
+      with: keep_last(4)
+  - rename:
+      tables: [\"shop.*\"]
+      to: \"analytics.{{table}}\"
+      columns: {{amount: total}}
+  - ops:
+      tables: [\"shop.events\"]
+      skip: [delete]
+"
+        );
+        let cfg = parse_pipeline_text_with(&text, "t.yaml", |k| match k {
+            "SLUICE_TEST_PW" => Some("pw".into()),
+            "MASK_SALT" => Some("pepper".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.transforms.len(), 6);
+        match &cfg.transforms[2] {
+            TransformConfig::Mask(m) => {
+                assert_eq!(m.salt.as_deref(), Some("pepper"));
+                assert_eq!(MaskMethod::parse(&m.with), Some(MaskMethod::Sha256));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.transforms[3].tables(), ["*".to_string()]);
+        assert!(cfg.transforms[4].applies_to("shop", "x"));
+        assert_eq!(render_table_template("analytics.{table}", "shop", "x"), ("x".into(), Some("analytics".into())));
+        assert_eq!(render_table_template("{table}_v2", "shop", "x"), ("x_v2".into(), None));
+
+        let bad = format!(
+            "{GOOD}transforms:
+  - filter: {{where: \"\"}}
+  - columns: {{include: [a], exclude: [b]}}
+  - mask: {{columns: [a], with: blur}}
+  - rename: {{to: \"{{db}}.x\"}}
+  - ops: {{skip: [upsert]}}
+  - frobnicate: {{}}
+  - mask: {{columns: [a], with: sha256, colour: red}}
+"
+        );
+        let e = parse_pipeline_text_with(&bad, "t.yaml", |_| Some("pw".into())).unwrap_err().to_string();
+        assert!(e.contains("transforms[5]: unknown kind `frobnicate`"), "{e}");
+        assert!(e.contains("transforms[6].mask") && e.contains("colour"), "{e}");
+        let bad = bad
+            .replace("  - frobnicate: {}\n", "")
+            .replace("  - mask: {columns: [a], with: sha256, colour: red}\n", "");
+        let e = parse_pipeline_text_with(&bad, "t.yaml", |_| Some("pw".into())).unwrap_err().to_string();
+        for want in [
+            "transforms[0].filter.where",
+            "transforms[1].columns: give include or exclude, not both",
+            "transforms[2].mask.with: \"blur\"",
+            "transforms[3].rename.to",
+            "transforms[4].ops.skip: \"upsert\"",
+        ] {
+            assert!(e.contains(want), "{want} missing in {e}");
+        }
+    }
 
     #[test]
     fn globs() {

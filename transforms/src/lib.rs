@@ -463,3 +463,251 @@ impl Transform for Chain {
         self.steps.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::config::{ColumnsConfig, FilterConfig, MaskConfig, OpsConfig, RenameConfig};
+    use sluice_core::{Column, ColumnType, ReplicaIdentity, Row, Value};
+
+    fn col(name: &str, ty: ColumnType, key: bool) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            source_type: String::new(),
+            type_id: 23,
+            type_modifier: -1,
+            key,
+            nullable: true,
+        }
+    }
+
+    fn customers(identity: ReplicaIdentity) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            database: "db".into(),
+            id: TableId::new("shop", "customers"),
+            columns: vec![
+                col("id", ColumnType::Int32, true),
+                col("email", ColumnType::Text, false),
+                col("ssn", ColumnType::Text, false),
+                col("status", ColumnType::Text, false),
+                col("n", ColumnType::Int32, false),
+            ],
+            replica_identity: identity,
+            version: 1,
+        })
+    }
+
+    fn ev(t: &Arc<TableSchema>, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>) -> ChangeEvent {
+        ChangeEvent {
+            op,
+            table: t.clone(),
+            before: before.map(Row::new),
+            after: after.map(Row::new),
+            commit_lsn: 1,
+            lsn: 1,
+            tx_id: None,
+            commit_ts_us: 0,
+            snapshot: op == Op::Read,
+            mysql: None,
+        }
+    }
+
+    fn row(id: i64, email: &str, status: &str, n: i64) -> Vec<Value> {
+        vec![
+            Value::Int(id),
+            Value::Text(email.into()),
+            Value::Text("123".into()),
+            Value::Text(status.into()),
+            Value::Int(n),
+        ]
+    }
+
+    fn all() -> Vec<String> {
+        vec!["shop.*".into()]
+    }
+
+    fn chain(cfg: Vec<TransformConfig>) -> Chain {
+        Chain::new(&cfg).unwrap()
+    }
+
+    fn run(c: &mut Chain, e: ChangeEvent) -> Vec<ChangeEvent> {
+        let mut out = Vec::new();
+        c.apply(e, &mut out).unwrap();
+        out
+    }
+
+    fn filter(w: &str) -> TransformConfig {
+        TransformConfig::Filter(FilterConfig { tables: all(), condition: w.into() })
+    }
+
+    #[test]
+    fn filter_turns_updates_into_inserts_and_deletes() {
+        let t = customers(ReplicaIdentity::Full);
+        let mut c = chain(vec![filter("status = 'live' AND n >= 10")]);
+        let live = |n| row(1, "a@x", "live", n);
+        let test = |n| row(1, "a@x", "test", n);
+        assert_eq!(run(&mut c, ev(&t, Op::Read, None, Some(live(10)))).len(), 1);
+        assert!(run(&mut c, ev(&t, Op::Create, None, Some(test(10)))).is_empty());
+        let ops = |v: Vec<ChangeEvent>| v.iter().map(|e| e.op.code()).collect::<String>();
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Update, Some(live(10)), Some(live(11))))), "u");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Update, Some(test(10)), Some(live(11))))), "c");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Update, Some(live(10)), Some(live(9))))), "d");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Update, Some(test(10)), Some(test(11))))), "");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Delete, Some(live(10)), None))), "d");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Delete, Some(test(10)), None))), "");
+        assert_eq!(ops(run(&mut c, ev(&t, Op::Truncate, None, None))), "t");
+        // Moving in: the insert carries the new row, unsent values from the old one.
+        let mut partial = live(12);
+        partial[1] = Value::Unchanged;
+        let out = run(&mut c, ev(&t, Op::Update, Some(test(10)), Some(partial)));
+        assert_eq!(out[0].before, None);
+        assert_eq!(out[0].after.as_ref().unwrap().values, live(12));
+        // Moving out: the delete carries the old row.
+        let out = run(&mut c, ev(&t, Op::Update, Some(live(10)), Some(test(10))));
+        assert_eq!(out[0].before.as_ref().unwrap().values, live(10));
+        assert!(out[0].after.is_none());
+    }
+
+    #[test]
+    fn filter_with_unknown_old_rows() {
+        // REPLICA IDENTITY DEFAULT: no old row unless the key changed.
+        let t = customers(ReplicaIdentity::Default);
+        let mut c = chain(vec![filter("status = 'live'")]);
+        let out = run(&mut c, ev(&t, Op::Update, None, Some(row(1, "a", "live", 1))));
+        assert_eq!(out[0].op, Op::Create, "an upsert: the row may or may not have been inside");
+        let out = run(&mut c, ev(&t, Op::Update, None, Some(row(1, "a", "test", 1))));
+        assert_eq!(out[0].op, Op::Delete);
+        let b = &out[0].before.as_ref().unwrap().values;
+        assert_eq!(b[0], Value::Int(1));
+        assert_eq!(b[3], Value::Unchanged, "only the key is known");
+        // A filter on the key alone is exact.
+        let mut k = chain(vec![filter("id < 5")]);
+        assert_eq!(run(&mut k, ev(&t, Op::Update, None, Some(row(1, "a", "x", 1))))[0].op, Op::Update);
+        assert!(run(&mut k, ev(&t, Op::Update, None, Some(row(7, "a", "x", 1)))).is_empty());
+        assert!(c.warnings(&[t.clone()], false)[0].contains("REPLICA IDENTITY"));
+        assert!(k.warnings(&[t.clone()], false).is_empty());
+        assert!(c.warnings(&[t], true).is_empty());
+    }
+
+    #[test]
+    fn columns_masks_renames_and_ops() {
+        let t = customers(ReplicaIdentity::Full);
+        let mut c = chain(vec![
+            TransformConfig::Columns(ColumnsConfig { tables: all(), include: None, exclude: Some(vec!["ssn".into()]) }),
+            TransformConfig::Mask(MaskConfig {
+                tables: all(),
+                columns: vec!["email".into()],
+                with: "sha256".into(),
+                salt: Some("s".into()),
+            }),
+            TransformConfig::Mask(MaskConfig {
+                tables: vec!["shop.customers".into()],
+                columns: vec!["n".into()],
+                with: "keep_last(1)".into(),
+                salt: None,
+            }),
+            TransformConfig::Rename(RenameConfig {
+                tables: all(),
+                to: Some("analytics.{table}_v2".into()),
+                columns: [("status".to_string(), "state".to_string())].into(),
+            }),
+            filter("state <> 'gone'"),
+            TransformConfig::Ops(OpsConfig { tables: all(), skip: vec!["delete".into()] }),
+        ]);
+        let out = c.table_schema(&t).unwrap();
+        assert_eq!(out.id, TableId::new("analytics", "customers_v2"));
+        assert_eq!(c.table_id(&t.id), out.id);
+        let names: Vec<&str> = out.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "email", "state", "n"]);
+        assert_eq!(out.columns[3].ty, ColumnType::Text, "a masked number becomes text");
+        assert_eq!(out.columns[3].source_type, "text");
+        let e = run(&mut c, ev(&t, Op::Update, Some(row(1, "a@x", "live", 42)), Some(row(1, "b@x", "live", 42))));
+        assert!(Arc::ptr_eq(&e[0].table, &out), "events carry the one output schema");
+        let hash = |s: &str| Value::Text(mask::sha256_hex(s, "s"));
+        assert_eq!(
+            e[0].before.as_ref().unwrap().values,
+            vec![Value::Int(1), hash("a@x"), Value::Text("live".into()), Value::Text("*2".into())]
+        );
+        assert_eq!(e[0].after.as_ref().unwrap().values[1], hash("b@x"));
+        assert!(run(&mut c, ev(&t, Op::Delete, Some(row(1, "a", "live", 1)), None)).is_empty(), "deletes skipped");
+        assert!(
+            run(&mut c, ev(&t, Op::Create, None, Some(row(2, "a", "gone", 1)))).is_empty(),
+            "filter on a renamed column"
+        );
+        // Other tables pass untouched but renamed.
+        let mut other = (*t).clone();
+        other.id = TableId::new("shop", "orders");
+        let other = Arc::new(other);
+        assert_eq!(c.table_schema(&other).unwrap().id, TableId::new("analytics", "orders_v2"));
+        assert!(c.check_tables(&[t.clone(), other.clone()]).is_empty());
+    }
+
+    #[test]
+    fn problems_are_found_at_start() {
+        let t = customers(ReplicaIdentity::Default);
+        let mut c = chain(vec![
+            filter("nope > 1"),
+            TransformConfig::Columns(ColumnsConfig { tables: all(), include: None, exclude: Some(vec!["snn".into()]) }),
+            TransformConfig::Mask(MaskConfig {
+                tables: all(),
+                columns: vec!["id".into()],
+                with: "redact".into(),
+                salt: None,
+            }),
+        ]);
+        let errs = c.check_tables(&[t.clone()]);
+        assert!(errs.iter().any(|e| e.contains("unknown column nope")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("transforms[1].columns") && e.contains("\"snn\"")), "{errs:?}");
+        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
+            tables: all(),
+            columns: vec!["id".into()],
+            with: "redact".into(),
+            salt: None,
+        })]);
+        let errs = c.check_tables(&[t.clone()]);
+        assert!(errs.iter().any(|e| e.contains("part of the key")), "{errs:?}");
+        let mut two = (*t).clone();
+        two.id = TableId::new("shop", "other");
+        let mut c = chain(vec![TransformConfig::Rename(RenameConfig {
+            tables: all(),
+            to: Some("x.same".into()),
+            columns: Default::default(),
+        })]);
+        let errs = c.check_tables(&[t, Arc::new(two)]);
+        assert!(errs.iter().any(|e| e.contains("both renamed to x.same")), "{errs:?}");
+        assert!(Chain::new(&[filter("id = ")]).is_err());
+    }
+
+    #[test]
+    fn pushdown_respects_replica_identity() {
+        let full = customers(ReplicaIdentity::Full);
+        let def = customers(ReplicaIdentity::Default);
+        let cfg = vec![
+            filter("status <> 'test'"),
+            TransformConfig::Columns(ColumnsConfig { tables: all(), include: None, exclude: Some(vec!["ssn".into()]) }),
+        ];
+        let p = pushdown::postgres(&mut chain(cfg.clone()), &full);
+        assert_eq!(p.row_filter.as_deref(), Some("(\"status\" <> 'test')"));
+        assert_eq!(p.columns, None, "no column lists under FULL");
+        let p = pushdown::postgres(&mut chain(cfg), &def);
+        assert_eq!(p.row_filter, None, "status is not in the identity");
+        assert_eq!(p.columns.unwrap(), ["id", "email", "status", "n"]);
+        let p = pushdown::postgres(&mut chain(vec![filter("id > 3")]), &def);
+        assert_eq!(p.row_filter.as_deref(), Some("(\"id\" > (3)::bigint)"));
+        // After a mask, filters run in Sluice only.
+        let p = pushdown::postgres(
+            &mut chain(vec![
+                TransformConfig::Mask(MaskConfig {
+                    tables: all(),
+                    columns: vec!["email".into()],
+                    with: "null".into(),
+                    salt: None,
+                }),
+                filter("id > 3"),
+            ]),
+            &def,
+        );
+        assert!(p.is_empty());
+    }
+}
