@@ -341,7 +341,7 @@ pub(crate) async fn run_config(
         let tables = source_schemas(cfg).await.context("cannot start the pipeline")?;
         let errors = chain.check_tables(&tables);
         if !errors.is_empty() {
-            return Err(ConfigError { file: format!("pipeline {}", cfg.name), errors }.into());
+            return Err(ConfigError { file: cfg.name.clone(), errors }.into());
         }
     }
     let summary = match &cfg.source {
@@ -454,9 +454,7 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
         SourceConfig::Mysql(_) => sluice_mysql::preflight::check(&cfg).await,
     };
     let mut report = report;
-    if !cfg.transforms.is_empty() {
-        transform_findings(&cfg, &mut report).await;
-    }
+    let bad_transforms = !cfg.transforms.is_empty() && !transform_findings(&cfg, &mut report).await;
     for f in &report.findings {
         let tag = match f.status {
             CheckStatus::Ok => "ok  ",
@@ -465,7 +463,10 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
         };
         println!("  {tag}  {:<24} {}", f.check, f.message);
     }
-    if report.failed() {
+    if bad_transforms {
+        println!("invalid transforms: fix the FAIL items above");
+        Ok(2)
+    } else if report.failed() {
         println!("not ready: fix the FAIL items above");
         Ok(1)
     } else {
@@ -477,13 +478,16 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
 /// `sluice check` findings of the transform stage: every filter, column and
 /// mask against the tables, and filters whose update semantics depend on
 /// old values the source does not send.
-async fn transform_findings(cfg: &PipelineConfig, report: &mut sluice_core::preflight::Report) {
-    let Ok(mut chain) = sluice_transforms::Chain::new(&cfg.transforms) else { return };
+/// Returns false when a transform cannot apply to the tables (a
+/// configuration error).
+async fn transform_findings(cfg: &PipelineConfig, report: &mut sluice_core::preflight::Report) -> bool {
+    let Ok(mut chain) = sluice_transforms::Chain::new(&cfg.transforms) else { return false };
     let tables = match source_schemas(cfg).await {
         Ok(t) => t,
         Err(e) => {
+            // The source checks above say why.
             report.push(CheckStatus::Fail, "transforms", format!("cannot read the tables' columns: {e}"));
-            return;
+            return true;
         }
     };
     let errors = chain.check_tables(&tables);
@@ -501,6 +505,7 @@ async fn transform_findings(cfg: &PipelineConfig, report: &mut sluice_core::pref
             format!("{} step(s) apply to {} table(s)", cfg.transforms.len(), tables.len()),
         );
     }
+    errors.is_empty()
 }
 
 async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {

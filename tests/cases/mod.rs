@@ -12,4 +12,5 @@ mod pipelines;
 mod stream;
 mod streaming;
 pub(crate) mod tls;
+mod transforms;
 mod types;

@@ -41,7 +41,7 @@ pub use expr::Tri;
 /// A step compiled from the configuration, not yet bound to a table.
 #[derive(Debug, Clone)]
 enum Step {
-    Filter(expr::Parsed),
+    Filter(Box<expr::Parsed>),
     Columns { include: Option<Vec<String>>, exclude: Option<Vec<String>> },
     Mask { columns: Vec<String>, method: MaskMethod, salt: Option<String> },
     Rename { to: Option<String>, columns: BTreeMap<String, String> },
@@ -136,7 +136,7 @@ impl Chain {
         for (index, t) in cfg.iter().enumerate() {
             let step = match t {
                 TransformConfig::Filter(f) => match expr::parse(&f.condition) {
-                    Ok(p) => Step::Filter(p),
+                    Ok(p) => Step::Filter(Box::new(p)),
                     Err(e) => {
                         errs.push(format!("transforms[{index}].filter.where: {:?}: {e}", f.condition));
                         continue;
@@ -311,8 +311,8 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| match (include, exclude) {
-                        (Some(l), _) => l.iter().any(|n| *n == c.name),
-                        (None, Some(l)) => !l.iter().any(|n| *n == c.name),
+                        (Some(l), _) => l.contains(&c.name),
+                        (None, Some(l)) => !l.contains(&c.name),
                         (None, None) => true,
                     })
                     .map(|(i, _)| i)

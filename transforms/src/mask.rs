@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 use sluice_core::config::{MaskMethod, REDACTED};
-use sluice_core::{ColumnType, TableSchema, Value};
+use sluice_core::{ColumnType, ReplicaIdentity, TableSchema, Value};
 
 use crate::text::text_form;
 
@@ -54,8 +54,11 @@ impl RowMask {
         let mut columns = Vec::new();
         for n in names {
             let Some(i) = schema.column_index(n) else { continue };
+            let full = schema.replica_identity == ReplicaIdentity::Full;
             let c = &mut schema.columns[i];
-            if c.key && method != MaskMethod::Sha256 {
+            // Under REPLICA IDENTITY FULL every column identifies the row
+            // and sinks match whole rows, so equal masked rows stay apart.
+            if c.key && method != MaskMethod::Sha256 && !full {
                 return Err(format!(
                     "column {n} is part of the key; only sha256 keeps keys distinct (use with: sha256, or drop the column)"
                 ));
