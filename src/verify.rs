@@ -85,6 +85,8 @@ struct Accum {
     row: Vec<u8>,
     key: Vec<u8>,
     scratch: String,
+    /// The pipeline's transforms, for source rows (the target holds their output).
+    plan: Option<std::sync::Arc<sluice_transforms::Plan>>,
 }
 
 impl Accum {
@@ -99,10 +101,18 @@ impl Accum {
             row: Vec::new(),
             key: Vec::new(),
             scratch: String::new(),
+            plan: None,
         }
     }
 
     fn add(&mut self, values: Vec<Value>) {
+        let values = match &self.plan {
+            None => values,
+            Some(p) => match p.row(values) {
+                Some(v) => v,
+                None => return,
+            },
+        };
         self.row.clear();
         self.key.clear();
         let all_key = self.key_idx.is_empty();
@@ -165,10 +175,10 @@ async fn read_pg_target(
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             sluice_schemas::postgres::split_copy_line(line, &mut fields).map_err(|e| anyhow!("{target}: {e}"))?;
             let mut values = Vec::with_capacity(fields.len());
-            for (f, (c, conv)) in fields.iter().zip(schema.columns.iter().zip(&acc.convs)) {
+            for (f, c) in fields.iter().zip(&schema.columns) {
                 values.push(match f {
                     None => Value::Null,
-                    Some(s) => target_value(&c.ty, *conv, c.type_id == 0, s)
+                    Some(s) => target_value(&c.ty, pg_type(c).1, c.type_id == 0, s)
                         .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
                 });
             }
@@ -240,25 +250,42 @@ enum SourceConn {
 }
 
 struct Table {
+    /// The source table.
     schema: TableSchema,
+    /// The replica's table: `schema` through the pipeline's transforms.
+    out: TableSchema,
+    plan: Option<std::sync::Arc<sluice_transforms::Plan>>,
     snap: Vec<sluice_mysql::catalog::SnapColumn>,
     estimate: u64,
 }
 
 async fn source_tables(cfg: &PipelineConfig, src: &mut SourceConn) -> anyhow::Result<Vec<Table>> {
+    let mut chain = sluice_transforms::Chain::new(&cfg.transforms)
+        .map_err(|errors| sluice_core::config::ConfigError { file: cfg.name.clone(), errors })?;
+    let mut plan = |schema: TableSchema| -> anyhow::Result<(TableSchema, TableSchema, Option<_>)> {
+        if chain.is_empty() {
+            return Ok((schema.clone(), schema, None));
+        }
+        let p = chain
+            .plan(&std::sync::Arc::new(schema.clone()))
+            .map_err(|e| sluice_core::config::ConfigError { file: cfg.name.clone(), errors: vec![e.message] })?;
+        Ok((schema, (*p.output).clone(), Some(p)))
+    };
     let mut out = Vec::new();
     match src {
         SourceConn::Pg(pg) => {
             let (client, db, domains) = &**pg;
             for t in sluice_postgres::catalog::included_tables(client, &cfg.tables).await? {
                 let schema = sluice_postgres::catalog::table_schema(client, db, &t.id, domains).await?;
-                out.push(Table { schema, snap: Vec::new(), estimate: t.estimated_rows });
+                let (schema, o, p) = plan(schema)?;
+                out.push(Table { schema, out: o, plan: p, snap: Vec::new(), estimate: t.estimated_rows });
             }
         }
         SourceConn::My(conn) => {
             for t in sluice_mysql::catalog::included_tables(conn, &cfg.tables).await? {
                 if let Some((schema, snap)) = sluice_mysql::catalog::table_schema(conn, &t.id).await? {
-                    out.push(Table { schema, snap, estimate: t.estimated_rows });
+                    let (schema, o, p) = plan(schema)?;
+                    out.push(Table { schema, out: o, plan: p, snap, estimate: t.estimated_rows });
                 }
             }
         }
@@ -309,7 +336,8 @@ async fn summarize_source(
     mysql_target: bool,
     detail: Option<Vec<bool>>,
 ) -> anyhow::Result<Accum> {
-    let mut acc = Accum::new(buckets, &t.schema, mysql_target, detail);
+    let mut acc = Accum::new(buckets, &t.out, mysql_target, detail);
+    acc.plan = t.plan.clone();
     match src {
         SourceConn::Pg(pg) => read_pg_target(&pg.0, &t.schema.id.quoted(), &t.schema, range, &mut acc).await?,
         SourceConn::My(conn) => read_my_source(conn, &t.schema, &t.snap, range, &mut acc).await?,
@@ -333,7 +361,7 @@ async fn read_my_target(
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
     let q = sluice_mysql::snapshot::quote_my;
-    let schema = &t.schema;
+    let schema = &t.out;
     let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
     let sql = format!("SELECT {cols} FROM {target}{}", range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {target}"))?;
@@ -341,7 +369,12 @@ async fn read_my_target(
     while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
         let mut values = Vec::with_capacity(schema.columns.len());
         for (i, (v, c)) in row.unwrap().into_iter().zip(&schema.columns).enumerate() {
-            let snap = t.snap.get(i).unwrap_or(&plain);
+            // Per-column read facts of the source column of the same name.
+            let snap = if t.plan.is_none() {
+                t.snap.get(i).unwrap_or(&plain)
+            } else {
+                t.schema.column_index(&c.name).and_then(|j| t.snap.get(j)).unwrap_or(&plain)
+            };
             values.push(
                 sluice_mysql::snapshot::convert(v, &c.ty, snap)
                     .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
@@ -355,10 +388,10 @@ async fn read_my_target(
 /// The replica's name for a table, quoted for its engine.
 fn target_name(target: &TargetConn, db: &str, t: &Table) -> String {
     match target {
-        TargetConn::Pg(_) => format!("{}.{}", quote_ident(db), quote_ident(&t.schema.id.name)),
+        TargetConn::Pg(_) => format!("{}.{}", quote_ident(db), quote_ident(&t.out.id.name)),
         TargetConn::My(_) => {
             let q = sluice_mysql::snapshot::quote_my;
-            format!("{}.{}", q(db), q(&t.schema.id.name))
+            format!("{}.{}", q(db), q(&t.out.id.name))
         }
     }
 }
@@ -374,7 +407,7 @@ async fn target_exists(target: &mut TargetConn, db: &str, t: &Table) -> anyhow::
         TargetConn::My(conn) => conn
             .exec_first::<u64, _, _>(
                 "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (db, &t.schema.id.name),
+                (db, &t.out.id.name),
             )
             .await
             .with_context(|| format!("looking up {name}"))?
@@ -391,9 +424,9 @@ async fn summarize_target(
     detail: Option<Vec<bool>>,
 ) -> anyhow::Result<Accum> {
     let name = target_name(target, db, t);
-    let mut acc = Accum::new(buckets, &t.schema, matches!(target, TargetConn::My(_)), detail);
+    let mut acc = Accum::new(buckets, &t.out, matches!(target, TargetConn::My(_)), detail);
     match target {
-        TargetConn::Pg(client) => read_pg_target(client, &name, &t.schema, range, &mut acc).await?,
+        TargetConn::Pg(client) => read_pg_target(client, &name, &t.out, range, &mut acc).await?,
         TargetConn::My(conn) => read_my_target(conn, &name, t, range, &mut acc).await?,
     }
     Ok(acc)
@@ -451,6 +484,10 @@ async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow
     let whole = vec![KeyRange { buckets: bucket_count(t.estimate), ..KeyRange::default() }];
     // (A MySQL TINYINT(1) key is a boolean in a Postgres replica: no ranges.)
     if key.len() != 1 || !integer(&t.schema.columns[key[0]].ty) || pg_type(&t.schema.columns[key[0]]).1 != Conv::AsIs {
+        return Ok(whole);
+    }
+    // Ranges name the key on both sides: only when the transforms keep it as is.
+    if t.plan.is_some() && !t.out.columns.iter().any(|c| c.key && *c == t.schema.columns[key[0]]) {
         return Ok(whole);
     }
     // The catalog's estimate may be stale: count while reading the span.
@@ -568,7 +605,7 @@ pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyh
     if tables.is_empty() {
         return Err(anyhow!("no table matches tables.include"));
     }
-    let db_of = |t: &Table| sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
+    let db_of = |t: &Table| sink.schema.clone().unwrap_or_else(|| t.out.id.schema.clone());
     // Plan: every present table's key ranges, largest tables first.
     let mut missing = vec![false; tables.len()];
     let mut units: Vec<(usize, KeyRange)> = Vec::new();
@@ -601,7 +638,7 @@ pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyh
             loop {
                 let Some((i, range)) = queue.lock().expect("queue").pop_front() else { break };
                 let t = &tables[i];
-                let db = sink.schema.clone().unwrap_or_else(|| t.schema.id.schema.clone());
+                let db = sink.schema.clone().unwrap_or_else(|| t.out.id.schema.clone());
                 let mut out = Outcome::default();
                 compare(&mut src, &mut target, &db, t, &range, mysql_target, &mut out).await?;
                 let mut all = outcomes.lock().expect("outcomes");
@@ -628,7 +665,7 @@ pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyh
                 "-",
                 "-",
                 db_of(t),
-                t.schema.id.name
+                t.out.id.name
             );
             failed += 1;
             continue;

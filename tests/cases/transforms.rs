@@ -327,6 +327,16 @@ async fn postgres_transforms_into_a_postgres_replica() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(cols, ["id:integer", "name:text", "email:text"]);
+    // verify compares the source through the same transforms with the replica.
+    let v = sluice(&["verify", p.to_str().unwrap(), "--chunk-rows", "500"]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("all 2 tables match"), "{}", v.stdout);
+    // A row the filter excludes, present in the replica, is a mismatch.
+    let outside: i32 = c.query_one("SELECT min(id) FROM shop.orders WHERE status = 'test'", &[]).await.unwrap().get(0);
+    dst.batch_execute(&format!("INSERT INTO replica.mirror_orders VALUES ({outside}, 'test', 1, NULL)")).await.unwrap();
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains(&format!("extra in target: {outside}")), "{}", v.stdout);
 }
 
 /// MariaDB source tables (binlog images are always whole: filters are exact).
@@ -470,6 +480,9 @@ async fn mysql_transforms_into_a_postgres_replica() {
     )
     .await;
     assert_same("shop.mirror_customers", &got, &want);
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("all 2 tables match"), "{}", v.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

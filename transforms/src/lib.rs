@@ -390,6 +390,25 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
 }
 
 impl Plan {
+    /// A row as the sink receives it when copied in a snapshot (`None`:
+    /// filtered out). For `sluice verify`, which compares the source through
+    /// the transforms with the replica.
+    pub fn row(&self, values: Vec<sluice_core::Value>) -> Option<Vec<sluice_core::Value>> {
+        let ev = ChangeEvent {
+            op: Op::Read,
+            table: self.source.clone(),
+            before: None,
+            after: Some(sluice_core::Row::new(values)),
+            commit_lsn: 0,
+            lsn: 0,
+            tx_id: None,
+            commit_ts_us: 0,
+            snapshot: true,
+            mysql: None,
+        };
+        self.run(ev, &mut |_, _| {}).and_then(|e| e.after).map(|r| r.values)
+    }
+
     /// Run one event through the plan (zero or one event out).
     fn run(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
         for op in &self.ops {
