@@ -12,7 +12,7 @@ use crate::harness::kafka::{avro_to_json, read_topics, KMsg, RegistryStandIn, Ta
 use crate::harness::*;
 
 /// Messages of a run, checked for exactly-once delivery, as replayable events by table.
-fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>> {
+pub(crate) fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, Vec<Event>> {
     decode_with(msgs, tx_topic, &|m: &KMsg| {
         let v: serde_json::Value = serde_json::from_str(m.value.as_ref().unwrap()).unwrap();
         if v.get("payload").is_some() && v.get("schema").is_some() {

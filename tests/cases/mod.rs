@@ -2,7 +2,7 @@ mod big_tx;
 mod cli;
 mod config;
 pub(crate) mod crash;
-mod kafka;
+pub(crate) mod kafka;
 mod my_sink;
 pub(crate) mod mysql_stream;
 mod mysql_tls;

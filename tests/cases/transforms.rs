@@ -538,3 +538,30 @@ async fn bad_transforms_are_configuration_errors() {
     assert!(r.stdout.contains("WARN  filter semantics") && r.stdout.contains("REPLICA IDENTITY FULL"), "{}", r.stdout);
     assert!(!env.out("xbad").exists(), "nothing was written by failed runs");
 }
+
+/// Renames name Kafka topics (and the events' source blocks), as they name
+/// replica tables and file directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_tables_name_kafka_topics() {
+    use crate::harness::kafka::{read_topics, Tansu};
+    let env = Env::new("xkafka");
+    let kafka = Tansu::start();
+    let c = env.client().await;
+    c.batch_execute(PG_SETUP).await.unwrap();
+    let sink = format!("  type: kafka\n  brokers: {}\n  topic: \"xk.{{schema}}.{{table}}\"\n", kafka.brokers());
+    let p = pg_pipeline(&env, "xk", &sink, true);
+    catch_up(&p).await;
+    pg_workload(env.url(), 15).await;
+    catch_up(&p).await;
+    let msgs = read_topics(&kafka.brokers(), "xk.");
+    let topics: std::collections::BTreeSet<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        ["xk.analytics.customers", "xk.analytics.events", "xk.analytics.orders"]
+    );
+    let out = super::kafka::decode(&msgs, None);
+    for (table, sql, key) in PG_EXPECTED {
+        let want = source_rows(&c, sql, key).await;
+        assert_output("kafka", &out, table, key, &want);
+    }
+}
