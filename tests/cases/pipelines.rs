@@ -9,10 +9,12 @@ fn example_pipelines_parse() {
         if p.extension().map(|x| x == "yaml").unwrap_or(false) {
             // Variables are supplied here, not through the (shared) process environment.
             let text = std::fs::read_to_string(&p).unwrap();
-            sluice_core::config::parse_pipeline_text_with(&text, &p.display().to_string(), |k| {
-                (k == "PGPASSWORD" || k == "MYSQL_PASSWORD").then(|| "example".to_string())
+            let cfg = sluice_core::config::parse_pipeline_text_with(&text, &p.display().to_string(), |k| {
+                matches!(k, "PGPASSWORD" | "MYSQL_PASSWORD" | "MASK_SALT").then(|| "example".to_string())
             })
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let errors = sluice_transforms::validate(&cfg);
+            assert!(errors.is_empty(), "{}: {errors:?}", p.display());
             n += 1;
         }
     }
