@@ -35,7 +35,7 @@ const TRANSFORMS: &str = r#"transforms:
       where: "status <> 'test' AND amount >= 100"
   - columns:
       tables: ["shop.customers"]
-      exclude: ["ssn", "internal_notes"]
+      include: ["id", "name", "email", "phone"]
   - mask:
       tables: ["shop.customers"]
       columns: ["email"]
@@ -199,7 +199,7 @@ async fn postgres_transforms_to_files_pushdown_and_in_process() {
     let filter = filter.expect("the orders filter is pushed down");
     assert!(filter.contains("'test'") && filter.contains("100"), "{filter}");
     let (cols, filter) = publication_entry(&c, "sluice_xpush", "customers").await;
-    assert_eq!(cols, ["id", "name", "email", "phone"], "excluded columns are not published");
+    assert_eq!(cols, ["id", "name", "email", "phone"], "columns not included are not published");
     assert_eq!(filter, None);
     let (cols, filter) = publication_entry(&c, "sluice_xlocal", "customers").await;
     assert_eq!((cols.len(), filter), (6, None), "pushdown: false publishes everything");
@@ -261,7 +261,7 @@ const REPLICA_TRANSFORMS: &str = r#"transforms:
       where: "status IN ('paid', 'new') AND (amount BETWEEN 100 AND 10000 OR note IS NOT NULL)"
   - columns:
       tables: ["shop.customers"]
-      include: ["id", "name", "email"]
+      exclude: ["phone", "ssn", "internal_notes"]
   - mask:
       tables: ["shop.customers"]
       columns: ["email"]

@@ -93,7 +93,8 @@ pub struct Plan {
     /// Filters compiled against the *source* layout (for pushdown), with the
     /// steps before them that keep that layout.
     pub source_filters: Vec<expr::Compiled>,
-    /// Source columns a pushed-down column list may leave out.
+    /// Source columns a pushed-down column list may leave out (only from
+    /// `include` lists before any mask or column rename).
     pub dropped_source_columns: Vec<String>,
     /// True when every filter of this table is among `source_filters`.
     pub filters_all_on_source: bool,
@@ -293,6 +294,7 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
     let mut filters_all_on_source = true;
     let mut dropped_source_columns = Vec::new();
     let mut projected_only = true;
+    let mut column_list_ok = true;
     for s in steps.iter().filter(|s| s.applies(&source.id)) {
         let at = || format!("{} on table {}", s.at(), source.id);
         match &s.step {
@@ -319,6 +321,12 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
                     .collect();
                 if keep.is_empty() {
                     return Err(format!("{}: no column of the table would remain", at()));
+                }
+                // A column added later must flow past an exclude list, and a
+                // publication column list would hold it back: only include
+                // lists go into the publication.
+                if exclude.is_some() {
+                    column_list_ok = false;
                 }
                 if keep.len() == cur.columns.len() {
                     continue;
@@ -378,6 +386,9 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
         }
     }
     let rows_untouched = ops.is_empty();
+    if !column_list_ok {
+        dropped_source_columns.clear();
+    }
     Ok(Plan {
         source: source.clone(),
         output: Arc::new(cur),
@@ -711,7 +722,20 @@ mod tests {
         assert_eq!(p.columns, None, "no column lists under FULL");
         let p = pushdown::postgres(&mut chain(cfg), &def);
         assert_eq!(p.row_filter, None, "status is not in the identity");
-        assert_eq!(p.columns.unwrap(), ["id", "email", "status", "n"]);
+        assert_eq!(p.columns, None, "exclude lists are not pushed: a column added later must flow");
+        let include = vec![TransformConfig::Columns(ColumnsConfig {
+            tables: all(),
+            include: Some(vec!["id".into(), "email".into(), "n".into()]),
+            exclude: None,
+        })];
+        let p = pushdown::postgres(&mut chain(include.clone()), &def);
+        assert_eq!(p.columns.unwrap(), ["id", "email", "n"]);
+        let no_key = vec![TransformConfig::Columns(ColumnsConfig {
+            tables: all(),
+            include: Some(vec!["email".into()]),
+            exclude: None,
+        })];
+        assert_eq!(pushdown::postgres(&mut chain(no_key), &def).columns, None, "identity columns stay published");
         let p = pushdown::postgres(&mut chain(vec![filter("id > 3")]), &def);
         assert_eq!(p.row_filter.as_deref(), Some("(\"id\" > (3)::bigint)"));
         // After a mask, filters run in Sluice only.
