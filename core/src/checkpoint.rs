@@ -37,6 +37,10 @@ pub struct TableState {
     pub snapshot_position: Option<Position>,
     #[serde(default)]
     pub snapshot_rows: u64,
+    /// Fingerprint of the transforms the table was copied through (empty:
+    /// none). When it changes, the table is copied again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transforms: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +173,12 @@ mod tests {
         cp.position = Some(Position::Postgres { lsn: u64::MAX - 1 });
         cp.tables.insert(
             "a.b".into(),
-            TableState { snapshot: SnapshotState::Done, snapshot_position: None, snapshot_rows: 3 },
+            TableState {
+                snapshot: SnapshotState::Done,
+                snapshot_position: None,
+                snapshot_rows: 3,
+                transforms: String::new(),
+            },
         );
         store.save(&cp).unwrap();
         let back = store.load().unwrap().unwrap();

@@ -301,9 +301,20 @@ async fn run_once<S: Source, K: Sink>(
     if let Some(stored) = sink.stored_checkpoint().await? {
         cp = stored;
     }
-    // Tables whose copy was interrupted are copied again from scratch.
-    for t in cp.tables.values_mut() {
-        if t.snapshot == SnapshotState::Copying {
+    // Tables whose copy was interrupted are copied again from scratch, and
+    // so are tables copied through other transforms than configured now.
+    for (name, t) in cp.tables.iter_mut() {
+        let changed = t.snapshot == SnapshotState::Done && {
+            let id = match name.split_once('.') {
+                Some((s, n)) => TableId::new(s, n),
+                None => TableId::new("", name.as_str()),
+            };
+            t.transforms != transforms.fingerprint(&id)
+        };
+        if changed {
+            tracing::info!(table = %name, "the table's transforms changed since it was copied: copying it again");
+        }
+        if t.snapshot == SnapshotState::Copying || changed {
             t.snapshot = SnapshotState::Pending;
             t.snapshot_rows = 0;
         }
@@ -465,7 +476,12 @@ async fn drive<K: Sink>(
                                     let table = schema.id.clone();
                                     f.cp.tables.insert(
                                         table.to_string(),
-                                        TableState { snapshot: SnapshotState::Copying, snapshot_position: Some(p), snapshot_rows: 0 },
+                                        TableState {
+                                            snapshot: SnapshotState::Copying,
+                                            snapshot_position: Some(p),
+                                            snapshot_rows: 0,
+                                            transforms: transforms.fingerprint(&table),
+                                        },
                                     );
                                     stats.snapshot_progress(&table, 0, false, Some(estimated_rows));
                                 }

@@ -46,6 +46,12 @@ pub trait Transform: Send {
     fn is_identity(&self) -> bool {
         false
     }
+    /// A fingerprint of what this transform does to the source table `id`
+    /// (empty: nothing). A table copied under another fingerprint is copied
+    /// again, so a changed filter or mask reaches the rows already copied.
+    fn fingerprint(&self, _id: &TableId) -> String {
+        String::new()
+    }
 }
 
 /// The empty transform stage.

@@ -508,6 +508,7 @@ async fn bad_transforms_are_configuration_errors() {
         ("- mask: {tables: [\"shop.customers\"], columns: [id], with: redact}", &["part of the key"]),
         ("- columns: {tables: [\"shop.customers\"], exclude: [snn]}", &["no table it applies to has a column \"snn\""]),
         ("- mask: {columns: [x], with: blur}", &["transforms[0].mask.with"]),
+        ("- filter: {tables: [\"shop.order\"], where: \"id > 1\"}", &["matches none of the included tables"]),
     ];
     for (i, (step, wants)) in cases.iter().enumerate() {
         let p = env.pipeline(

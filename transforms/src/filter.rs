@@ -10,7 +10,7 @@
 //! | u      | no              | yes             | `c` with the new row      |
 //! | u      | yes             | no              | `d` with the old row      |
 //! | u      | no              | no              | nothing                   |
-//! | u      | unknown         | yes             | `c` (an upsert by key)    |
+//! | u      | unknown         | yes             | `c` (an upsert by key); after a key change `d` of the old key first |
 //! | u      | unknown         | no              | `d` by key                |
 //! | u      | any             | unknown         | `u` as is                 |
 //! | d      | yes / unknown   |                 | `d`                       |
@@ -31,6 +31,25 @@
 use sluice_core::{ChangeEvent, Op, ReplicaIdentity, Row, TableSchema, Value};
 
 use crate::expr::{Compiled, Tri};
+
+/// What a filter makes of one event.
+#[derive(Debug)]
+pub enum Out {
+    Drop,
+    One(ChangeEvent),
+    /// A delete of the old key, then an insert of the new row.
+    Two(ChangeEvent, ChangeEvent),
+}
+
+impl Out {
+    fn keep(ev: ChangeEvent, keep: bool) -> Out {
+        if keep {
+            Out::One(ev)
+        } else {
+            Out::Drop
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RowFilter {
@@ -72,7 +91,7 @@ impl RowFilter {
             return None;
         }
         Some(format!(
-            "table {} has REPLICA IDENTITY {:?} and the filter {:?} reads non-key columns ({}): updates carry no old values for them, so every update of a matching row is sent as an upsert (c) and every other update as a delete by key; ALTER TABLE {} REPLICA IDENTITY FULL gives exact u/c/d",
+            "table {} has REPLICA IDENTITY {:?} and the filter {:?} reads non-key columns ({}): updates carry no old values for them, so every update of a matching row is sent as an upsert (c) and every other update as a delete by key; an incoming row's unchanged TOASTed values are not sent (a replica gets NULL for them); ALTER TABLE {} REPLICA IDENTITY FULL gives exact u/c/d",
             schema.id,
             schema.replica_identity,
             self.expr.text(),
@@ -81,19 +100,19 @@ impl RowFilter {
         ))
     }
 
-    pub fn apply(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
+    pub fn apply(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Out {
         match ev.op {
-            Op::Truncate => Some(ev),
+            Op::Truncate => Out::One(ev),
             Op::Read | Op::Create => {
                 let t = ev.after.as_ref().map(|r| self.test(&r.values, warn)).unwrap_or(Tri::Unknown);
-                (t != Tri::False).then_some(ev)
+                Out::keep(ev, t != Tri::False)
             }
             Op::Delete => {
                 let t = ev.before.as_ref().map(|r| self.test(&r.values, warn)).unwrap_or(Tri::Unknown);
-                (t != Tri::False).then_some(ev)
+                Out::keep(ev, t != Tri::False)
             }
             Op::Update => {
-                let after = ev.after.as_ref()?;
+                let Some(after) = ev.after.as_ref() else { return Out::One(ev) };
                 // The old row: the image sent, or (no image: the key did not
                 // change) the new row's key with everything else unknown.
                 let old: Vec<Value> = match &ev.before {
@@ -116,20 +135,37 @@ impl RowFilter {
                 }
                 let was = self.test(&old, warn);
                 let is = self.test(&new, warn);
+                // The key changed (the old image carries a different key).
+                let key_changed = self
+                    .key
+                    .iter()
+                    .any(|&i| !matches!(old.get(i), Some(Value::Unchanged) | None) && old.get(i) != new.get(i));
                 match (was, is) {
-                    (_, Tri::Unknown) | (Tri::True, Tri::True) => Some(ev),
-                    (Tri::False, Tri::False) => None,
+                    (_, Tri::Unknown) | (Tri::True, Tri::True) => Out::One(ev),
+                    (Tri::False, Tri::False) => Out::Drop,
+                    (Tri::Unknown, Tri::True) if key_changed => {
+                        // The old key may be in the replica: delete it, then
+                        // insert the new row.
+                        let mut delete = ev.clone();
+                        delete.op = Op::Delete;
+                        delete.before = Some(Row::new(old));
+                        delete.after = None;
+                        ev.op = Op::Create;
+                        ev.before = None;
+                        ev.after = Some(Row::new(new));
+                        Out::Two(delete, ev)
+                    }
                     (Tri::False | Tri::Unknown, Tri::True) => {
                         ev.op = Op::Create;
                         ev.before = None;
                         ev.after = Some(Row::new(new));
-                        Some(ev)
+                        Out::One(ev)
                     }
                     (Tri::True | Tri::Unknown, Tri::False) => {
                         ev.op = Op::Delete;
                         ev.before = Some(Row::new(old));
                         ev.after = None;
-                        Some(ev)
+                        Out::One(ev)
                     }
                 }
             }

@@ -118,7 +118,7 @@ pub struct Chain {
     /// Output table → source table, to refuse two tables renamed into one.
     outputs: HashMap<TableId, TableId>,
     /// Evaluation errors already logged (per table and filter).
-    warned: HashSet<(TableId, usize)>,
+    warned: HashSet<(TableId, String)>,
 }
 
 /// Check the `where:` expressions of `cfg` (syntax only; columns and types
@@ -174,6 +174,36 @@ impl Chain {
         self.steps.is_empty()
     }
 
+    /// A new version of a table lost a column a mask or an exclude list
+    /// names and gained one it does not name: most likely a rename at the
+    /// source, whose values would pass unmasked. Stop until the pipeline
+    /// file names the new column too.
+    fn check_vanished(&self, old: &Arc<TableSchema>, new: &Arc<TableSchema>) -> Result<(), TransformError> {
+        for s in self.steps.iter().filter(|s| s.applies(&new.id)) {
+            let names: &[String] = match &s.step {
+                Step::Mask { columns, .. } => columns,
+                Step::Columns { exclude: Some(l), .. } => l,
+                _ => continue,
+            };
+            let before = intermediate_columns(&self.steps, old, s.index).unwrap_or_default();
+            let after = intermediate_columns(&self.steps, new, s.index).unwrap_or_default();
+            // A dropped column leaks nothing; a renamed one shows up as a
+            // new column the step does not name.
+            let unnamed_new = after.iter().any(|c| !before.contains(c) && !names.contains(c));
+            for n in names {
+                if unnamed_new && before.contains(n) && !after.contains(n) {
+                    return Err(TransformError::new(format!(
+                        "column {n} of table {} is gone while a column {} does not name appeared (a rename at the source?): its data would no longer be {}; name the new column in the pipeline file too and start again",
+                        new.id,
+                        s.at(),
+                        if matches!(s.step, Step::Mask { .. }) { "masked" } else { "excluded" }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The plan for a source schema (cached per table and version).
     pub fn plan(&mut self, schema: &Arc<TableSchema>) -> Result<Arc<Plan>, TransformError> {
         if let Some(p) = &self.last {
@@ -187,6 +217,9 @@ impl Chain {
                 self.last = Some(p.clone());
                 return Ok(p);
             }
+        }
+        if let Some(old) = self.plans.get(&schema.id) {
+            self.check_vanished(&old.source.clone(), schema)?;
         }
         let plan = Arc::new(build_plan(&self.steps, schema).map_err(TransformError::new)?);
         if let Some(other) = self.outputs.get(&plan.output.id) {
@@ -228,17 +261,19 @@ impl Chain {
             }
         }
         for s in &self.steps {
+            // A step for no table is a typo (a filter or mask that silently
+            // did nothing would let through what it was meant to hold back).
+            let mine: Vec<&Arc<TableSchema>> = tables.iter().filter(|t| s.applies(&t.id)).collect();
+            if mine.is_empty() {
+                errs.push(format!("{}.tables: {:?} matches none of the included tables", s.at(), s.globs));
+                continue;
+            }
             let names: Vec<&String> = match &s.step {
                 Step::Columns { include: Some(l), .. } | Step::Columns { exclude: Some(l), .. } => l.iter().collect(),
                 Step::Mask { columns, .. } => columns.iter().collect(),
                 Step::Rename { columns, .. } => columns.keys().collect(),
                 _ => continue,
             };
-            let mine: Vec<&Arc<TableSchema>> = tables.iter().filter(|t| s.applies(&t.id)).collect();
-            if mine.is_empty() {
-                errs.push(format!("{}.tables: {:?} matches none of the included tables", s.at(), s.globs));
-                continue;
-            }
             for n in names {
                 let known = mine.iter().any(|t| {
                     intermediate_columns(&self.steps, t, s.index).is_some_and(|cols| cols.iter().any(|c| c == n))
@@ -365,8 +400,9 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
                     let (name, schema) = render_table_template(to, &source.id.schema, &source.id.name);
                     cur.id = TableId::new(schema.unwrap_or_else(|| cur.id.schema.clone()), name);
                 }
-                for (old, new) in columns {
-                    if let Some(c) = cur.columns.iter_mut().find(|c| c.name == *old) {
+                // All at once, by the names before this step: {a: b, b: a} swaps.
+                for c in cur.columns.iter_mut() {
+                    if let Some(new) = columns.get(&c.name) {
                         c.name = new.clone();
                         source_layout = false;
                         projected_only = false;
@@ -381,7 +417,9 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
             }
             Step::Ops { skip } => {
                 ops.push(RowOp::Skip(*skip));
-                // Skipping ops is not pushed down; later filters still can be.
+                // Postgres would turn updates into inserts and deletes before
+                // this step sees them: later filters run in Sluice only.
+                source_layout = false;
             }
         }
     }
@@ -421,17 +459,37 @@ impl Plan {
     }
 
     /// Run one event through the plan (zero or one event out).
-    fn run(&self, mut ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
-        for op in &self.ops {
+    fn run(&self, ev: ChangeEvent, warn: &mut dyn FnMut(&str, &str)) -> Option<ChangeEvent> {
+        let mut out = Vec::with_capacity(1);
+        self.run_from(0, ev, warn, &mut out);
+        out.pop()
+    }
+
+    /// Run `ev` through the ops from `start` on, appending what comes out.
+    fn run_from(
+        &self,
+        start: usize,
+        mut ev: ChangeEvent,
+        warn: &mut dyn FnMut(&str, &str),
+        out: &mut Vec<ChangeEvent>,
+    ) {
+        for (k, op) in self.ops.iter().enumerate().skip(start) {
             match op {
                 RowOp::Skip(skip) => {
                     if skip[op_index(ev.op)] {
-                        return None;
+                        return;
                     }
                 }
-                RowOp::Filter(f) => {
-                    ev = f.apply(ev, warn)?;
-                }
+                RowOp::Filter(f) => match f.apply(ev, warn) {
+                    filter::Out::Drop => return,
+                    filter::Out::One(e) => ev = e,
+                    filter::Out::Two(delete, create) => {
+                        // A key change of a row that may have been outside:
+                        // the old key goes, the new row comes.
+                        self.run_from(k + 1, delete, warn, out);
+                        ev = create;
+                    }
+                },
                 RowOp::Project(keep) => {
                     for row in [ev.before.as_mut(), ev.after.as_mut()].into_iter().flatten() {
                         let mut vals = std::mem::take(&mut row.values);
@@ -447,7 +505,7 @@ impl Plan {
             }
         }
         ev.table = self.output.clone();
-        Some(ev)
+        out.push(ev);
     }
 }
 
@@ -478,19 +536,34 @@ impl Transform for Chain {
         let warned = &mut self.warned;
         let table = plan.source.id.clone();
         let mut warn = |expr: &str, err: &str| {
-            let key = (table.clone(), expr.len());
+            let key = (table.clone(), expr.to_string());
             if warned.insert(key) {
                 tracing::warn!(table = %table, "filter {expr:?} could not be evaluated ({err}); such rows do not match (logged once)");
             }
         };
-        if let Some(ev) = plan.run(event, &mut warn) {
-            out.push(ev);
-        }
+        plan.run_from(0, event, &mut warn, out);
         Ok(())
     }
 
     fn is_identity(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    fn fingerprint(&self, id: &TableId) -> String {
+        let mut text = String::new();
+        for s in self.steps.iter().filter(|s| s.applies(id)) {
+            text.push_str(&format!("{:?}\n", s.step));
+        }
+        if text.is_empty() {
+            return text;
+        }
+        // FNV-1a: stable across runs and builds of the same configuration.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
     }
 }
 
@@ -674,6 +747,62 @@ mod tests {
     }
 
     #[test]
+    fn key_changes_renames_and_fingerprints() {
+        // DEFAULT identity: a key change carries the old key only.
+        let t = customers(ReplicaIdentity::Default);
+        let mut c = chain(vec![filter("status = 'live'")]);
+        let old_key = vec![Value::Int(1), Value::Unchanged, Value::Unchanged, Value::Unchanged, Value::Unchanged];
+        let out = run(&mut c, ev(&t, Op::Update, Some(old_key), Some(row(2, "a", "live", 1))));
+        let ops: Vec<&str> = out.iter().map(|e| e.op.code()).collect();
+        assert_eq!(ops, ["d", "c"], "the old key may be in the replica");
+        assert_eq!(out[0].before.as_ref().unwrap().values[0], Value::Int(1));
+        assert_eq!(out[1].after.as_ref().unwrap().values[0], Value::Int(2));
+        // Column renames apply at once.
+        let mut c = chain(vec![TransformConfig::Rename(RenameConfig {
+            tables: all(),
+            to: None,
+            columns: [("email".to_string(), "ssn".to_string()), ("ssn".to_string(), "email".to_string())].into(),
+        })]);
+        let names: Vec<String> = c.table_schema(&t).unwrap().columns.iter().map(|c| c.name.clone()).collect();
+        assert_eq!(names, ["id", "ssn", "email", "status", "n"]);
+        // Fingerprints follow the steps that apply.
+        let a = chain(vec![filter("n > 1")]);
+        let b = chain(vec![filter("n > 2")]);
+        assert_ne!(a.fingerprint(&t.id), b.fingerprint(&t.id));
+        assert_eq!(a.fingerprint(&t.id), chain(vec![filter("n > 1")]).fingerprint(&t.id));
+        assert_eq!(a.fingerprint(&TableId::new("other", "x")), "");
+    }
+
+    #[test]
+    fn a_masked_column_renamed_at_the_source_stops_the_table() {
+        let t = customers(ReplicaIdentity::Full);
+        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
+            tables: all(),
+            columns: vec!["email".into()],
+            with: "sha256".into(),
+            salt: None,
+        })]);
+        c.plan(&t).unwrap();
+        let mut renamed = (*t).clone();
+        renamed.columns[1].name = "mail".into();
+        renamed.version = 2;
+        let e = c.plan(&Arc::new(renamed)).unwrap_err();
+        assert!(e.message.contains("column email of table shop.customers is gone"), "{}", e.message);
+        // A plain drop leaks nothing and goes on.
+        let mut dropped = (*t).clone();
+        dropped.columns.remove(1);
+        dropped.version = 3;
+        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
+            tables: all(),
+            columns: vec!["email".into()],
+            with: "sha256".into(),
+            salt: None,
+        })]);
+        c.plan(&t).unwrap();
+        assert!(c.plan(&Arc::new(dropped)).is_ok());
+    }
+
+    #[test]
     fn problems_are_found_at_start() {
         let t = customers(ReplicaIdentity::Default);
         let mut c = chain(vec![
@@ -738,6 +867,15 @@ mod tests {
         assert_eq!(pushdown::postgres(&mut chain(no_key), &def).columns, None, "identity columns stay published");
         let p = pushdown::postgres(&mut chain(vec![filter("id > 3")]), &def);
         assert_eq!(p.row_filter.as_deref(), Some("(\"id\" > (3)::bigint)"));
+        // After an ops step, Postgres's own u → c/d would come first.
+        let p = pushdown::postgres(
+            &mut chain(vec![
+                TransformConfig::Ops(OpsConfig { tables: all(), skip: vec!["delete".into()] }),
+                filter("id > 3"),
+            ]),
+            &def,
+        );
+        assert!(p.is_empty());
         // After a mask, filters run in Sluice only.
         let p = pushdown::postgres(
             &mut chain(vec![

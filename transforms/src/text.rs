@@ -63,7 +63,9 @@ pub fn float_text(f: f64, s: &mut String) {
 }
 
 fn num(s: &str) -> Option<i64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // At most 9 digits: years stay within what Postgres stores, and no
+    // product below can overflow.
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()
@@ -143,6 +145,9 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         let (t, off) = (&rest[..i], &rest[i..]);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let body = &off[1..];
+        if !body.is_ascii() {
+            return None;
+        }
         let (h, m) = match body.split_once(':') {
             Some((h, m)) => (num(h)?, num(m)?),
             None if body.len() == 4 => (num(&body[..2])?, num(&body[2..])?),
@@ -155,7 +160,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         time = t.trim();
     }
     let t = if time.is_empty() { 0 } else { parse_time(time)? };
-    Some(days * 86_400_000_000 + t - offset_us)
+    days.checked_mul(86_400_000_000)?.checked_add(t)?.checked_sub(offset_us)
 }
 
 #[cfg(test)]

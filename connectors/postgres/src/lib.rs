@@ -161,8 +161,19 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let tables = catalog::included_tables(&client, &cfg.tables).await?;
     let domains = catalog::domains(&client).await?;
     let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
-    let pushdown = plan_pushdown(&client, cfg, &info.dbname, &ids, &domains).await?;
-    catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await?;
+    // Partitioned tables: Postgres checks a root's row filter against every
+    // partition's own replica identity, which the root's does not tell.
+    let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
+    let pushdown = plan_pushdown(&client, cfg, &info.dbname, &plain, &domains).await?;
+    if let Err(e) = catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await {
+        if pushdown.is_empty() || e.kind != ErrorKind::Fatal {
+            return Err(e);
+        }
+        // Postgres refused a pushed-down filter or column list: Sluice
+        // applies every transform itself anyway, so go on without them.
+        tracing::warn!(error = %e, "the publication's column lists and row filters were refused; filtering in Sluice only");
+        catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &catalog::Pushdowns::new()).await?;
+    }
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
 
     if ctx.tx.send(vec![SourceMessage::Tables { included: ids.clone() }]).await.is_err() {
