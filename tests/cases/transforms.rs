@@ -337,6 +337,30 @@ async fn postgres_transforms_into_a_postgres_replica() {
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
     assert!(v.stdout.contains(&format!("extra in target: {outside}")), "{}", v.stdout);
+
+    // Widening the filter later copies the table again: the replica then
+    // holds the rows the new filter admits, including old ones.
+    let text =
+        std::fs::read_to_string(&p).unwrap().replace("status IN ('paid', 'new')", "status IN ('paid', 'new', 'test')");
+    std::fs::write(&p, text).unwrap();
+    let r = catch_up(&p).await;
+    assert!(r.stderr.contains("transforms changed since it was copied"), "{}", r.stderr);
+    let want = source_rows(
+        &c,
+        "SELECT json_build_object('id', id, 'status', status, 'amount', amount::text, 'note', note) FROM shop.orders \
+         WHERE status IN ('paid', 'new', 'test') AND (amount BETWEEN 100 AND 10000 OR note IS NOT NULL)",
+        &["id"],
+    )
+    .await;
+    let got = source_rows(
+        &dst,
+        "SELECT json_build_object('id', id, 'status', status, 'amount', amount::text, 'note', note) FROM replica.mirror_orders",
+        &["id"],
+    )
+    .await;
+    assert_same("replica.mirror_orders after widening the filter", &got, &want);
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }
 
 /// MariaDB source tables (binlog images are always whole: filters are exact).
