@@ -504,8 +504,51 @@ async fn transform_findings(cfg: &PipelineConfig, report: &mut sluice_core::pref
             "transforms",
             format!("{} step(s) apply to {} table(s)", cfg.transforms.len(), tables.len()),
         );
+        if let SourceConfig::Postgres(_) = &cfg.source {
+            match pushdown_findings(cfg).await {
+                Ok(lines) => {
+                    for l in lines {
+                        report.push(CheckStatus::Ok, "pushdown", l);
+                    }
+                }
+                Err(e) => report.push(CheckStatus::Warn, "pushdown", format!("cannot plan the pushdown: {e}")),
+            }
+        }
     }
     errors.is_empty()
+}
+
+/// What the publication will do for the transforms, table by table.
+async fn pushdown_findings(cfg: &PipelineConfig) -> Result<Vec<String>, SourceError> {
+    let pg = sluice_postgres::pg_config(cfg)?;
+    let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
+    let client = sluice_postgres::conn::connect_sql(&info).await?;
+    let tables = sluice_postgres::catalog::included_tables(&client, &cfg.tables).await?;
+    let domains = sluice_postgres::catalog::domains(&client).await?;
+    let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
+    let planned = sluice_postgres::plan_pushdown(&client, cfg, &info.dbname, &plain, &domains).await?;
+    if planned.is_empty() {
+        return Ok(vec![if pg.pushdown == Some(false) {
+            "off (source.pushdown: false): every step runs in Sluice".to_string()
+        } else {
+            "nothing can be pushed down (Postgres 15+ and filters on replica-identity columns or include lists are needed); every step runs in Sluice".to_string()
+        }]);
+    }
+    let mut out: Vec<String> = planned
+        .iter()
+        .map(|(t, p)| {
+            let mut parts = Vec::new();
+            if let Some(c) = &p.columns {
+                parts.push(format!("columns ({})", c.join(", ")));
+            }
+            if let Some(f) = &p.row_filter {
+                parts.push(format!("WHERE {f}"));
+            }
+            format!("{t}: {} in the publication (Sluice still applies every step)", parts.join(" and "))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {

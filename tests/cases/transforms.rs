@@ -179,6 +179,14 @@ async fn postgres_transforms_to_files_pushdown_and_in_process() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("transforms") && r.stdout.contains("7 step(s) apply to 3 table(s)"), "{}", r.stdout);
     assert!(!r.stdout.contains("WARN  filter semantics"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("shop.orders: WHERE")
+            && r.stdout.contains("shop.customers: columns (id, name, email, phone)"),
+        "{}",
+        r.stdout
+    );
+    let r = sluice(&["check", local.to_str().unwrap()]).await;
+    assert!(r.stdout.contains("off (source.pushdown: false)"), "{}", r.stdout);
 
     // Snapshot (before the workload: the append-only table's expected rows
     // include rows deleted later), then a workload with SIGKILLs of the
