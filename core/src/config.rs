@@ -120,10 +120,16 @@ pub struct MaskConfig {
     #[serde(default = "all_tables")]
     pub tables: Vec<String>,
     pub columns: Vec<String>,
-    /// `sha256`, `redact`, `null` or `keep_last(N)`.
+    /// `sha256`, `redact`, `null` or `keep_last(N)` (YAML's bare `null` too).
+    #[serde(deserialize_with = "null_as_text")]
     pub with: String,
     /// Appended to the value before hashing (`sha256` only).
     pub salt: Option<String>,
+}
+
+/// A string where YAML's bare `null` means the word `null`.
+fn null_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(|| "null".to_string()))
 }
 
 /// A parsed `mask.with`.
@@ -1185,6 +1191,9 @@ sink:
   - mask:
       columns: [card]
       with: keep_last(4)
+  - mask:
+      columns: [notes]
+      with: null
   - rename:
       tables: [\"shop.*\"]
       to: \"analytics.{{table}}\"
@@ -1200,7 +1209,11 @@ sink:
             _ => None,
         })
         .unwrap();
-        assert_eq!(cfg.transforms.len(), 6);
+        assert_eq!(cfg.transforms.len(), 7);
+        match &cfg.transforms[4] {
+            TransformConfig::Mask(m) => assert_eq!(MaskMethod::parse(&m.with), Some(MaskMethod::Null)),
+            other => panic!("{other:?}"),
+        }
         match &cfg.transforms[2] {
             TransformConfig::Mask(m) => {
                 assert_eq!(m.salt.as_deref(), Some("pepper"));
@@ -1209,7 +1222,7 @@ sink:
             other => panic!("{other:?}"),
         }
         assert_eq!(cfg.transforms[3].tables(), ["*".to_string()]);
-        assert!(cfg.transforms[4].applies_to("shop", "x"));
+        assert!(cfg.transforms[5].applies_to("shop", "x"));
         assert_eq!(render_table_template("analytics.{table}", "shop", "x"), ("x".into(), Some("analytics".into())));
         assert_eq!(render_table_template("{table}_v2", "shop", "x"), ("x_v2".into(), None));
 
