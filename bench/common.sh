@@ -1,6 +1,6 @@
 # Shared helpers for the benchmark scripts: throwaway Postgres clusters and
 # the result table. Source it after setting WORK (a scratch directory).
-# (bench/transforms.sh uses it; the older scripts still carry their own copy.)
+# (bench/run.sh, replica.sh, kafka.sh and transforms.sh use it.)
 
 BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
@@ -21,6 +21,7 @@ unix_socket_directories = '$dir'
 wal_level = logical
 max_wal_senders = 20
 max_replication_slots = 20
+max_logical_replication_workers = 8
 shared_buffers = '512MB'
 max_wal_size = '8GB'
 synchronous_commit = off

@@ -16,35 +16,17 @@ TXS=50
 PER_TX=$((ROWS / TXS))
 WORK=$(mktemp -d /tmp/sluice-bench-kafka.XXXXXX)
 chmod 755 "$WORK"
-BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 SLUICE=$PWD/target/release/sluice
 TANSU=${SLUICE_TANSU:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/tansu-0.6.0/bin/tansu}
 [ -x "$TANSU" ] || { echo "tansu not found at $TANSU (bash .ci/run installs it)"; exit 1; }
 cargo build --release --quiet
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
+# shellcheck source=bench/common.sh
+. bench/common.sh
+start_cluster pg
+PORT=$PORT_pg
 KPORT=$(free_port)
-mkdir -p "$WORK/pg" "$WORK/kafka"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$WORK/pg"
-as_pg "$BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
-cat >> "$WORK/pg/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK/pg'
-wal_level = logical
-max_wal_senders = 20
-max_replication_slots = 20
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-synchronous_commit = off
-fsync = off
-full_page_writes = off
-logical_decoding_work_mem = '64MB'
-autovacuum = off
-CONF
-as_pg "$BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w start >/dev/null
+mkdir -p "$WORK/kafka"
 (cd "$WORK/kafka" && exec env -i PATH="$PATH" "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" \
   --advertised-listener-url "tcp://127.0.0.1:$KPORT" --storage-engine memory://tansu/ >/dev/null 2>"$WORK/kafka/log") &
 TANSU_PID=$!
@@ -53,13 +35,11 @@ python3 bench/registry.py "$RPORT" &
 REG_PID=$!
 cleanup() {
   kill "$TANSU_PID" "$REG_PID" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  stop_clusters
 }
 trap cleanup EXIT
 SRC="postgresql://postgres@127.0.0.1:$PORT/postgres"
 psrc() { psql -X -q -v ON_ERROR_STOP=1 -At "$SRC" "$@"; }
-now() { date +%s.%N; }
 export PGOPTIONS='-c client_min_messages=warning'
 psrc -c "CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text NOT NULL, n numeric(12,2), ts timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE PUBLICATION bench_pub FOR TABLE bench"

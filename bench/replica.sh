@@ -24,44 +24,12 @@ SNAP=${3:-1000000}
 TXS=50
 WORK=$(mktemp -d /tmp/sluice-bench-replica.XXXXXX)
 chmod 755 "$WORK"
-BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 SLUICE=$PWD/target/release/sluice
 cargo build --release --quiet
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-start_cluster() { # name -> sets PORT_<name>
-  local name=$1 dir=$WORK/$1 port
-  port=$(free_port)
-  mkdir -p "$dir"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
-  as_pg "$BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
-  cat >> "$dir/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-wal_level = logical
-max_wal_senders = 20
-max_replication_slots = 20
-max_logical_replication_workers = 8
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-synchronous_commit = off
-fsync = off
-full_page_writes = off
-wal_retrieve_retry_interval = '100ms'
-logical_decoding_work_mem = '64MB'
-autovacuum = off
-CONF
-  as_pg "$BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
-  eval "PORT_$name=$port"
-}
-cleanup() {
-  for d in "$WORK"/*/data; do [ -d "$d" ] && as_pg "$BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/common.sh
+. bench/common.sh
+trap stop_clusters EXIT
 
 start_cluster src
 start_cluster dst
@@ -71,7 +39,6 @@ SL="postgresql://postgres@127.0.0.1:$PORT_dst/sl"
 psrc() { psql -X -q -v ON_ERROR_STOP=1 -At "$SRC" "$@"; }
 pdst() { psql -X -q -v ON_ERROR_STOP=1 -At "$DST" "$@"; }
 psl() { psql -X -q -v ON_ERROR_STOP=1 -At "$SL" "$@"; }
-now() { date +%s.%N; }
 export PGOPTIONS='-c client_min_messages=warning'
 pdst -c "CREATE DATABASE sl"
 
