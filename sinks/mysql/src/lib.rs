@@ -345,7 +345,18 @@ impl MysqlSink {
         let db = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
         let name = format!("{}.{}", quote_my(&db), quote_my(&schema.id.name));
         let mut cols = Vec::with_capacity(schema.columns.len());
+        // Under REPLICA IDENTITY FULL every column is "identity" but none is
+        // a key in the target (see below): type them as plain columns, or
+        // long text would be cut to the size an index allows.
+        let full = matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing);
         for c in &schema.columns {
+            let plain;
+            let c = if full && c.key {
+                plain = sluice_core::Column { key: false, ..c.clone() };
+                &plain
+            } else {
+                c
+            };
             let m = my_type(c, self.uuid_type).map_err(|e| Self::table_err(&schema.id, e))?;
             if let Some(w) = &m.warning {
                 if !self.targets.contains_key(&schema.id) {
