@@ -279,19 +279,20 @@ const REPLICA_TRANSFORMS: &str = r#"transforms:
       to: "mirror_{table}"
 "#;
 
+const ORDERS_JSON: &str = "json_build_object('id', id, 'status', status, 'amount', amount::text, 'note', note)";
+
+/// The source orders `REPLICA_TRANSFORMS`' filter admits, with `statuses` in its IN list.
+fn filtered_orders_sql(statuses: &str) -> String {
+    format!(
+        "SELECT {ORDERS_JSON} FROM shop.orders WHERE status IN ({statuses}) AND (amount BETWEEN 100 AND 10000 OR note IS NOT NULL)"
+    )
+}
+
 /// The replica's `mirror_orders` equals the source orders that pass
 /// `REPLICA_TRANSFORMS`' filter with `statuses` in its IN list.
 async fn assert_mirror_orders(src: &tokio_postgres::Client, dst: &tokio_postgres::Client, statuses: &str, label: &str) {
-    let cols = "json_build_object('id', id, 'status', status, 'amount', amount::text, 'note', note)";
-    let want = source_rows(
-        src,
-        &format!(
-            "SELECT {cols} FROM shop.orders WHERE status IN ({statuses}) AND (amount BETWEEN 100 AND 10000 OR note IS NOT NULL)"
-        ),
-        &["id"],
-    )
-    .await;
-    let got = source_rows(dst, &format!("SELECT {cols} FROM replica.mirror_orders"), &["id"]).await;
+    let want = source_rows(src, &filtered_orders_sql(statuses), &["id"]).await;
+    let got = source_rows(dst, &format!("SELECT {ORDERS_JSON} FROM replica.mirror_orders"), &["id"]).await;
     assert_same(label, &got, &want);
 }
 
@@ -701,13 +702,7 @@ async fn postgres_transforms_into_a_mysql_replica() {
     catch_up(&p).await;
     let rows =
         |sql: &str, key: &[&str]| my_rows(&target, &format!("SET NAMES utf8mb4 COLLATE utf8mb4_nopad_bin; {sql}"), key);
-    let want = source_rows(
-        &c,
-        "SELECT json_build_object('id', id, 'status', status, 'amount', amount::text, 'note', note) FROM shop.orders \
-         WHERE status IN ('paid', 'new') AND (amount BETWEEN 100 AND 10000 OR note IS NOT NULL)",
-        &["id"],
-    )
-    .await;
+    let want = source_rows(&c, &filtered_orders_sql("'paid', 'new'"), &["id"]).await;
     let got = rows(
         "SELECT JSON_OBJECT('id', id, 'status', status, 'amount', CAST(amount AS CHAR), 'note', note) FROM replica.mirror_orders",
         &["id"],

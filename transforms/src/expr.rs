@@ -1162,30 +1162,10 @@ fn eval<'a>(n: &'a Node, row: &'a [Value]) -> R<'a> {
             other => other.clone(),
         },
         Node::Not(x) => tri(truth(&eval(x, row)?).map(|b| !b)),
-        Node::And(a, b) => {
-            let l = truth(&eval(a, row)?);
-            if l == Some(false) {
-                return Ok(V::Bool(false));
-            }
-            let r = truth(&eval(b, row)?);
-            match (l, r) {
-                (_, Some(false)) => V::Bool(false),
-                (Some(true), Some(true)) => V::Bool(true),
-                _ => V::Null,
-            }
-        }
-        Node::Or(a, b) => {
-            let l = truth(&eval(a, row)?);
-            if l == Some(true) {
-                return Ok(V::Bool(true));
-            }
-            let r = truth(&eval(b, row)?);
-            match (l, r) {
-                (_, Some(true)) => V::Bool(true),
-                (Some(false), Some(false)) => V::Bool(false),
-                _ => V::Null,
-            }
-        }
+        // AND is decided by a FALSE operand, OR by a TRUE one; otherwise
+        // any NULL makes the result NULL.
+        Node::And(a, b) => junction(a, b, false, row)?,
+        Node::Or(a, b) => junction(a, b, true, row)?,
         Node::Cmp(op, a, b, _) => {
             let (l, r) = (eval(a, row)?, eval(b, row)?);
             if matches!(l, V::Null) || matches!(r, V::Null) {
@@ -1287,6 +1267,21 @@ fn eval<'a>(n: &'a Node, row: &'a [Value]) -> R<'a> {
             V::Null
         }
         Node::Cast(x, from, to) => cast(eval(x, row)?, *from, *to).map_err(EvalError)?,
+    })
+}
+
+/// `a AND b` (`decisive` false) or `a OR b` (`decisive` true), three-valued,
+/// without evaluating `b` once `a` decides.
+fn junction<'a>(a: &'a Node, b: &'a Node, decisive: bool, row: &'a [Value]) -> R<'a> {
+    let l = truth(&eval(a, row)?);
+    if l == Some(decisive) {
+        return Ok(V::Bool(decisive));
+    }
+    let r = truth(&eval(b, row)?);
+    Ok(match (l, r) {
+        (_, Some(x)) if x == decisive => V::Bool(decisive),
+        (Some(_), Some(_)) => V::Bool(!decisive),
+        _ => V::Null,
     })
 }
 

@@ -28,6 +28,8 @@
 //! the old row does not supply them; such an update passes unchanged.
 //! `sluice check` warns about filters in this situation.
 
+use std::borrow::Cow;
+
 use sluice_core::{ChangeEvent, Op, ReplicaIdentity, Row, TableSchema, Value};
 
 use crate::expr::{Compiled, Tri};
@@ -115,24 +117,32 @@ impl RowFilter {
                 let Some(after) = ev.after.as_ref() else { return Out::One(ev) };
                 // The old row: the image sent, or (no image: the key did not
                 // change) the new row's key with everything else unknown.
-                let old: Vec<Value> = match &ev.before {
-                    Some(b) => b.values.clone(),
-                    None => after
-                        .values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| if self.key.contains(&i) { v.clone() } else { Value::Unchanged })
-                        .collect(),
+                // Borrowed where possible: most updates pass unchanged.
+                let old: Cow<[Value]> = match &ev.before {
+                    Some(b) => Cow::Borrowed(&b.values),
+                    None => Cow::Owned(
+                        after
+                            .values
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| if self.key.contains(&i) { v.clone() } else { Value::Unchanged })
+                            .collect(),
+                    ),
                 };
                 // Unchanged values of the new row are the old row's.
-                let mut new = after.values.clone();
-                for (i, v) in new.iter_mut().enumerate() {
-                    if matches!(v, Value::Unchanged) {
-                        if let Some(o) = old.get(i) {
-                            *v = o.clone();
+                let new: Cow<[Value]> = if after.values.iter().any(|v| matches!(v, Value::Unchanged)) {
+                    let mut n = after.values.clone();
+                    for (i, v) in n.iter_mut().enumerate() {
+                        if matches!(v, Value::Unchanged) {
+                            if let Some(o) = old.get(i) {
+                                *v = o.clone();
+                            }
                         }
                     }
-                }
+                    Cow::Owned(n)
+                } else {
+                    Cow::Borrowed(&after.values)
+                };
                 let was = self.test(&old, warn);
                 let is = self.test(&new, warn);
                 // The key changed (the old image carries a different key).
@@ -140,9 +150,15 @@ impl RowFilter {
                     .key
                     .iter()
                     .any(|&i| !matches!(old.get(i), Some(Value::Unchanged) | None) && old.get(i) != new.get(i));
-                match (was, is) {
-                    (_, Tri::Unknown) | (Tri::True, Tri::True) => Out::One(ev),
-                    (Tri::False, Tri::False) => Out::Drop,
+                let outcome = match (was, is) {
+                    (_, Tri::Unknown) | (Tri::True, Tri::True) => return Out::One(ev),
+                    (Tri::False, Tri::False) => return Out::Drop,
+                    other => other,
+                };
+                let (old, new) = (old.into_owned(), new.into_owned());
+                match outcome {
+                    // (Both returned above.)
+                    (_, Tri::Unknown) | (Tri::True, Tri::True) | (Tri::False, Tri::False) => Out::One(ev),
                     (Tri::Unknown, Tri::True) if key_changed => {
                         // The old key may be in the replica: delete it, then
                         // insert the new row.

@@ -640,6 +640,15 @@ mod tests {
         out
     }
 
+    fn mask(tables: Vec<String>, column: &str, with: &str, salt: Option<&str>) -> TransformConfig {
+        TransformConfig::Mask(MaskConfig {
+            tables,
+            columns: vec![column.into()],
+            with: with.into(),
+            salt: salt.map(String::from),
+        })
+    }
+
     fn filter(w: &str) -> TransformConfig {
         TransformConfig::Filter(FilterConfig { tables: all(), condition: w.into() })
     }
@@ -698,18 +707,8 @@ mod tests {
         let t = customers(ReplicaIdentity::Full);
         let mut c = chain(vec![
             TransformConfig::Columns(ColumnsConfig { tables: all(), include: None, exclude: Some(vec!["ssn".into()]) }),
-            TransformConfig::Mask(MaskConfig {
-                tables: all(),
-                columns: vec!["email".into()],
-                with: "sha256".into(),
-                salt: Some("s".into()),
-            }),
-            TransformConfig::Mask(MaskConfig {
-                tables: vec!["shop.customers".into()],
-                columns: vec!["n".into()],
-                with: "keep_last(1)".into(),
-                salt: None,
-            }),
+            mask(all(), "email", "sha256", Some("s")),
+            mask(vec!["shop.customers".into()], "n", "keep_last(1)", None),
             TransformConfig::Rename(RenameConfig {
                 tables: all(),
                 to: Some("analytics.{table}_v2".into()),
@@ -776,12 +775,7 @@ mod tests {
     #[test]
     fn a_masked_column_renamed_at_the_source_stops_the_table() {
         let t = customers(ReplicaIdentity::Full);
-        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
-            tables: all(),
-            columns: vec!["email".into()],
-            with: "sha256".into(),
-            salt: None,
-        })]);
+        let mut c = chain(vec![mask(all(), "email", "sha256", None)]);
         c.plan(&t).unwrap();
         let mut renamed = (*t).clone();
         renamed.columns[1].name = "mail".into();
@@ -792,12 +786,7 @@ mod tests {
         let mut dropped = (*t).clone();
         dropped.columns.remove(1);
         dropped.version = 3;
-        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
-            tables: all(),
-            columns: vec!["email".into()],
-            with: "sha256".into(),
-            salt: None,
-        })]);
+        let mut c = chain(vec![mask(all(), "email", "sha256", None)]);
         c.plan(&t).unwrap();
         assert!(c.plan(&Arc::new(dropped)).is_ok());
     }
@@ -808,22 +797,12 @@ mod tests {
         let mut c = chain(vec![
             filter("nope > 1"),
             TransformConfig::Columns(ColumnsConfig { tables: all(), include: None, exclude: Some(vec!["snn".into()]) }),
-            TransformConfig::Mask(MaskConfig {
-                tables: all(),
-                columns: vec!["id".into()],
-                with: "redact".into(),
-                salt: None,
-            }),
+            mask(all(), "id", "redact", None),
         ]);
         let errs = c.check_tables(&[t.clone()]);
         assert!(errs.iter().any(|e| e.contains("unknown column nope")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("transforms[1].columns") && e.contains("\"snn\"")), "{errs:?}");
-        let mut c = chain(vec![TransformConfig::Mask(MaskConfig {
-            tables: all(),
-            columns: vec!["id".into()],
-            with: "redact".into(),
-            salt: None,
-        })]);
+        let mut c = chain(vec![mask(all(), "id", "redact", None)]);
         let errs = c.check_tables(&[t.clone()]);
         assert!(errs.iter().any(|e| e.contains("part of the key")), "{errs:?}");
         let mut two = (*t).clone();
@@ -877,18 +856,7 @@ mod tests {
         );
         assert!(p.is_empty());
         // After a mask, filters run in Sluice only.
-        let p = pushdown::postgres(
-            &mut chain(vec![
-                TransformConfig::Mask(MaskConfig {
-                    tables: all(),
-                    columns: vec!["email".into()],
-                    with: "null".into(),
-                    salt: None,
-                }),
-                filter("id > 3"),
-            ]),
-            &def,
-        );
+        let p = pushdown::postgres(&mut chain(vec![mask(all(), "email", "null", None), filter("id > 3")]), &def);
         assert!(p.is_empty());
     }
 }
