@@ -112,6 +112,9 @@ async fn postgres_to_postgres_exactly_once() {
     catch_up(&p).await;
     let dst = target_client(&target).await;
     assert_replica(&c, &dst).await;
+    // Primary keys dropped for the copies are back, whatever the kills interrupted.
+    let keys: Vec<String> = index_defs(&dst, &["acct", "hist", "nokey"]).await.into_iter().map(|i| i.0).collect();
+    assert_eq!(keys, ["acct_pkey", "hist_pkey"]);
     // verify agrees, and names what differs once the replica is tampered with.
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
@@ -366,4 +369,105 @@ async fn postgres_to_postgres_types() {
     assert_eq!(n, 1);
     let n: i64 = dst.query_one("SELECT count(*) FROM replica.txt WHERE id = 4", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
+}
+
+/// The target's index definitions on `tables`, by index name, each with the
+/// kind of constraint it backs (`-` for none).
+async fn index_defs(c: &tokio_postgres::Client, tables: &[&str]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for t in tables {
+        for r in c
+            .query(
+                "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid), \
+                   COALESCE((SELECT contype::text FROM pg_constraint WHERE conindid = indexrelid AND conrelid = indrelid), '-') \
+                 FROM pg_index WHERE indrelid = to_regclass($1) ORDER BY 1",
+                &[t],
+            )
+            .await
+            .unwrap()
+        {
+            out.push((r.get(0), r.get(1), r.get(2)));
+        }
+    }
+    out
+}
+
+/// Snapshot loading drops a target table's indexes (a primary key, a unique
+/// constraint, a partial and an expression index) for the copy and rebuilds
+/// them after it; a SIGKILL after a commit in the middle of the copy, while
+/// they are dropped, leaves the rebuild statements in the checkpoint, and the
+/// next run copies the table again and restores them exactly. A table
+/// referenced by a foreign key keeps its indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_rebuilds_indexes_after_copy() {
+    let env = Env::new("pgsinkidx");
+    let target = PgCluster::start(&[]).unwrap();
+    let c = env.client().await;
+    let ddl =
+        "CREATE TABLE big (id bigint PRIMARY KEY, code text NOT NULL, v int, CONSTRAINT big_code UNIQUE (code)); \
+               CREATE TABLE ref (id int PRIMARY KEY, name text);";
+    c.batch_execute(&format!(
+        "{ddl} INSERT INTO big SELECT g, 'c' || g, g % 100 FROM generate_series(1, 300000) g; \
+         INSERT INTO ref SELECT g, 'r' || g FROM generate_series(1, 10) g;"
+    ))
+    .await
+    .unwrap();
+    let dst = target_client(&target).await;
+    dst.batch_execute(&format!(
+        "{ddl} CREATE INDEX big_v ON big (v) WHERE v > 10; CREATE INDEX \"Big Lower\" ON big (lower(code)); \
+         CREATE TABLE note (ref int REFERENCES ref, t text);"
+    ))
+    .await
+    .unwrap();
+    let want_indexes = index_defs(&dst, &["big", "ref"]).await;
+    let kinds: Vec<&str> = want_indexes.iter().map(|i| i.2.as_str()).collect();
+    assert_eq!(kinds, ["-", "u", "p", "-", "p"], "{want_indexes:?}");
+    // Flushes every few milliseconds: the copy of `big` spans several commits.
+    let sink = format!(
+        "  type: postgres\n  url: {}\n  batch:\n    max_rows: 5000\n    max_delay_ms: 5\n",
+        target.url("postgres")
+    );
+    let p = env.pipeline("pgidx", &["public.big", "public.ref"], &sink, "snapshot:\n  parallelism: 1\n");
+    let mut run = spawn_run(&p);
+    let mut seen = false;
+    for _ in 0..2000 {
+        let r = dst
+            .query_opt(
+                "SELECT 1 FROM sluice_checkpoints WHERE pipeline = 'pgidx' AND checkpoint->'sink' ? 'deferred_indexes'",
+                &[],
+            )
+            .await;
+        if matches!(r, Ok(Some(_))) {
+            run.start_kill().unwrap();
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = run.wait().await;
+    assert!(seen, "no checkpoint was committed in the middle of the copy of big");
+    let n: i64 =
+        dst.query_one("SELECT count(*) FROM pg_index WHERE indrelid = 'big'::regclass", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "big's indexes are dropped while its copy runs");
+
+    catch_up(&p).await;
+    assert_eq!(index_defs(&dst, &["big", "ref"]).await, want_indexes);
+    for (t, sql) in [
+        ("big", "SELECT json_build_object('id', id, 'code', code, 'v', v) FROM big"),
+        ("ref", "SELECT json_build_object('id', id, 'name', name) FROM ref"),
+    ] {
+        assert_same(t, &source_rows(&dst, sql, &["id"]).await, &source_rows(&c, sql, &["id"]).await);
+    }
+    // The rebuilt constraints are the ones upserts rely on.
+    c.batch_execute("INSERT INTO big VALUES (0, 'zero', 1) ON CONFLICT (id) DO UPDATE SET v = 2; UPDATE big SET code = 'one' WHERE id = 1;")
+        .await
+        .unwrap();
+    catch_up(&p).await;
+    let r = dst
+        .query_one("SELECT (SELECT code FROM big WHERE id = 0), (SELECT code FROM big WHERE id = 1)", &[])
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1)), ("zero".to_string(), "one".to_string()));
+    let v = sluice(&["verify", p.to_str().unwrap()]).await;
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }

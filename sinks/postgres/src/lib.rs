@@ -18,16 +18,19 @@
 //!   sent (unchanged TOAST values are never overwritten with NULL) and may
 //!   change the key; tables without a key match rows by their full old image
 //!   and change one row (`ctid`) at a time.
-//! - A table's snapshot copy starts with `TRUNCATE` in the same target
-//!   transaction, so a copy interrupted by a crash and started again never
-//!   leaves duplicates. Snapshot rows are loaded with `COPY ... FROM STDIN`
+//! - A table's snapshot copy starts with `TRUNCATE` (`DELETE` for a table
+//!   referenced by a foreign key) in the same target transaction, so a copy
+//!   interrupted by a crash and started again never leaves duplicates. Snapshot rows are loaded with `COPY ... FROM STDIN`
 //!   (binary format where every column has a binary encoding, see `copy`),
 //!   buffered per table and sent before any other change is applied, so
-//!   the order of a table's snapshot and its later changes is kept.
+//!   the order of a table's snapshot and its later changes is kept. The
+//!   table's indexes are dropped for the copy and rebuilt after it (see
+//!   `indexes`).
 
 mod copy;
+mod indexes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,6 +196,9 @@ pub struct PostgresSink {
     stmts: HashMap<String, tokio_postgres::Statement>,
     stored: Option<Checkpoint>,
     stopped: StoppedTables,
+    /// Tables whose indexes were dropped for their copy, with the statements
+    /// that rebuild them.
+    deferred: BTreeMap<TableId, Vec<String>>,
     total: u64,
 }
 
@@ -223,6 +229,7 @@ impl PostgresSink {
             stmts: HashMap::new(),
             stored: None,
             stopped: StoppedTables::default(),
+            deferred: BTreeMap::new(),
             total: 0,
         }
     }
@@ -266,6 +273,10 @@ impl PostgresSink {
             }
         }
         self.flush_batch().await?;
+        // Indexes dropped for a copy come back before the table changes shape.
+        if self.targets.contains_key(&schema.id) {
+            self.rebuild_indexes(&schema.id).await?;
+        }
         self.begin().await?;
         let tschema = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
         let name = format!("{}.{}", quote_ident(&tschema), quote_ident(&schema.id.name));
@@ -365,6 +376,7 @@ impl PostgresSink {
             }
             Some(old) => {
                 // Schema change mid-stream: follow ADD and DROP COLUMN.
+
                 let mut ddl = Vec::new();
                 for (c, t) in schema.columns.iter().zip(&types) {
                     match old.schema.columns.iter().position(|o| o.name == c.name) {
@@ -412,9 +424,63 @@ impl PostgresSink {
         self.flush_batch().await?;
         self.begin().await?;
         self.copying.insert(schema.id.clone());
-        let sql = format!("TRUNCATE {}", self.targets[&schema.id].name);
+        let name = self.targets[&schema.id].name.clone();
         self.unflushed = true;
-        self.client().await?.batch_execute(&sql).await.map_err(|e| sql_err(&sql, e))
+        let client = self.client().await?;
+        // A table another table references by a foreign key cannot be
+        // truncated: its rows are deleted (which fails, clearly, only if
+        // some referencing row needs them).
+        let referenced = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = $1::text::regclass AND contype = 'f')",
+                &[&name],
+            )
+            .await
+            .map_err(|e| sql_err(format!("looking up foreign keys referencing {name}"), e))?
+            .get::<_, bool>(0);
+        let sql = if referenced { format!("DELETE FROM {name}") } else { format!("TRUNCATE {name}") };
+        client.batch_execute(&sql).await.map_err(|e| sql_err(format!("emptying {name} for its copy ({sql})"), e))?;
+        // Indexes dropped for an earlier copy (in this transaction or in a
+        // committed one, as the checkpoint says) stay dropped.
+        if self.deferred.contains_key(&schema.id) {
+            return Ok(());
+        }
+        let what = format!("dropping the indexes of {name} for its copy");
+        let Some(d) = indexes::plan(&client, &name).await.map_err(|e| sql_err(&what, e))? else { return Ok(()) };
+        client.batch_execute(&d.drop.join("; ")).await.map_err(|e| sql_err(&what, e))?;
+        tracing::debug!(table = %schema.id, "{} index(es) dropped for the copy, rebuilt after it", d.rebuild.len());
+        self.deferred.insert(schema.id.clone(), d.rebuild);
+        Ok(())
+    }
+
+    /// Build the indexes dropped for `id`'s copy (after every row buffered
+    /// for it has gone in).
+    async fn rebuild_indexes(&mut self, id: &TableId) -> Result<(), SinkError> {
+        if !self.deferred.contains_key(id) {
+            return Ok(());
+        }
+        self.flush_copies().await?;
+        self.begin().await?;
+        let stmts = self.deferred.remove(id).expect("deferred");
+        let client = self.client().await?;
+        client
+            .batch_execute(&stmts.join("; "))
+            .await
+            .map_err(|e| sql_err(format!("rebuilding the indexes of {id} after its copy"), e))?;
+        tracing::debug!(table = %id, "{} index(es) rebuilt after the copy", stmts.len());
+        Ok(())
+    }
+
+    /// The sink's checkpoint state: stopped tables and deferred index builds.
+    fn state(&self) -> serde_json::Value {
+        let mut state = self.stopped.to_state();
+        if !self.deferred.is_empty() {
+            if state.is_null() {
+                state = serde_json::json!({});
+            }
+            state["deferred_indexes"] = serde_json::Value::Array(indexes::to_state(self.deferred.iter()));
+        }
+        state
     }
 
     /// Buffer one snapshot row for the table's COPY.
@@ -875,6 +941,8 @@ impl Sink for PostgresSink {
                 ))
             })?;
             self.stopped = StoppedTables::from_state(&cp.sink);
+            self.deferred =
+                cp.sink.get("deferred_indexes").map(indexes::from_state).unwrap_or_default().into_iter().collect();
             self.stored = Some(cp);
         }
         self.client = Some(Arc::new(client));
@@ -900,7 +968,10 @@ impl Sink for PostgresSink {
                 self.copy_row(ev).await
             } else {
                 match self.flush_copies().await {
-                    Ok(()) => self.add(ev).await,
+                    Ok(()) => match self.rebuild_indexes(&ev.table.id).await {
+                        Ok(()) => self.add(ev).await,
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             };
@@ -933,14 +1004,20 @@ impl Sink for PostgresSink {
 
     async fn flush(
         &mut self,
-        _hold: &std::collections::HashSet<TableId>,
+        hold: &std::collections::HashSet<TableId>,
         next: &Checkpoint,
     ) -> Result<serde_json::Value, SinkError> {
         self.flush_copies().await?;
         self.flush_batch().await?;
+        // Tables whose copy is done get their indexes back; those still being
+        // copied keep the rebuild statements in the checkpoint.
+        let done: Vec<TableId> = self.deferred.keys().filter(|t| !hold.contains(*t)).cloned().collect();
+        for t in &done {
+            self.rebuild_indexes(t).await?;
+        }
         self.begin().await?;
         // The checkpoint as the runtime will store it: with this sink's state.
-        let state = self.stopped.to_state();
+        let state = self.state();
         let body =
             serde_json::to_string(&Checkpoint { sink: state.clone(), ..next.clone() }).expect("checkpoint serializes");
         let position = next.position.as_ref().map(|p| p.to_string());
