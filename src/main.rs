@@ -276,6 +276,12 @@ impl Sink for AnySink {
     async fn snapshot_started(&mut self, schema: &std::sync::Arc<sluice_core::TableSchema>) -> Result<(), SinkError> {
         each_sink!(self, s => s.snapshot_started(schema).await)
     }
+    fn accepts_raw(&self, format: sluice_core::RawFormat) -> bool {
+        each_sink!(self, s => s.accepts_raw(format))
+    }
+    async fn write_raw(&mut self, raw: &sluice_core::RawRows) -> Result<bool, SinkError> {
+        each_sink!(self, s => s.write_raw(raw).await)
+    }
 }
 
 /// Shutdown on SIGINT/SIGTERM; a second signal exits at once (nothing is

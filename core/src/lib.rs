@@ -32,6 +32,6 @@ pub use error::{ErrorKind, SinkError, SourceError};
 pub use event::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;
-pub use source::{Source, SourceContext, SourceMessage};
+pub use source::{RawFormat, RawRows, Source, SourceContext, SourceMessage};
 pub use transform::{NoTransforms, Transform, TransformError};
 pub use value::{Row, Value};

@@ -325,8 +325,16 @@ async fn run_once<S: Source, K: Sink>(
 
     let (tx, mut rx) = mpsc::channel::<Vec<SourceMessage>>(opts.channel_batches);
     let (confirm_tx, confirm_rx) = watch::channel(cp.position.clone());
-    let ctx =
-        SourceContext { tx, confirmed: confirm_rx, checkpoint: cp.clone(), until_caught_up: opts.until_caught_up };
+    // Rows only a sink reads may stay in the source's wire form.
+    let raw_snapshot =
+        Some(crate::source::RawFormat::PgBinaryCopy).filter(|f| transforms.is_identity() && sink.accepts_raw(*f));
+    let ctx = SourceContext {
+        tx,
+        confirmed: confirm_rx,
+        checkpoint: cp.clone(),
+        until_caught_up: opts.until_caught_up,
+        raw_snapshot,
+    };
     let mut source_task = tokio::spawn(source.run(ctx));
     let mut f = Flusher { sink, store, cp, confirm: confirm_tx, stats, last_flush: Instant::now() };
 
@@ -456,6 +464,23 @@ async fn drive<K: Sink>(
                             }
                             match other {
                                 SourceMessage::Event(_) => unreachable!(),
+                                SourceMessage::RawRows(raw) => {
+                                    counts[0] += raw.rows;
+                                    stats.snapshot_progress(&raw.schema.id, raw.rows, false, None);
+                                    if !(identity && f.sink.write_raw(&raw).await?) {
+                                        let mut events = Vec::with_capacity(raw.rows as usize);
+                                        (raw.decode)(&raw, &mut events)?;
+                                        for ev in events {
+                                            if identity {
+                                                buf.push(ev);
+                                            } else {
+                                                transforms.apply(ev, &mut buf)?;
+                                            }
+                                        }
+                                        f.sink.write(&buf).await?;
+                                        buf.clear();
+                                    }
+                                }
                                 SourceMessage::Begin { .. } => in_tx = true,
                                 SourceMessage::Commit { position: p } => {
                                     in_tx = false;

@@ -57,6 +57,19 @@ pub trait Sink: Send {
         let _ = schema;
         async { Ok(()) }
     }
+    /// True when the sink may be handed snapshot rows in `format` unchanged
+    /// ([`Self::write_raw`]).
+    fn accepts_raw(&self, format: crate::source::RawFormat) -> bool {
+        let _ = format;
+        false
+    }
+    /// Snapshot rows in the source's wire form (only of a format
+    /// [`Self::accepts_raw`] accepted). Returns false when the sink would
+    /// rather have them decoded: the runtime then writes the decoded events.
+    fn write_raw(&mut self, raw: &crate::source::RawRows) -> impl Future<Output = Result<bool, SinkError>> + Send {
+        let _ = raw;
+        async { Ok(false) }
+    }
     /// The tables this run includes (sent once at start): state kept for
     /// other tables may be forgotten.
     fn tables_included(&mut self, included: &[TableId]) {

@@ -31,11 +31,42 @@ pub enum SourceMessage {
     /// `position`; its rows will carry `schema`. Sent for empty tables too,
     /// so replicas start the table from empty.
     TableSnapshotStarted { schema: Arc<TableSchema>, position: Position, estimated_rows: u64 },
+    /// Snapshot rows of a table in the source's own wire form (only when
+    /// [`SourceContext::raw_snapshot`] allows it).
+    RawRows(RawRows),
     /// All of the table's snapshot rows have been sent.
     TableSnapshotDone { table: TableId, rows: u64 },
     /// `--until-caught-up`: the end position noted at start has been reached
     /// (every change before it has been sent).
     CaughtUp,
+}
+
+/// Wire forms of [`RawRows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawFormat {
+    /// Tuples of Postgres's binary COPY format (no header or trailer), each
+    /// field in its type's `send` form: a Postgres target whose columns have
+    /// the very same types loads them unchanged.
+    PgBinaryCopy,
+}
+
+/// Snapshot rows of one table still in the form the source read them in.
+/// A sink that can load them as they are saves decoding and encoding every
+/// value; any other consumer gets the same `Op::Read` events through
+/// `decode` that the source would have sent.
+#[derive(Debug)]
+pub struct RawRows {
+    pub schema: Arc<TableSchema>,
+    pub format: RawFormat,
+    /// Whole rows, back to back (already checked to be well framed).
+    pub data: Vec<u8>,
+    pub rows: u64,
+    /// What the decoded events carry: the snapshot's consistent point and
+    /// the time the copy started.
+    pub commit_lsn: u64,
+    pub commit_ts_us: i64,
+    /// Decode every row into an event, appended to `out`.
+    pub decode: fn(&RawRows, &mut Vec<ChangeEvent>) -> Result<(), SourceError>,
 }
 
 /// What the runtime gives a source.
@@ -49,6 +80,9 @@ pub struct SourceContext {
     pub checkpoint: Checkpoint,
     /// Stop with `CaughtUp` once the source's current end (noted at start) is reached.
     pub until_caught_up: bool,
+    /// Snapshot rows may be sent as [`SourceMessage::RawRows`] in this form
+    /// (the sink can take them and no transform needs their values).
+    pub raw_snapshot: Option<RawFormat>,
 }
 
 /// A change source.

@@ -408,7 +408,9 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
                CREATE TABLE ref (id int PRIMARY KEY, name text);";
     c.batch_execute(&format!(
         "{ddl} INSERT INTO big SELECT g, 'c' || g, g % 100 FROM generate_series(1, 300000) g; \
-         INSERT INTO ref SELECT g, 'r' || g FROM generate_series(1, 10) g;"
+         INSERT INTO ref SELECT g, 'r' || g FROM generate_series(1, 10) g; \
+         CREATE TABLE misc (id int PRIMARY KEY, o oid, nm name); \
+         INSERT INTO misc SELECT g, g * 1000000, 'n' || g FROM generate_series(1, 50) g;"
     ))
     .await
     .unwrap();
@@ -427,7 +429,10 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
         "  type: postgres\n  url: {}\n  batch:\n    max_rows: 5000\n    max_delay_ms: 5\n",
         target.url("postgres")
     );
-    let p = env.pipeline("pgidx", &["public.big", "public.ref"], &sink, "snapshot:\n  parallelism: 1\n");
+    // The sink has no binary encoding of `oid` and `name` (it loads `misc`
+    // in text form): its rows, sent as the server's binary tuples, are
+    // decoded by the runtime.
+    let p = env.pipeline("pgidx", &["public.big", "public.ref", "public.misc"], &sink, "snapshot:\n  parallelism: 1\n");
     let mut run = spawn_run(&p);
     let mut seen = false;
     for _ in 0..2000 {
@@ -455,9 +460,18 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
     for (t, sql) in [
         ("big", "SELECT json_build_object('id', id, 'code', code, 'v', v) FROM big"),
         ("ref", "SELECT json_build_object('id', id, 'name', name) FROM ref"),
+        ("misc", "SELECT json_build_object('id', id, 'o', o::text, 'nm', nm::text) FROM misc"),
     ] {
         assert_same(t, &source_rows(&dst, sql, &["id"]).await, &source_rows(&c, sql, &["id"]).await);
     }
+    let types: Vec<String> = dst
+        .query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'misc'::regclass AND attnum > 1 ORDER BY attnum", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["oid", "name"]);
     // The rebuilt constraints are the ones upserts rely on.
     c.batch_execute("INSERT INTO big VALUES (0, 'zero', 1) ON CONFLICT (id) DO UPDATE SET v = 2; UPDATE big SET code = 'one' WHERE id = 1;")
         .await

@@ -289,7 +289,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
                 partitioned: t.partitioned,
             });
         }
-        snapshot::copy_tables(&info, &snap, lsn, schemas, cfg.snapshot.parallelism, &ctx.tx).await?;
+        snapshot::copy_tables(&info, &snap, lsn, schemas, cfg.snapshot.parallelism, ctx.raw_snapshot, &ctx.tx).await?;
         for t in &jobs {
             snapshot_lsn.insert(t.id.clone(), lsn);
         }

@@ -10,6 +10,10 @@
 //!   decode from their binary form come as such; every other column is cast
 //!   to text in the query and parsed from its text form, so snapshot and
 //!   stream give identical values.
+//! - When the runtime allows it and every column comes in binary form, rows
+//!   are passed on as the server sent them (`RawRows`, Postgres binary COPY
+//!   tuples checked for framing and column count only); whoever needs
+//!   values decodes them with [`decode_raw`], exactly as below.
 //! - A table's rows are bracketed by `TableSnapshotStarted`/`Done`; the
 //!   runtime keeps them unpublished until `Done`, so a crash mid-table means
 //!   the table is copied again, not duplicated.
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_core::error::SourceError;
 use sluice_core::schema::quote_ident;
-use sluice_core::{ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
+use sluice_core::{ChangeEvent, Op, Position, RawFormat, RawRows, Row, SourceMessage, TableSchema, Value};
 use tokio::sync::mpsc;
 
 use crate::conn::{ConnInfo, ReplicationConn};
@@ -32,6 +36,8 @@ pub struct SnapshotJob {
 }
 
 const BATCH: usize = 1024;
+/// Bytes of raw rows per message.
+const RAW_CHUNK: usize = 256 << 10;
 
 /// Copy `jobs` with up to `parallelism` sessions, all in snapshot `snapshot_name`.
 pub async fn copy_tables(
@@ -40,6 +46,7 @@ pub async fn copy_tables(
     consistent_lsn: u64,
     mut jobs: Vec<SnapshotJob>,
     parallelism: usize,
+    raw: Option<RawFormat>,
     tx: &mpsc::Sender<Vec<SourceMessage>>,
 ) -> Result<(), SourceError> {
     if jobs.is_empty() {
@@ -70,7 +77,7 @@ pub async fn copy_tables(
             loop {
                 let job = queue.lock().unwrap().pop_front();
                 let Some(job) = job else { break };
-                copy_one(&mut client, &job, consistent_lsn, &tx).await?;
+                copy_one(&mut client, &job, consistent_lsn, raw, &tx).await?;
             }
             client.simple_query("COMMIT").await?;
             client.terminate().await;
@@ -102,6 +109,7 @@ async fn copy_one(
     client: &mut ReplicationConn,
     job: &SnapshotJob,
     consistent_lsn: u64,
+    raw: Option<RawFormat>,
     tx: &mpsc::Sender<Vec<SourceMessage>>,
 ) -> Result<(), SourceError> {
     let schema = &job.schema;
@@ -136,72 +144,139 @@ async fn copy_one(
     };
     client.copy_out(&sql).await.map_err(|e| SourceError::new(e.kind, format!("snapshot of {id}: {}", e.message)))?;
     let ts = now_us();
-    let ncols = schema.columns.len();
+    let raw = raw.filter(|f| *f == RawFormat::PgBinaryCopy && binary.iter().all(|b| *b));
     let mut batch = Vec::with_capacity(BATCH);
+    let mut chunk = RawRows {
+        schema: schema.clone(),
+        format: RawFormat::PgBinaryCopy,
+        data: Vec::new(),
+        rows: 0,
+        commit_lsn: consistent_lsn,
+        commit_ts_us: ts,
+        decode: decode_raw,
+    };
     let mut rows = 0u64;
     let mut header = true;
-    let bad = |what: &str| SourceError::fatal(format!("COPY of {id}: {what}"));
+    let bad = |what: String| SourceError::fatal(format!("COPY of {id}: {what}"));
     while let Some(data) = client.copy_row().await? {
         let mut b: &[u8] = &data;
         if header {
             // PGCOPY\n\377\r\n\0, flags, header extension length and extension.
             if b.len() < 19 || &b[..11] != b"PGCOPY\n\xff\r\n\0" {
-                return Err(bad("not a binary COPY stream"));
+                return Err(bad("not a binary COPY stream".into()));
             }
             let ext = u32::from_be_bytes([b[15], b[16], b[17], b[18]]) as usize;
-            b = b.get(19 + ext..).ok_or_else(|| bad("truncated header"))?;
+            b = b.get(19 + ext..).ok_or_else(|| bad("truncated header".into()))?;
             header = false;
         }
         while b.len() >= 2 {
-            let n = i16::from_be_bytes([b[0], b[1]]);
-            b = &b[2..];
-            if n == -1 {
+            if b[..2] == (-1i16).to_be_bytes() {
                 break; // trailer
             }
-            if n as usize != ncols {
-                return Err(bad(&format!(
-                    "expected {ncols} columns, got {n} (did the table change during the snapshot?)"
-                )));
+            if raw.is_some() {
+                let len = tuple_len(b, schema).map_err(bad)?;
+                chunk.data.extend_from_slice(&b[..len]);
+                chunk.rows += 1;
+                b = &b[len..];
+            } else {
+                let values = decode_tuple(&mut b, schema, &binary).map_err(bad)?;
+                batch.push(SourceMessage::Event(read_event(schema, values, consistent_lsn, ts)));
             }
-            let mut values = Vec::with_capacity(ncols);
-            for (c, bin) in schema.columns.iter().zip(&binary) {
-                let len = i32::from_be_bytes(b.get(..4).ok_or_else(|| bad("truncated row"))?.try_into().expect("4"));
-                b = &b[4..];
-                if len < 0 {
-                    values.push(Value::Null);
-                    continue;
-                }
-                let field = b.get(..len as usize).ok_or_else(|| bad("truncated row"))?;
-                b = &b[len as usize..];
-                let v = if *bin {
-                    sluice_schemas::postgres::parse_binary(c.type_id, field)
-                } else {
-                    std::str::from_utf8(field)
-                        .map_err(|_| sluice_schemas::postgres::ParseError("invalid UTF-8".into()))
-                        .and_then(|s| sluice_schemas::postgres::parse_text(&c.ty, s))
-                };
-                values.push(v.map_err(|e| bad(&format!("column {}: {e}", c.name)))?);
-            }
-            batch.push(SourceMessage::Event(ChangeEvent {
-                op: Op::Read,
-                table: schema.clone(),
-                before: None,
-                after: Some(Row::new(values)),
-                commit_lsn: consistent_lsn,
-                lsn: consistent_lsn,
-                tx_id: None,
-                commit_ts_us: ts,
-                snapshot: true,
-                mysql: None,
-            }));
             rows += 1;
         }
-        if batch.len() >= BATCH {
+        if chunk.data.len() >= RAW_CHUNK {
+            let next =
+                RawRows { data: Vec::with_capacity(RAW_CHUNK + (16 << 10)), rows: 0, schema: schema.clone(), ..chunk };
+            batch.push(SourceMessage::RawRows(std::mem::replace(&mut chunk, next)));
+        }
+        if batch.len() >= BATCH || (raw.is_some() && !batch.is_empty()) {
             send(tx, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await?;
         }
+    }
+    if chunk.rows > 0 {
+        batch.push(SourceMessage::RawRows(chunk));
     }
     batch.push(SourceMessage::TableSnapshotDone { table: schema.id.clone(), rows });
     send(tx, batch).await?;
     tracing::info!(table = %schema.id, rows, "snapshot: table done");
+    Ok(())
+}
+
+/// A snapshot row as an event.
+fn read_event(schema: &Arc<TableSchema>, values: Vec<Value>, lsn: u64, ts: i64) -> ChangeEvent {
+    ChangeEvent {
+        op: Op::Read,
+        table: schema.clone(),
+        before: None,
+        after: Some(Row::new(values)),
+        commit_lsn: lsn,
+        lsn,
+        tx_id: None,
+        commit_ts_us: ts,
+        snapshot: true,
+        mysql: None,
+    }
+}
+
+/// The length of the binary COPY tuple at the start of `b`, checking its
+/// column count and that every field is whole.
+fn tuple_len(b: &[u8], schema: &TableSchema) -> Result<usize, String> {
+    let ncols = schema.columns.len();
+    let n = i16::from_be_bytes(b.get(..2).ok_or("truncated row")?.try_into().expect("2"));
+    if n as usize != ncols {
+        return Err(format!("expected {ncols} columns, got {n} (did the table change during the snapshot?)"));
+    }
+    let mut at = 2;
+    for _ in 0..ncols {
+        let len = i32::from_be_bytes(b.get(at..at + 4).ok_or("truncated row")?.try_into().expect("4"));
+        at += 4;
+        if len > 0 {
+            at += len as usize;
+        }
+    }
+    if at > b.len() {
+        return Err("truncated row".into());
+    }
+    Ok(at)
+}
+
+/// Decode the binary COPY tuple at the start of `b` (and step past it):
+/// columns marked in `binary` from their binary form, the others (cast to
+/// text by the query) from their text form.
+fn decode_tuple(b: &mut &[u8], schema: &TableSchema, binary: &[bool]) -> Result<Vec<Value>, String> {
+    let len = tuple_len(b, schema)?;
+    let mut t = &b[2..len];
+    *b = &b[len..];
+    let mut values = Vec::with_capacity(schema.columns.len());
+    for (c, bin) in schema.columns.iter().zip(binary) {
+        let len = i32::from_be_bytes(t[..4].try_into().expect("4"));
+        t = &t[4..];
+        if len < 0 {
+            values.push(Value::Null);
+            continue;
+        }
+        let (field, rest) = t.split_at(len as usize);
+        t = rest;
+        let v = if *bin {
+            sluice_schemas::postgres::parse_binary(c.type_id, field)
+        } else {
+            std::str::from_utf8(field)
+                .map_err(|_| sluice_schemas::postgres::ParseError("invalid UTF-8".into()))
+                .and_then(|s| sluice_schemas::postgres::parse_text(&c.ty, s))
+        };
+        values.push(v.map_err(|e| format!("column {}: {e}", c.name))?);
+    }
+    Ok(values)
+}
+
+/// Decode raw snapshot rows (every column in binary form) into events.
+pub fn decode_raw(raw: &RawRows, out: &mut Vec<ChangeEvent>) -> Result<(), SourceError> {
+    let binary = vec![true; raw.schema.columns.len()];
+    let mut b: &[u8] = &raw.data;
+    while !b.is_empty() {
+        let values = decode_tuple(&mut b, &raw.schema, &binary)
+            .map_err(|e| SourceError::fatal(format!("COPY of {}: {e}", raw.schema.id)))?;
+        out.push(read_event(&raw.schema, values, raw.commit_lsn, raw.commit_ts_us));
+    }
     Ok(())
 }

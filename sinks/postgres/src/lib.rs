@@ -39,7 +39,9 @@ use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
 use sluice_core::sink::StoppedTables;
-use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
+use sluice_core::{
+    ChangeEvent, Checkpoint, Op, RawFormat, RawRows, ReplicaIdentity, Sink, TableId, TableSchema, Value,
+};
 use sluice_schemas::target::{pg_text, pg_type, Conv};
 use tokio_postgres::types::{Kind as Kind_, ToSql, Type};
 use tokio_postgres::Client;
@@ -60,6 +62,9 @@ struct Target {
     key: Vec<usize>,
     /// Per column, its binary encoding (COPY and statement parameters), if it has one.
     bin: Vec<Option<copy::Enc>>,
+    /// Every target column has the very type (OID) of its Postgres source
+    /// column: the source's binary COPY tuples load unchanged.
+    same_types: bool,
 }
 
 /// Snapshot rows of one table (of one schema) waiting for their COPY.
@@ -70,6 +75,8 @@ struct CopyBuf {
     bin: Vec<Option<copy::Enc>>,
     convs: Vec<Conv>,
     binary: bool,
+    /// Raw rows from the source may be appended as they are.
+    same_types: bool,
     data: Vec<u8>,
 }
 
@@ -295,6 +302,7 @@ impl PostgresSink {
             schema.key_columns().map(|(i, _)| i).collect()
         };
         let client = self.client().await?;
+        let mut same_types = false;
         match self.targets.get(&schema.id) {
             None => {
                 if self.cfg.create_tables {
@@ -360,6 +368,9 @@ impl PostgresSink {
                         format!("postgres sink: target table {name} does not exist (create it, or set sink.create_tables: true)"),
                     ));
                 }
+                same_types = schema.columns.iter().all(|c| {
+                    rows.iter().any(|r| r.get::<_, String>(0) == c.name && r.get::<_, i64>(1) == c.type_id as i64)
+                });
                 let have: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
                 let add: Vec<String> = schema
                     .columns
@@ -413,7 +424,8 @@ impl PostgresSink {
             .map(|(c, (t, v))| copy::encoding(t, *v, &c.ty))
             .collect();
         self.stmts.clear();
-        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, bin });
+        self.targets
+            .insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, bin, same_types });
         Ok(())
     }
 
@@ -483,36 +495,58 @@ impl PostgresSink {
         state
     }
 
+    /// The COPY buffer for snapshot rows of `table` (`None` when starting
+    /// its copy stopped the table).
+    async fn copy_buf(&mut self, table: &Arc<TableSchema>) -> Result<Option<usize>, SinkError> {
+        // The common case, per row: a buffer of this very schema exists.
+        if let Some(i) = self.copies.iter().position(|c| Arc::ptr_eq(&c.schema, table)) {
+            return Ok(Some(i));
+        }
+        if !self.copying.contains(&table.id) {
+            // No TableSnapshotStarted seen for it: start it here.
+            self.snapshot_started(table).await?;
+            if self.stopped.contains(&table.id) {
+                return Ok(None);
+            }
+        }
+        if !self.targets.get(&table.id).is_some_and(|t| t.schema.same_shape(table)) {
+            // A new table, or a new schema: rows buffered so far go first.
+            self.flush_copies().await?;
+            self.target(table).await?;
+        }
+        let t = self.targets.get(&table.id).expect("target");
+        self.copies.push(CopyBuf {
+            schema: table.clone(),
+            name: t.name.clone(),
+            bin: t.bin.clone(),
+            convs: t.convs.clone(),
+            binary: t.bin.iter().all(Option::is_some),
+            same_types: t.same_types,
+            data: Vec::with_capacity(COPY_CHUNK + (64 << 10)),
+        });
+        Ok(Some(self.copies.len() - 1))
+    }
+
+    /// Append raw binary COPY tuples of the source to the table's COPY, when
+    /// the target's columns have the source's very types (false: they need
+    /// decoding and encoding for the target's types).
+    async fn copy_raw(&mut self, raw: &RawRows) -> Result<bool, SinkError> {
+        let Some(i) = self.copy_buf(&raw.schema).await? else { return Ok(true) };
+        let buf = &mut self.copies[i];
+        if !(buf.binary && buf.same_types) {
+            return Ok(false);
+        }
+        buf.data.extend_from_slice(&raw.data);
+        self.total += raw.rows;
+        if buf.data.len() >= COPY_CHUNK {
+            self.send_chunk(i).await?;
+        }
+        Ok(true)
+    }
+
     /// Buffer one snapshot row for the table's COPY.
     async fn copy_row(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
-        // The common case, per row: a buffer of this very schema exists.
-        let i = match self.copies.iter().position(|c| Arc::ptr_eq(&c.schema, &ev.table)) {
-            Some(i) => i,
-            None => {
-                if !self.copying.contains(&ev.table.id) {
-                    // No TableSnapshotStarted seen for it: start it here.
-                    self.snapshot_started(&ev.table).await?;
-                    if self.stopped.contains(&ev.table.id) {
-                        return Ok(());
-                    }
-                }
-                if !self.targets.get(&ev.table.id).is_some_and(|t| t.schema.same_shape(&ev.table)) {
-                    // A new table, or a new schema: rows buffered so far go first.
-                    self.flush_copies().await?;
-                    self.target(&ev.table).await?;
-                }
-                let t = self.targets.get(&ev.table.id).expect("target");
-                self.copies.push(CopyBuf {
-                    schema: ev.table.clone(),
-                    name: t.name.clone(),
-                    bin: t.bin.clone(),
-                    convs: t.convs.clone(),
-                    binary: t.bin.iter().all(Option::is_some),
-                    data: Vec::with_capacity(COPY_CHUNK + (64 << 10)),
-                });
-                self.copies.len() - 1
-            }
-        };
+        let Some(i) = self.copy_buf(&ev.table).await? else { return Ok(()) };
         let buf = &mut self.copies[i];
         let row = &ev.after.as_ref().expect("snapshot row").values;
         if buf.binary {
@@ -980,6 +1014,25 @@ impl Sink for PostgresSink {
         }
         self.unflushed = true;
         Ok(())
+    }
+
+    fn accepts_raw(&self, format: RawFormat) -> bool {
+        format == RawFormat::PgBinaryCopy
+    }
+
+    async fn write_raw(&mut self, raw: &RawRows) -> Result<bool, SinkError> {
+        if self.stopped.contains(&raw.schema.id) {
+            return Ok(true);
+        }
+        let taken = match self.copy_raw(raw).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.stopped.absorb(&raw.schema.id, Err(e))?;
+                true
+            }
+        };
+        self.unflushed |= taken;
+        Ok(taken)
     }
 
     fn stopped_tables(&self) -> Vec<(TableId, String)> {
