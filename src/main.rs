@@ -49,7 +49,7 @@ enum Command {
     /// Compare every included table of the source with its replica (database sinks).
     Verify {
         pipeline: PathBuf,
-        /// Rows per key-range chunk of tables with an integer key.
+        /// Rows per key-range chunk of tables with an integer key column.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         chunk_rows: u64,
         /// Chunks compared at once (each with a source and a target session).

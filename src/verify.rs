@@ -293,7 +293,7 @@ async fn source_tables(cfg: &PipelineConfig, src: &mut SourceConn) -> anyhow::Re
     Ok(out)
 }
 
-/// A slice of a table by its integer key: `[lo, hi)`, open where `None`.
+/// A slice of a table by an integer key column: `[lo, hi)`, open where `None`.
 #[derive(Clone, Debug, Default)]
 struct KeyRange {
     column: Option<String>,
@@ -469,8 +469,10 @@ async fn connect_target(sink: &DbSinkConfig, mysql: bool) -> anyhow::Result<Targ
     })
 }
 
-/// Split a table with a single integer key into key ranges of about
-/// `chunk_rows` rows (by the source's min and max); others are one range.
+/// Split a table whose key has an integer column into ranges of that
+/// column's values of about `chunk_rows` rows (by the source's min and max;
+/// any key column will do, since the summaries still match rows by their
+/// whole key); others are one range.
 /// The first and last ranges are open, so replica rows outside the source's
 /// key span are compared too.
 async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow::Result<Vec<KeyRange>> {
@@ -482,16 +484,15 @@ async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow
         )
     };
     let whole = vec![KeyRange { buckets: bucket_count(t.estimate), ..KeyRange::default() }];
-    // (A MySQL TINYINT(1) key is a boolean in a Postgres replica: no ranges.)
-    if key.len() != 1 || !integer(&t.schema.columns[key[0]].ty) || pg_type(&t.schema.columns[key[0]]).1 != Conv::AsIs {
-        return Ok(whole);
-    }
-    // Ranges name the key on both sides: only when the transforms keep it as is.
-    if t.plan.is_some() && !t.out.columns.iter().any(|c| c.key && *c == t.schema.columns[key[0]]) {
-        return Ok(whole);
-    }
+    let column = key.iter().map(|&i| &t.schema.columns[i]).find(|c| {
+        // (A MySQL TINYINT(1) key is a boolean in a Postgres replica: no ranges.)
+        integer(&c.ty) && pg_type(c).1 == Conv::AsIs
+            // Ranges name the column on both sides: only when the transforms keep it as is.
+            && (t.plan.is_none() || t.out.columns.iter().any(|o| o.key && o == *c))
+    });
+    let Some(column) = column else { return Ok(whole) };
     // The catalog's estimate may be stale: count while reading the span.
-    let col = t.schema.columns[key[0]].name.clone();
+    let col = column.name.clone();
     let bounds: Option<(String, String, i64)> = match src {
         SourceConn::Pg(pg) => {
             let k = quote_ident(&col);
@@ -585,7 +586,7 @@ async fn compare(
 }
 
 /// Run `verify`: print a result line per table; `Ok(true)` when all match.
-/// Tables with a single integer key are compared in key ranges of about
+/// Tables whose key has an integer column are compared in ranges of it of about
 /// `chunk_rows` rows, `parallel` ranges at a time.
 pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyhow::Result<bool> {
     let (sink, mysql_target) = match &cfg.sink {

@@ -410,7 +410,9 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
         "{ddl} INSERT INTO big SELECT g, 'c' || g, g % 100 FROM generate_series(1, 300000) g; \
          INSERT INTO ref SELECT g, 'r' || g FROM generate_series(1, 10) g; \
          CREATE TABLE misc (id int PRIMARY KEY, o oid, nm name); \
-         INSERT INTO misc SELECT g, g * 1000000, 'n' || g FROM generate_series(1, 50) g;"
+         INSERT INTO misc SELECT g, g * 1000000, 'n' || g FROM generate_series(1, 50) g; \
+         CREATE TABLE pair (b text, a int, v int, PRIMARY KEY (b, a)); \
+         INSERT INTO pair SELECT 'k' || (g % 7), g, g FROM generate_series(1, 30000) g;"
     ))
     .await
     .unwrap();
@@ -432,7 +434,12 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
     // The sink has no binary encoding of `oid` and `name` (it loads `misc`
     // in text form): its rows, sent as the server's binary tuples, are
     // decoded by the runtime.
-    let p = env.pipeline("pgidx", &["public.big", "public.ref", "public.misc"], &sink, "snapshot:\n  parallelism: 1\n");
+    let p = env.pipeline(
+        "pgidx",
+        &["public.big", "public.ref", "public.misc", "public.pair"],
+        &sink,
+        "snapshot:\n  parallelism: 1\n",
+    );
     let mut run = spawn_run(&p);
     let mut seen = false;
     for _ in 0..2000 {
@@ -484,4 +491,13 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
     assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1)), ("zero".to_string(), "one".to_string()));
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    // A composite key with an integer column is compared in ranges of it.
+    dst.batch_execute("UPDATE pair SET v = -1 WHERE a = 12345").await.unwrap();
+    let v = sluice(&["verify", p.to_str().unwrap(), "--chunk-rows", "5000"]).await;
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    let line = v.stdout.lines().find(|l| l.starts_with("public.pair")).unwrap_or_default();
+    assert!(line.contains("MISMATCH (1 rows in a in [") && line.contains("differs: "), "{}", v.stdout);
+    let (lo, hi) = line.split_once("a in [").unwrap().1.split_once(')').unwrap().0.split_once(", ").unwrap();
+    assert!(lo.parse::<i64>().unwrap() <= 12345 && 12345 < hi.parse::<i64>().unwrap(), "{line}");
+    assert!(v.stdout.contains("1 of 4 tables differ"), "{}", v.stdout);
 }
