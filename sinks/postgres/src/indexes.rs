@@ -26,6 +26,14 @@
 use sluice_core::schema::quote_ident;
 use tokio_postgres::Client;
 
+/// What emptying a target table for its copy involves.
+pub struct Plan {
+    /// Another table references it by a foreign key: it cannot be truncated.
+    pub referenced: bool,
+    /// Its indexes, when they can be dropped for the copy.
+    pub deferral: Option<Deferral>,
+}
+
 /// What dropping a table's indexes for its copy involves.
 pub struct Deferral {
     /// Statements that drop the indexes (constraints first).
@@ -34,18 +42,19 @@ pub struct Deferral {
     pub rebuild: Vec<String>,
 }
 
-/// The indexes of the target table `name` (quoted `schema.table`), when
-/// they can be dropped for its copy and rebuilt afterwards.
-pub async fn plan(client: &Client, name: &str) -> Result<Option<Deferral>, tokio_postgres::Error> {
+/// How to empty the target table `name` (quoted `schema.table`) for its
+/// copy, and its indexes when they can be dropped for it and rebuilt
+/// afterwards (one catalog query).
+pub async fn plan(client: &Client, name: &str) -> Result<Plan, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), con.conname::text, \
                pg_get_constraintdef(con.oid), \
                i.indisclustered OR NOT i.indisvalid OR ic.reltablespace <> 0 OR t.relkind <> 'r' \
                  OR t.relreplident = 'i' OR obj_description(i.indexrelid, 'pg_class') IS NOT NULL \
-                 OR (con.oid IS NOT NULL AND obj_description(con.oid, 'pg_constraint') IS NOT NULL) \
-                 OR EXISTS (SELECT 1 FROM pg_constraint f WHERE f.confrelid = t.oid AND f.contype = 'f') \
-             FROM pg_class t JOIN pg_index i ON i.indrelid = t.oid JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 OR (con.oid IS NOT NULL AND obj_description(con.oid, 'pg_constraint') IS NOT NULL), \
+               EXISTS (SELECT 1 FROM pg_constraint f WHERE f.confrelid = t.oid AND f.contype = 'f') \
+             FROM pg_class t LEFT JOIN pg_index i ON i.indrelid = t.oid LEFT JOIN pg_class ic ON ic.oid = i.indexrelid \
              LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = t.oid \
                AND con.contype IN ('p', 'u', 'x') \
              WHERE t.oid = $1::text::regclass \
@@ -53,8 +62,11 @@ pub async fn plan(client: &Client, name: &str) -> Result<Option<Deferral>, tokio
             &[&name],
         )
         .await?;
-    if rows.is_empty() || rows.iter().any(|r| r.get::<_, bool>(4)) {
-        return Ok(None);
+    let referenced = rows.first().is_some_and(|r| r.get::<_, bool>(5));
+    // No index (one row of NULLs), or one that must stay; referenced tables
+    // keep theirs too (the foreign key depends on one).
+    if referenced || rows.iter().any(|r| r.get::<_, Option<String>>(0).is_none() || r.get::<_, bool>(4)) {
+        return Ok(Plan { referenced, deferral: None });
     }
     let mut d = Deferral { drop: Vec::new(), rebuild: Vec::new() };
     for r in &rows {
@@ -70,7 +82,7 @@ pub async fn plan(client: &Client, name: &str) -> Result<Option<Deferral>, tokio
             }
         }
     }
-    Ok(Some(d))
+    Ok(Plan { referenced, deferral: Some(d) })
 }
 
 /// As sink checkpoint state: `[[schema, table, [statement, ...]], ...]`.

@@ -439,29 +439,27 @@ impl PostgresSink {
         let name = self.targets[&schema.id].name.clone();
         self.unflushed = true;
         let client = self.client().await?;
+        let plan = indexes::plan(&client, &name)
+            .await
+            .map_err(|e| sql_err(format!("reading the indexes and foreign keys of {name}"), e))?;
         // A table another table references by a foreign key cannot be
         // truncated: its rows are deleted (which fails, clearly, only if
         // some referencing row needs them).
-        let referenced = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = $1::text::regclass AND contype = 'f')",
-                &[&name],
-            )
-            .await
-            .map_err(|e| sql_err(format!("looking up foreign keys referencing {name}"), e))?
-            .get::<_, bool>(0);
-        let sql = if referenced { format!("DELETE FROM {name}") } else { format!("TRUNCATE {name}") };
-        client.batch_execute(&sql).await.map_err(|e| sql_err(format!("emptying {name} for its copy ({sql})"), e))?;
+        let mut sql = if plan.referenced { format!("DELETE FROM {name}") } else { format!("TRUNCATE {name}") };
         // Indexes dropped for an earlier copy (in this transaction or in a
         // committed one, as the checkpoint says) stay dropped.
-        if self.deferred.contains_key(&schema.id) {
-            return Ok(());
+        let deferral = plan.deferral.filter(|_| !self.deferred.contains_key(&schema.id));
+        if let Some(d) = &deferral {
+            sql = std::iter::once(sql).chain(d.drop.iter().cloned()).collect::<Vec<_>>().join("; ");
         }
-        let what = format!("dropping the indexes of {name} for its copy");
-        let Some(d) = indexes::plan(&client, &name).await.map_err(|e| sql_err(&what, e))? else { return Ok(()) };
-        client.batch_execute(&d.drop.join("; ")).await.map_err(|e| sql_err(&what, e))?;
-        tracing::debug!(table = %schema.id, "{} index(es) dropped for the copy, rebuilt after it", d.rebuild.len());
-        self.deferred.insert(schema.id.clone(), d.rebuild);
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| sql_err(format!("emptying {name} for its copy (and dropping its indexes)"), e))?;
+        if let Some(d) = deferral {
+            tracing::debug!(table = %schema.id, "{} index(es) dropped for the copy, rebuilt after it", d.rebuild.len());
+            self.deferred.insert(schema.id.clone(), d.rebuild);
+        }
         Ok(())
     }
 
