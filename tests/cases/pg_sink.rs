@@ -501,3 +501,51 @@ async fn postgres_sink_rebuilds_indexes_after_copy() {
     assert!(lo.parse::<i64>().unwrap() <= 12345 && 12345 < hi.parse::<i64>().unwrap(), "{line}");
     assert!(v.stdout.contains("1 of 4 tables differ"), "{}", v.stdout);
 }
+
+/// Inserts go as plain INSERTs until one meets a row already in the target
+/// (written there by someone else): that target transaction is rolled back
+/// and replayed with upserts, so the source's row wins and nothing else in
+/// the transaction is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_upserts_rows_already_in_target() {
+    let env = Env::new("pgconflict");
+    let target = PgCluster::start(&[]).unwrap();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE u (id int PRIMARY KEY, v text); CREATE TABLE log (a int, b text); \
+         ALTER TABLE log REPLICA IDENTITY FULL;",
+    )
+    .await
+    .unwrap();
+    let dst = target_client(&target).await;
+    dst.batch_execute("CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u VALUES (2, 'stale'), (9, 'theirs');")
+        .await
+        .unwrap();
+    let sink = format!("  type: postgres\n  url: {}\n", target.url("postgres"));
+    let p = env.pipeline("conf", &["public.*"], &sink, "snapshot:\n  mode: never\n");
+    catch_up(&p).await;
+    // One source transaction: a keyless row (applied twice would show) and a key the target already has.
+    c.batch_execute(
+        "BEGIN; INSERT INTO log VALUES (1, 'once'); INSERT INTO u VALUES (1, 'a'), (2, 'b'), (3, 'c'); COMMIT; \
+         INSERT INTO u VALUES (4, 'd'); INSERT INTO log VALUES (2, 'once');",
+    )
+    .await
+    .unwrap();
+    let r = catch_up(&p).await;
+    assert!(r.stderr.contains("replaying from the checkpoint with upserts"), "{}", r.stderr);
+    let u: Vec<(i32, String)> =
+        dst.query("SELECT id, v FROM u ORDER BY id", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want: Vec<(i32, String)> =
+        [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (9, "theirs")].iter().map(|(i, v)| (*i, v.to_string())).collect();
+    assert_eq!(u, want);
+    let log: Vec<(i32, String)> =
+        dst.query("SELECT a, b FROM log ORDER BY a", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(log, [(1, "once".to_string()), (2, "once".to_string())]);
+    // Later conflicts on the same table are plain upserts, in the same run and the next.
+    c.batch_execute("INSERT INTO log VALUES (3, 'once'); INSERT INTO u VALUES (9, 'ours');").await.unwrap();
+    catch_up(&p).await;
+    let v: String = dst.query_one("SELECT v FROM u WHERE id = 9", &[]).await.unwrap().get(0);
+    assert_eq!(v, "ours");
+    let n: i64 = dst.query_one("SELECT count(*) FROM log", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3);
+}

@@ -14,7 +14,15 @@
 //! - Consecutive changes of one table and kind are applied as one statement
 //!   over `unnest(...)` arrays; a batch is cut whenever a key repeats, so the
 //!   order of changes to one row is kept.
-//! - Inserts are upserts by key; updates set only the columns the source
+//! - Inserts are upserts by key. A table's inserts go as plain `INSERT`s
+//!   (no speculative insertion: markedly cheaper) until one of them finds its
+//!   key already in the target, which a replica written only by this
+//!   pipeline never does. That unique violation aborts the target
+//!   transaction: the table is remembered for the rest of the process (see
+//!   `conflicted`), the error is transient, and the runtime replays from the
+//!   checkpoint, after which the table's inserts carry `ON CONFLICT (key) DO
+//!   UPDATE`. Nothing of the aborted transaction is committed, so nothing is
+//!   lost or applied twice. Updates set only the columns the source
 //!   sent (unchanged TOAST values are never overwritten with NULL) and may
 //!   change the key; tables without a key match rows by their full old image
 //!   and change one row (`ctid`) at a time.
@@ -107,6 +115,14 @@ struct Batch {
     keys: HashSet<u64>,
 }
 
+/// Tables (per pipeline) whose plain inserts met a row already in the
+/// target: their inserts are upserts from then on. Process-wide, because the
+/// runtime makes a new sink for the replay that follows the conflict.
+fn conflicted() -> &'static std::sync::Mutex<HashSet<(String, TableId)>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<HashSet<(String, TableId)>>> = std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
 /// A statement already sent, its answer not yet read.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
@@ -190,7 +206,8 @@ pub struct PostgresSink {
     client: Option<Arc<Client>>,
     /// Apply statements sent and not yet answered (pipelined within the
     /// transaction; all are awaited before anything else uses the session).
-    pending: std::collections::VecDeque<(String, Pending)>,
+    /// With each: what it does, and for a plain insert, its table.
+    pending: std::collections::VecDeque<(String, Option<TableId>, Pending)>,
     in_tx: bool,
     targets: HashMap<TableId, Target>,
     batch: Option<Batch>,
@@ -254,13 +271,31 @@ impl PostgresSink {
     /// Await pipelined statements until at most `keep` are in flight.
     async fn settle(&mut self, keep: usize) -> Result<(), SinkError> {
         while self.pending.len() > keep {
-            let (what, answer) = self.pending.pop_front().expect("pending");
+            let (what, plain, answer) = self.pending.pop_front().expect("pending");
             if let Err(e) = answer.await {
                 self.pending.clear();
-                return Err(sql_err(what, e));
+                return Err(self.apply_err(what, plain, e));
             }
         }
         Ok(())
+    }
+
+    /// The error of an apply statement. A plain insert that found its key in
+    /// the target marks the table for upserts and asks for a replay.
+    fn apply_err(&self, what: String, plain: Option<TableId>, e: tokio_postgres::Error) -> SinkError {
+        let unique = e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+        match plain {
+            Some(table) if unique => {
+                let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_string();
+                tracing::info!(table = %table, "an inserted row is already in the target ({detail}); replaying from the checkpoint with upserts for this table");
+                conflicted().lock().unwrap_or_else(|p| p.into_inner()).insert((self.pipeline.clone(), table.clone()));
+                SinkError::new(
+                    ErrorKind::Transient,
+                    format!("postgres sink: {table}: an inserted row is already in the target ({detail}); replaying from the checkpoint with upserts for this table"),
+                )
+            }
+            _ => sql_err(what, e),
+        }
     }
 
     async fn begin(&mut self) -> Result<(), SinkError> {
@@ -726,6 +761,14 @@ impl PostgresSink {
             Some(_) => format!("${}::{}[]", p + 1, t.types[param_cols[p]]),
             None => format!("${}::text[]", p + 1),
         };
+        // Inserts of a table that never met a conflict go without ON CONFLICT.
+        let plain = (b.kind == Kind::Upsert
+            && !t.key.is_empty()
+            && !conflicted()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(self.pipeline.clone(), b.table.clone())))
+        .then(|| b.table.clone());
         let sql = match b.kind {
             Kind::Upsert => {
                 let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
@@ -733,7 +776,7 @@ impl PostgresSink {
                 let params = (0..cols.len()).map(param).collect::<Vec<_>>().join(", ");
                 let select = cols.iter().enumerate().map(|(p, &i)| cast(p, i)).collect::<Vec<_>>().join(", ");
                 let names = cols.iter().map(|&i| q(i)).collect::<Vec<_>>().join(", ");
-                let conflict = if t.key.is_empty() {
+                let conflict = if t.key.is_empty() || plain.is_some() {
                     String::new()
                 } else {
                     let keys = t.key.iter().map(|&i| q(i)).collect::<Vec<_>>().join(", ");
@@ -811,9 +854,11 @@ impl PostgresSink {
         });
         match std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await {
             std::task::Poll::Ready(r) => {
-                r.map_err(|e| sql_err(&what, e))?;
+                if let Err(e) = r {
+                    return Err(self.apply_err(what, plain, e));
+                }
             }
-            std::task::Poll::Pending => self.pending.push_back((what, answer)),
+            std::task::Poll::Pending => self.pending.push_back((what, plain, answer)),
         }
         self.applied += rows;
         self.total += rows;
