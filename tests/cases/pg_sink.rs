@@ -548,4 +548,22 @@ async fn postgres_sink_upserts_rows_already_in_target() {
     assert_eq!(v, "ours");
     let n: i64 = dst.query_one("SELECT count(*) FROM log", &[]).await.unwrap().get(0);
     assert_eq!(n, 3);
+    // A target table without a unique index on the source's key cannot take
+    // upserts: that table stops (no second row for a key), the others go on.
+    dst.batch_execute("CREATE TABLE nopk (id int, v text); INSERT INTO nopk VALUES (1, 'theirs')").await.unwrap();
+    c.batch_execute("CREATE TABLE nopk (id int PRIMARY KEY, v text)").await.unwrap();
+    catch_up(&p).await; // publishes the new table
+    c.batch_execute("INSERT INTO nopk VALUES (1, 'ours'); INSERT INTO log VALUES (4, 'once');").await.unwrap();
+    let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("table public.nopk is stopped")
+            && r.stderr.contains("no primary key or unique index on (id)"),
+        "{}",
+        r.stderr
+    );
+    let n: i64 = dst.query_one("SELECT count(*) FROM nopk", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let n: i64 = dst.query_one("SELECT count(*) FROM log", &[]).await.unwrap().get(0);
+    assert_eq!(n, 4);
 }

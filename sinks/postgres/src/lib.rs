@@ -73,6 +73,9 @@ struct Target {
     /// Every target column has the very type (OID) of its Postgres source
     /// column: the source's binary COPY tuples load unchanged.
     same_types: bool,
+    /// The target has a unique index on exactly the key (checked before the
+    /// first insert: without one, inserts could not be matched to rows).
+    arbiter: bool,
 }
 
 /// Snapshot rows of one table (of one schema) waiting for their COPY.
@@ -227,7 +230,11 @@ pub struct PostgresSink {
 }
 
 fn sql_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> SinkError {
-    let kind = if e.is_closed() || e.as_db_error().is_none() { ErrorKind::Transient } else { ErrorKind::Fatal };
+    // No answer from the server is a lost connection (transient), except a
+    // value this side could not encode or decode: retrying cannot help.
+    let local = e.to_string().starts_with("error serializing") || e.to_string().starts_with("error deserializing");
+    let kind =
+        if e.is_closed() || (e.as_db_error().is_none() && !local) { ErrorKind::Transient } else { ErrorKind::Fatal };
     let detail = match e.as_db_error() {
         Some(db) => format!("{}{}", db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
         None => e.to_string(),
@@ -459,8 +466,10 @@ impl PostgresSink {
             .map(|(c, (t, v))| copy::encoding(t, *v, &c.ty))
             .collect();
         self.stmts.clear();
-        self.targets
-            .insert(schema.id.clone(), Target { name, schema: schema.clone(), types, convs, key, bin, same_types });
+        self.targets.insert(
+            schema.id.clone(),
+            Target { name, schema: schema.clone(), types, convs, key, bin, same_types, arbiter: false },
+        );
         Ok(())
     }
 
@@ -665,9 +674,54 @@ impl PostgresSink {
         h.finish()
     }
 
+    /// Before a table's first insert: it must have a unique index (or
+    /// primary key) on exactly the key columns, immediate, without predicate
+    /// or expressions: the arbiter `ON CONFLICT (key)` needs, and what makes
+    /// a plain insert of a key the target has fail instead of adding a
+    /// second row.
+    async fn check_arbiter(&mut self, id: &TableId) -> Result<(), SinkError> {
+        let t = &self.targets[id];
+        if t.arbiter || t.key.is_empty() {
+            return Ok(());
+        }
+        let name = t.name.clone();
+        let key: Vec<String> = t.key.iter().map(|&i| t.schema.columns[i].name.clone()).collect();
+        let client = self.client().await?;
+        let found: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1::text::regclass AND i.indisunique \
+                   AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   AND i.indnkeyatts = cardinality($2::text[]) \
+                   AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                        FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                        WHERE k.ord <= i.indnkeyatts) \
+                     = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+                &[&name, &key],
+            )
+            .await
+            .map_err(|e| sql_err(format!("reading the unique indexes of {name}"), e))?
+            .get(0);
+        if !found {
+            return Err(SinkError::new(
+                ErrorKind::Table,
+                format!(
+                    "postgres sink: {id}: the target table {name} has no primary key or unique index on ({}), the                      source's key, so changes cannot be matched to its rows; add PRIMARY KEY ({}) to it",
+                    key.join(", "),
+                    key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        self.targets.get_mut(id).expect("target").arbiter = true;
+        Ok(())
+    }
+
     /// Queue one change; flushes the current batch when it cannot take it.
     async fn add(&mut self, ev: &ChangeEvent) -> Result<(), SinkError> {
         self.target(&ev.table).await?;
+        if ev.op == Op::Create {
+            self.check_arbiter(&ev.table.id).await?;
+        }
         let keyless = self.targets.get(&ev.table.id).expect("target").key.is_empty();
         if keyless && matches!(ev.op, Op::Update | Op::Delete) {
             self.flush_batch().await?;
