@@ -50,17 +50,25 @@ pub struct SinkError {
     pub message: String,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// For a per-table error: the table, when it is not the one of the
+    /// change being written (a batch of another table failed on its flush).
+    pub table: Option<crate::TableId>,
 }
 
 impl SinkError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        SinkError { kind, message: message.into(), source: None }
+        SinkError { kind, message: message.into(), source: None, table: None }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Fatal, message)
     }
     pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
-        SinkError { kind: ErrorKind::Fatal, message: context.into(), source: Some(Box::new(e)) }
+        SinkError { kind: ErrorKind::Fatal, message: context.into(), source: Some(Box::new(e)), table: None }
+    }
+    /// A per-table error of `table`.
+    pub fn for_table(mut self, table: &crate::TableId) -> Self {
+        self.table = Some(table.clone());
+        self
     }
     pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(e));

@@ -99,11 +99,12 @@ impl StoppedTables {
     }
 
     /// The outcome of applying a change of `id`: a per-table error stops
-    /// that table (and is consumed), anything else passes through.
+    /// that table, or the one it names (and is consumed), anything else
+    /// passes through.
     pub fn absorb(&mut self, id: &TableId, r: Result<(), SinkError>) -> Result<(), SinkError> {
         match r {
             Err(e) if e.kind == crate::ErrorKind::Table => {
-                self.stop(id, &e);
+                self.stop(e.table.as_ref().unwrap_or(id), &e);
                 Ok(())
             }
             r => r,

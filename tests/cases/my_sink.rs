@@ -432,3 +432,59 @@ async fn mysql_sink_errors() {
     catch_up(&p).await;
     assert_eq!(target.sql("SELECT COUNT(*) FROM public.t").unwrap().trim(), "0");
 }
+
+/// A target's own unique index must not turn an insert into an update of
+/// another row (what a bare ON DUPLICATE KEY UPDATE does), and a target
+/// without a unique index on the key must not collect second rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sink_guards_other_unique_indexes() {
+    let env = Env::new("myuniq");
+    let target = MyCluster::start(&[]).unwrap();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE uq (id int PRIMARY KEY, email varchar(50), v int); \
+         INSERT INTO uq VALUES (1, 'a@x', 1), (2, 'b@x', 2); \
+         CREATE TABLE nk (id int PRIMARY KEY, v int); INSERT INTO nk VALUES (1, 1); \
+         CREATE TABLE ok (id int PRIMARY KEY, v int);",
+    )
+    .await
+    .unwrap();
+    target
+        .sql(
+            "CREATE DATABASE public; CREATE TABLE public.uq (id int NOT NULL PRIMARY KEY, email varchar(50), v int, \
+             UNIQUE KEY by_email (email)); CREATE TABLE public.nk (id int, v int);",
+        )
+        .unwrap();
+    let sink = format!("  type: mysql\n  url: {}\n", target.url());
+    let p = env.pipeline("uniq", &["public.*"], &sink, "");
+    let run = || async { sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await };
+    let r = run().await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("table public.nk is stopped") && r.stderr.contains("no primary key or unique index on (id)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(target.sql("SELECT COUNT(*) FROM public.nk").unwrap().trim(), "0");
+    // Upserts of the guarded table that match their own key work.
+    c.batch_execute(
+        "UPDATE uq SET v = 10 WHERE id = 1; INSERT INTO uq VALUES (3, 'c@x', 3); INSERT INTO ok VALUES (1, 1);",
+    )
+    .await
+    .unwrap();
+    let r = run().await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let rows = |sql: &str| target.sql(sql).unwrap().trim().replace('\t', " ");
+    assert_eq!(rows("SELECT id, email, v FROM public.uq ORDER BY id"), "1 a@x 10\n2 b@x 2\n3 c@x 3");
+    // A new key whose email is row 1's in the target's unique index: stopped, row 1 untouched.
+    c.batch_execute("INSERT INTO uq VALUES (4, 'a@x', 4); INSERT INTO ok VALUES (2, 2);").await.unwrap();
+    let r = run().await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("table public.uq is stopped") && r.stderr.contains("unique index other than the key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(rows("SELECT id, email, v FROM public.uq ORDER BY id"), "1 a@x 10\n2 b@x 2\n3 c@x 3");
+    assert_eq!(rows("SELECT id, v FROM public.ok ORDER BY id"), "1 1\n2 2");
+}

@@ -32,7 +32,7 @@
 //!   its own `UPDATE ... WHERE key = old`. Tables without a key match rows by
 //!   their full old image and change one row (`LIMIT 1`) at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +61,10 @@ struct Target {
     schema: Arc<TableSchema>,
     cols: Vec<MyColumn>,
     key: Vec<usize>,
+    /// The target has unique indexes besides the one on the key: an
+    /// `ON DUPLICATE KEY UPDATE` could match a row with another key through
+    /// one of them, so upserts check the matched row's key (see `flush_batch`).
+    guard: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -330,7 +334,7 @@ impl MysqlSink {
     }
 
     fn table_err(id: &TableId, msg: impl std::fmt::Display) -> SinkError {
-        SinkError::new(ErrorKind::Table, format!("mysql sink: {id}: {msg}"))
+        SinkError::new(ErrorKind::Table, format!("mysql sink: {id}: {msg}")).for_table(id)
     }
 
     /// Make sure the target table exists and matches `schema` (adding and
@@ -487,8 +491,46 @@ impl MysqlSink {
             self.ddl(&sql).await?;
             tracing::info!(table = %schema.id, "target table altered: {}", add.join(", "));
         }
-        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), cols, key });
+        let guard = self.unique_indexes(&db, schema, &key).await?;
+        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), cols, key, guard });
         Ok(())
+    }
+
+    /// The target table's unique indexes against the key: an error unless
+    /// one is on exactly the key columns (upserts could not find rows), and
+    /// whether there are others (upserts need a guard).
+    async fn unique_indexes(&mut self, db: &str, schema: &TableSchema, key: &[usize]) -> Result<bool, SinkError> {
+        if key.is_empty() {
+            return Ok(false);
+        }
+        let rows: Vec<(String, String)> = self
+            .conn()?
+            .exec(
+                "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (db, &schema.id.name),
+            )
+            .await
+            .map_err(|e| sql_err(format!("reading the unique indexes of {db}.{}", schema.id.name), e))?;
+        let mut indexes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (index, col) in rows {
+            indexes.entry(index).or_default().insert(col.to_lowercase());
+        }
+        let want: BTreeSet<String> = key.iter().map(|&i| schema.columns[i].name.to_lowercase()).collect();
+        if !indexes.values().any(|cols| *cols == want) {
+            let names: Vec<String> = key.iter().map(|&i| schema.columns[i].name.clone()).collect();
+            return Err(Self::table_err(
+                &schema.id,
+                format!(
+                    "the target table {db}.{} has no primary key or unique index on ({}), the source's key, so \
+                     changes cannot be matched to its rows; add PRIMARY KEY ({}) to it",
+                    schema.id.name,
+                    names.join(", "),
+                    names.iter().map(|n| quote_my(n)).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(indexes.len() > 1)
     }
 
     /// A table's copy in this run starts from empty (TRUNCATE would commit).
@@ -617,11 +659,18 @@ impl MysqlSink {
                 let update = if t.key.is_empty() {
                     String::new()
                 } else {
-                    let mut sets: Vec<String> = cols
-                        .iter()
-                        .filter(|i| !t.key.contains(i))
-                        .map(|&i| format!("{} = VALUES({})", q(i), q(i)))
-                        .collect();
+                    let mut sets: Vec<String> = Vec::new();
+                    if t.guard {
+                        // Assignments run in order: a matched row with another
+                        // key gets a NULL key first, which strict mode refuses
+                        // (error 1048) before anything of that row changes.
+                        let same = t.key.iter().map(|&k| format!("{} <=> VALUES({})", q(k), q(k))).collect::<Vec<_>>();
+                        let same = same.join(" AND ");
+                        sets.extend(t.key.iter().map(|&k| format!("{} = IF({same}, {}, NULL)", q(k), q(k))));
+                    }
+                    sets.extend(
+                        cols.iter().filter(|i| !t.key.contains(i)).map(|&i| format!("{} = VALUES({})", q(i), q(i))),
+                    );
                     if sets.is_empty() {
                         sets.push(format!("{} = {}", q(t.key[0]), q(t.key[0])));
                     }
@@ -636,7 +685,22 @@ impl MysqlSink {
             }
         };
         let what = format!("applying changes to {}", s.id);
-        self.conn()?.exec_drop(sql, Params::Positional(b.params)).await.map_err(|e| sql_err(what, e))?;
+        let guarded = t.guard && b.kind == Kind::Upsert;
+        let key_names: Vec<String> = t.key.iter().map(|&k| format!("'{}'", s.columns[k].name)).collect();
+        let id = s.id.clone();
+        if let Err(e) = self.conn()?.exec_drop(sql, Params::Positional(b.params)).await {
+            if let mysql_async::Error::Server(se) = &e {
+                if guarded && se.code == 1048 && key_names.iter().any(|k| se.message.contains(k.as_str())) {
+                    return Err(Self::table_err(
+                        &id,
+                        "a row from the source has the same value as a different target row in a unique index \
+                         other than the key; ON DUPLICATE KEY UPDATE would overwrite that row, so the table is \
+                         stopped: make the target's unique indexes match the source's",
+                    ));
+                }
+            }
+            return Err(sql_err(what, e));
+        }
         self.applied += b.rows as u64;
         self.total += b.rows as u64;
         Ok(())
@@ -806,9 +870,17 @@ impl Sink for MysqlSink {
             if self.stopped.contains(&ev.table.id) {
                 continue;
             }
-            // A per-table error stops this table; the others go on.
-            let r = self.add(ev).await;
-            self.stopped.absorb(&ev.table.id, r)?;
+            // A per-table error stops this table; the others go on. An error
+            // of another table's batch (flushed to make room for this change)
+            // stops that table, and this change is queued still.
+            loop {
+                let r = self.add(ev).await;
+                let other = matches!(&r, Err(e) if e.table.as_ref().is_some_and(|t| *t != ev.table.id));
+                self.stopped.absorb(&ev.table.id, r)?;
+                if !other || self.stopped.contains(&ev.table.id) {
+                    break;
+                }
+            }
         }
         self.unflushed = true;
         Ok(())
@@ -835,7 +907,14 @@ impl Sink for MysqlSink {
     }
 
     async fn flush(&mut self, _hold: &HashSet<TableId>, next: &Checkpoint) -> Result<serde_json::Value, SinkError> {
-        self.flush_batch().await?;
+        // The last batch's per-table error stops its table (the failed
+        // statement undid only itself), and is in the checkpoint below.
+        if let Err(e) = self.flush_batch().await {
+            match e.table.clone() {
+                Some(t) if e.kind == ErrorKind::Table => self.stopped.stop(&t, &e),
+                _ => return Err(e),
+            }
+        }
         self.begin().await?;
         // The checkpoint as the runtime will store it: with this sink's state.
         let state = self.stopped.to_state();
