@@ -31,6 +31,11 @@
 //!   sent (unchanged TOAST values are never overwritten); a key change is
 //!   its own `UPDATE ... WHERE key = old`. Tables without a key match rows by
 //!   their full old image and change one row (`LIMIT 1`) at a time.
+//! - An upsert never changes a row with another key: the target must have a
+//!   unique index on exactly the key, and where it has other unique indexes
+//!   (through which `ON DUPLICATE KEY UPDATE` could match a different row)
+//!   the update part first sets the key to NULL unless the matched row has
+//!   the incoming key, which strict mode refuses: that table stops.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
