@@ -541,7 +541,7 @@ async fn postgres_sink_upserts_rows_already_in_target() {
     let log: Vec<(i32, String)> =
         dst.query("SELECT a, b FROM log ORDER BY a", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(log, [(1, "once".to_string()), (2, "once".to_string())]);
-    // Later conflicts on the same table are plain upserts, in the same run and the next.
+    // A conflict in a later run (a new process, which starts with plain inserts again) is replayed the same way.
     c.batch_execute("INSERT INTO log VALUES (3, 'once'); INSERT INTO u VALUES (9, 'ours');").await.unwrap();
     catch_up(&p).await;
     let v: String = dst.query_one("SELECT v FROM u WHERE id = 9", &[]).await.unwrap().get(0);

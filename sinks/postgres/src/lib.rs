@@ -294,11 +294,13 @@ impl PostgresSink {
         match plain {
             Some(table) if unique => {
                 let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_string();
-                tracing::info!(table = %table, "an inserted row is already in the target ({detail}); replaying from the checkpoint with upserts for this table");
                 conflicted().lock().unwrap_or_else(|p| p.into_inner()).insert((self.pipeline.clone(), table.clone()));
                 SinkError::new(
                     ErrorKind::Transient,
-                    format!("postgres sink: {table}: an inserted row is already in the target ({detail}); replaying from the checkpoint with upserts for this table"),
+                    format!(
+                        "postgres sink: {table}: an inserted row is already in the target ({detail}); replaying from \
+                         the checkpoint with upserts for this table"
+                    ),
                 )
             }
             _ => sql_err(what, e),
@@ -706,7 +708,8 @@ impl PostgresSink {
             return Err(SinkError::new(
                 ErrorKind::Table,
                 format!(
-                    "postgres sink: {id}: the target table {name} has no primary key or unique index on ({}), the                      source's key, so changes cannot be matched to its rows; add PRIMARY KEY ({}) to it",
+                    "postgres sink: {id}: the target table {name} has no primary key or unique index on ({}), the \
+                     source's key, so changes cannot be matched to its rows; add PRIMARY KEY ({}) to it",
                     key.join(", "),
                     key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
                 ),
