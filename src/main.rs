@@ -264,6 +264,9 @@ impl Sink for AnySink {
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
         each_sink!(self, s => s.checkpointed().await)
     }
+    async fn durable_flushes(&mut self, wait: bool) -> Result<u64, SinkError> {
+        each_sink!(self, s => s.durable_flushes(wait).await)
+    }
     fn describe(&self) -> String {
         each_sink!(self, s => s.describe())
     }
@@ -460,6 +463,14 @@ async fn cmd_check(path: &Path) -> Result<u8, Failure> {
         SourceConfig::Mysql(_) => sluice_mysql::preflight::check(&cfg).await,
     };
     let mut report = report;
+    let sink = match &cfg.sink {
+        SinkConfig::Postgres(d) => sluice_sink_postgres::preflight(d, &mut report).await,
+        SinkConfig::Mysql(d) => sluice_sink_mysql::preflight(d, &mut report).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = sink {
+        report.push(CheckStatus::Fail, "sink", e.to_string());
+    }
     let bad_transforms = !cfg.transforms.is_empty() && !transform_findings(&cfg, &mut report).await;
     for f in &report.findings {
         let tag = match f.status {

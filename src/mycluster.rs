@@ -177,6 +177,13 @@ impl MyCluster {
         self.launch()
     }
 
+    /// Stop (SIGKILL when `crash`), stay down for `pause`, start again on the same port.
+    pub fn restart_after(&mut self, crash: bool, pause: Duration) -> Result<(), String> {
+        self.halt(crash);
+        std::thread::sleep(pause);
+        self.launch()
+    }
+
     fn halt(&mut self, crash: bool) {
         if let Some(mut ch) = self.child.take() {
             if !crash {

@@ -167,6 +167,15 @@ impl PgCluster {
         self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "start"])
     }
 
+    /// Stop (`mode`: fast, immediate), stay down for `pause`, start again on the same port.
+    pub fn restart_after(&self, mode: &str, pause: std::time::Duration) -> Result<(), String> {
+        let data = self.data_dir();
+        self.run("pg_ctl", &["-D", &data, "-m", mode, "-w", "stop"])?;
+        std::thread::sleep(pause);
+        let log = self.dir.join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "start"])
+    }
+
     pub fn stop(&mut self) {
         if !self.stopped {
             self.stopped = true;

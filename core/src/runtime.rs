@@ -9,7 +9,11 @@
 //! it flushes the sink, writes the checkpoint with that position, tells the
 //! sink the checkpoint is durable, and only then confirms the position to the
 //! source. The checkpoint is thus always the lowest position not yet
-//! acknowledged.
+//! acknowledged. A target that acknowledges commits before it makes them
+//! durable (asynchronous commit) says which flushes are durable
+//! (`Sink::durable_flushes`); a position is confirmed only once the flush
+//! that stored it is, so the source never discards what a target crash could
+//! still lose.
 //!
 //! # Error handling
 //! Transient errors (lost connections, server restarts) restart source and
@@ -251,6 +255,12 @@ struct Flusher<'a, K: Sink> {
     confirm: watch::Sender<Option<Position>>,
     stats: &'a Stats,
     last_flush: Instant,
+    /// `sink.flush` calls so far.
+    flushes: u64,
+    /// Positions checkpointed but not yet confirmed to the source, with the
+    /// flush that stored them: the sink has not said that flush is durable.
+    unconfirmed: std::collections::VecDeque<(u64, Option<Position>)>,
+    last_probe: Instant,
 }
 
 impl<K: Sink> Flusher<'_, K> {
@@ -268,7 +278,42 @@ impl<K: Sink> Flusher<'_, K> {
             self.stats.set_checkpoint(p);
         }
         self.last_flush = Instant::now();
-        let _ = self.confirm.send(self.cp.position.clone());
+        self.flushes += 1;
+        self.unconfirmed.push_back((self.flushes, self.cp.position.clone()));
+        self.confirm_durable(false).await
+    }
+
+    /// Confirm to the source the newest checkpointed position whose flush the
+    /// sink reports durable (with `wait`, the run is ending: the sink may
+    /// take a slower way to make its flushes durable).
+    async fn confirm_durable(&mut self, wait: bool) -> Result<(), PipelineError> {
+        if self.unconfirmed.is_empty() {
+            return Ok(());
+        }
+        self.last_probe = Instant::now();
+        let durable = self.sink.durable_flushes(wait).await?;
+        let mut newest = None;
+        while self.unconfirmed.front().is_some_and(|(n, _)| *n <= durable) {
+            newest = self.unconfirmed.pop_front().map(|(_, p)| p);
+        }
+        if let Some(p) = newest {
+            let _ = self.confirm.send(p);
+        }
+        if wait && !self.unconfirmed.is_empty() {
+            tracing::info!(
+                "the target has not yet made the last {} checkpoint(s) durable; the source is confirmed up to the last \
+                 durable one and replays the rest on the next run",
+                self.unconfirmed.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Ask the sink about unconfirmed flushes at most every `every`.
+    async fn probe(&mut self, every: Duration) -> Result<(), PipelineError> {
+        if !self.unconfirmed.is_empty() && self.last_probe.elapsed() >= every {
+            self.confirm_durable(false).await?;
+        }
         Ok(())
     }
 }
@@ -336,7 +381,17 @@ async fn run_once<S: Source, K: Sink>(
         raw_snapshot,
     };
     let mut source_task = tokio::spawn(source.run(ctx));
-    let mut f = Flusher { sink, store, cp, confirm: confirm_tx, stats, last_flush: Instant::now() };
+    let mut f = Flusher {
+        sink,
+        store,
+        cp,
+        confirm: confirm_tx,
+        stats,
+        last_flush: Instant::now(),
+        flushes: 0,
+        unconfirmed: Default::default(),
+        last_probe: Instant::now(),
+    };
 
     let result = drive(opts, &mut rx, &mut f, transforms, shutdown, stats).await;
     drop(rx);
@@ -402,12 +457,11 @@ async fn drive<K: Sink>(
                 f.flush(position.clone(), &held).await?;
                 force_flush = false;
             }
-            if caught_up {
-                return Ok(Some(Ending::CaughtUp));
+            if caught_up || stopping {
+                f.confirm_durable(true).await?;
+                return Ok(Some(if caught_up { Ending::CaughtUp } else { Ending::Shutdown }));
             }
-            if stopping {
-                return Ok(Some(Ending::Shutdown));
-            }
+            f.probe(Duration::from_millis(200)).await?;
         }
         tokio::select! {
             biased;

@@ -50,6 +50,19 @@ pub trait Sink: Send {
         async { Ok(None) }
     }
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// How many of this sink's `flush` calls so far are durable. A target
+    /// that acknowledges commits before making them durable (Postgres with
+    /// `synchronous_commit = off`, InnoDB with `innodb_flush_log_at_trx_commit`
+    /// 0 or 2) is tracked by each commit's log position against the target's
+    /// flushed log ([`CommitWatermark`]); the runtime confirms a position to
+    /// the source only once the flush that stored it is durable. With `wait`
+    /// the run is ending: make the flushes durable now where the target has a
+    /// way, or wait for them a little. Default: a flush is durable when it
+    /// returns.
+    fn durable_flushes(&mut self, wait: bool) -> impl Future<Output = Result<u64, SinkError>> + Send {
+        let _ = wait;
+        async { Ok(u64::MAX) }
+    }
     /// A table's snapshot copy begins (before any of its rows, also for an
     /// empty table). Replica sinks create the table and empty it here, in
     /// the transaction that will hold the rows.
@@ -160,5 +173,92 @@ impl StoppedTables {
             }
         }
         out
+    }
+}
+
+/// Which of a transactional sink's commits are durable, for targets that
+/// acknowledge a commit before flushing it: each commit's position in the
+/// target's log (WAL, redo log) is remembered, and a commit is durable once
+/// the target's flushed log has passed it. A log is written in order, so a
+/// durable commit makes every earlier one durable too.
+#[derive(Debug, Default)]
+pub struct CommitWatermark {
+    /// Commits so far (the sink's `flush` calls that committed).
+    commits: u64,
+    /// Commits known durable.
+    durable: u64,
+    /// (commit number, end of its commit record in the target's log), oldest first.
+    pending: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl CommitWatermark {
+    /// A commit whose record ends at `log_pos` in the target's log, or, with
+    /// `None`, one that is durable already (and so is every earlier one).
+    pub fn committed(&mut self, log_pos: Option<u64>) {
+        self.commits += 1;
+        match log_pos {
+            Some(p) => self.pending.push_back((self.commits, p)),
+            None => self.all_durable(),
+        }
+    }
+
+    /// The target's log is durable up to `flushed`.
+    pub fn flushed_to(&mut self, flushed: u64) {
+        while let Some(&(n, p)) = self.pending.front() {
+            if p > flushed {
+                break;
+            }
+            self.durable = n;
+            self.pending.pop_front();
+        }
+    }
+
+    /// Everything committed so far is durable.
+    pub fn all_durable(&mut self) {
+        self.durable = self.commits;
+        self.pending.clear();
+    }
+
+    /// Commits known durable (the answer to [`Sink::durable_flushes`]).
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Commits not yet known durable.
+    pub fn pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The log position the newest pending commit needs flushed.
+    pub fn newest_pending(&self) -> Option<u64> {
+        self.pending.back().map(|&(_, p)| p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitWatermark;
+
+    #[test]
+    fn watermark_follows_the_flushed_log() {
+        let mut w = CommitWatermark::default();
+        w.committed(Some(100));
+        w.committed(Some(200));
+        w.committed(Some(300));
+        assert_eq!(w.durable(), 0);
+        w.flushed_to(99);
+        assert_eq!(w.durable(), 0);
+        w.flushed_to(200);
+        assert_eq!(w.durable(), 2);
+        assert!(w.pending());
+        assert_eq!(w.newest_pending(), Some(300));
+        // A synchronous commit makes every earlier one durable.
+        w.committed(None);
+        assert_eq!(w.durable(), 4);
+        assert!(!w.pending());
+        // The flushed log never moves a watermark back.
+        w.committed(Some(400));
+        w.flushed_to(50);
+        assert_eq!(w.durable(), 4);
     }
 }

@@ -13,7 +13,7 @@ fn seed() -> u64 {
 }
 
 /// The same rows, as JSON objects, on the Postgres source and the MySQL replica.
-const PG_MY: &[(&str, &str, &str, &[&str])] = &[
+pub(crate) const PG_MY: &[(&str, &str, &str, &[&str])] = &[
     (
         "acct",
         "SELECT json_build_object('id', id, 'v', v, 'n', n::text, 'ver', ver) FROM acct",
@@ -44,7 +44,7 @@ const PG_MY: &[(&str, &str, &str, &[&str])] = &[
 
 /// Rows of the replica (its text columns have a binary collation, the
 /// session's literals must too).
-fn replica_rows(
+pub(crate) fn replica_rows(
     dst: &MyCluster,
     sql: &str,
     key: &[&str],

@@ -37,6 +37,8 @@
 //!   the update part first sets the key to NULL unless the matched row has
 //!   the incoming key, which strict mode refuses: that table stops.
 
+mod durable;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value as MyValue};
 use sluice_core::config::DbSinkConfig;
 use sluice_core::error::{ErrorKind, SinkError};
-use sluice_core::sink::StoppedTables;
+use sluice_core::sink::{CommitWatermark, StoppedTables};
 use sluice_core::value::{civil_from_days, NEG_INFINITY_DATE, NEG_INFINITY_TS};
 use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
 use sluice_mysql::conn::{classify, ConnInfo, Flavor};
@@ -109,10 +111,17 @@ pub struct MysqlSink {
     stored: Option<Checkpoint>,
     stopped: StoppedTables,
     total: u64,
+    /// How the target's commits become durable (see `durable`).
+    durability: durable::Mode,
+    commits: CommitWatermark,
 }
 
 fn sql_err(what: impl std::fmt::Display, e: mysql_async::Error) -> SinkError {
     SinkError::new(classify(&e), format!("mysql sink: {what}: {e}"))
+}
+
+fn not_connected() -> SinkError {
+    SinkError::new(ErrorKind::Transient, "mysql sink: not connected")
 }
 
 fn conn_err(e: sluice_core::error::SourceError) -> SinkError {
@@ -289,6 +298,8 @@ impl MysqlSink {
             stored: None,
             stopped: StoppedTables::default(),
             total: 0,
+            durability: durable::Mode::Commit,
+            commits: CommitWatermark::default(),
         }
     }
 
@@ -305,7 +316,7 @@ impl MysqlSink {
     }
 
     fn conn(&mut self) -> Result<&mut Conn, SinkError> {
-        self.conn.as_mut().ok_or_else(|| SinkError::new(ErrorKind::Transient, "mysql sink: not connected"))
+        self.conn.as_mut().ok_or_else(not_connected)
     }
 
     /// The session for DDL (its statements commit at once).
@@ -800,6 +811,14 @@ pub async fn check(cfg: &DbSinkConfig) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// `sluice check` findings about the target (its durability settings).
+pub async fn preflight(cfg: &DbSinkConfig, report: &mut sluice_core::preflight::Report) -> Result<(), SinkError> {
+    let mut conn = connect(cfg).await?;
+    let r = durable::findings(&mut conn, report).await;
+    let _ = conn.disconnect().await;
+    r
+}
+
 /// `teardown`: forget the pipeline's checkpoint in the target (the
 /// replicated tables stay). Returns what was done.
 pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkError> {
@@ -853,6 +872,7 @@ impl Sink for MysqlSink {
             self.stopped = StoppedTables::from_state(&cp.sink);
             self.stored = Some(cp);
         }
+        self.durability = durable::mode(&mut conn).await?;
         self.conn = Some(conn);
         Ok(())
     }
@@ -933,9 +953,11 @@ impl Sink for MysqlSink {
             self.checkpoint_table()
         );
         let pipeline = self.pipeline.clone();
-        let conn = self.conn()?;
+        // Fields borrowed apart: the session and the commit watermark.
+        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
         conn.exec_drop(sql, (pipeline, position, body)).await.map_err(|e| sql_err("writing the checkpoint", e))?;
         conn.query_drop("COMMIT").await.map_err(|e| sql_err("COMMIT", e))?;
+        durable::committed(conn, self.durability, &mut self.commits).await?;
         self.in_tx = false;
         self.touched.clear();
         self.applied = 0;
@@ -952,6 +974,18 @@ impl Sink for MysqlSink {
 
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    async fn durable_flushes(&mut self, wait: bool) -> Result<u64, SinkError> {
+        if matches!(self.durability, durable::Mode::Commit) {
+            return Ok(u64::MAX);
+        }
+        // Status reads are not part of the open transaction: any time will do.
+        if self.commits.pending() {
+            let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+            durable::probe(conn, self.durability, wait, &mut self.commits).await?;
+        }
+        Ok(self.commits.durable())
     }
 
     fn describe(&self) -> String {

@@ -36,6 +36,7 @@
 //!   `indexes`).
 
 mod copy;
+mod durable;
 mod indexes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -46,7 +47,7 @@ use futures_util::SinkExt;
 use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
-use sluice_core::sink::StoppedTables;
+use sluice_core::sink::{CommitWatermark, StoppedTables};
 use sluice_core::{
     ChangeEvent, Checkpoint, Op, RawFormat, RawRows, ReplicaIdentity, Sink, TableId, TableSchema, Value,
 };
@@ -227,6 +228,9 @@ pub struct PostgresSink {
     /// that rebuild them.
     deferred: BTreeMap<TableId, Vec<String>>,
     total: u64,
+    /// The target's commits return before they are durable (see `durable`).
+    asynchronous: bool,
+    commits: CommitWatermark,
 }
 
 fn sql_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> SinkError {
@@ -262,6 +266,8 @@ impl PostgresSink {
             stopped: StoppedTables::default(),
             deferred: BTreeMap::new(),
             total: 0,
+            asynchronous: false,
+            commits: CommitWatermark::default(),
         }
     }
 
@@ -1027,6 +1033,11 @@ pub async fn check(cfg: &DbSinkConfig) -> Result<(), SinkError> {
     connect(cfg).await.map(drop)
 }
 
+/// `sluice check` findings about the target (its durability settings).
+pub async fn preflight(cfg: &DbSinkConfig, report: &mut sluice_core::preflight::Report) -> Result<(), SinkError> {
+    durable::findings(&connect(cfg).await?, report).await
+}
+
 /// `teardown`: forget the pipeline's checkpoint in the target (the
 /// replicated tables stay). Returns what was done.
 pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkError> {
@@ -1078,6 +1089,13 @@ impl Sink for PostgresSink {
             self.deferred =
                 cp.sink.get("deferred_indexes").map(indexes::from_state).unwrap_or_default().into_iter().collect();
             self.stored = Some(cp);
+        }
+        self.asynchronous = durable::asynchronous(&client).await?;
+        if self.asynchronous {
+            tracing::info!(
+                "the target commits asynchronously (synchronous_commit = off): source positions are confirmed once \
+                 its WAL is flushed past them"
+            );
         }
         self.client = Some(Arc::new(client));
         Ok(())
@@ -1189,7 +1207,7 @@ impl Sink for PostgresSink {
             .execute(&stmt, &[&self.pipeline, &position, &body])
             .await
             .map_err(|e| sql_err("writing the checkpoint", e))?;
-        client.batch_execute("COMMIT").await.map_err(|e| sql_err("COMMIT", e))?;
+        durable::commit(&client, self.asynchronous, &mut self.commits).await?;
         self.in_tx = false;
         self.applied = 0;
         self.unflushed = false;
@@ -1198,6 +1216,19 @@ impl Sink for PostgresSink {
 
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    async fn durable_flushes(&mut self, wait: bool) -> Result<u64, SinkError> {
+        if !self.asynchronous {
+            return Ok(u64::MAX);
+        }
+        // Only between target transactions: the session is then idle.
+        if self.commits.pending() && !self.in_tx {
+            let client = self.client().await?;
+            let table = self.checkpoint_table();
+            durable::probe(&client, &table, &self.pipeline, wait, &mut self.commits).await?;
+        }
+        Ok(self.commits.durable())
     }
 
     fn describe(&self) -> String {
