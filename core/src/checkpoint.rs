@@ -132,7 +132,12 @@ impl CheckpointStore for FileCheckpointStore {
     fn save(&mut self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let path = self.path();
         let werr = |e| CheckpointError::Write { path: path.clone(), source: e };
-        fs::create_dir_all(&self.dir).map_err(werr)?;
+        if !self.dir.is_dir() {
+            fs::create_dir_all(&self.dir).map_err(werr)?;
+            if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(werr)?;
+            }
+        }
         let tmp = self.dir.join(".checkpoint.json.tmp");
         let mut cp = cp.clone();
         cp.updated_ms = now_ms();

@@ -836,7 +836,6 @@ fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
         let owned = [
             "bootstrap.servers",
             "transactional.id",
-            "enable.idempotence",
             "security.protocol",
             "sasl.mechanism",
             "sasl.username",
@@ -844,6 +843,14 @@ fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
         ];
         if owned.contains(&key.as_str()) {
             errs.push(format!("sink.producer.{key}: set by Sluice (use brokers, delivery, tls and sasl instead)"));
+        } else if k.delivery != KafkaDelivery::AtLeastOnce {
+            if let Some(why) = weakens_delivery(key, &yaml_scalar_text(v)) {
+                errs.push(format!(
+                    "sink.producer.{key}: {} {why}, which exactly-once delivery needs; remove it, or set \
+                     `delivery: at_least_once` to accept lost or repeated messages",
+                    yaml_scalar_text(v)
+                ));
+            }
         }
     }
     if let Some(s) = &k.sasl {
@@ -858,6 +865,26 @@ fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
         if t.cert_file.is_some() != t.key_file.is_some() {
             errs.push("sink.tls: cert_file and key_file go together".into());
         }
+    }
+}
+
+/// Why a librdkafka producer setting weakens the idempotent, all-replica
+/// acknowledged delivery Sluice's exactly-once modes rest on (None: it does not).
+pub fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
+    let v = value.trim().to_ascii_lowercase();
+    let int = v.parse::<i64>().ok();
+    match key {
+        "acks" | "request.required.acks" | "topic.request.required.acks" if !matches!(v.as_str(), "all" | "-1") => {
+            Some("gives up the acknowledgement by all in-sync replicas (acks=all)")
+        }
+        "enable.idempotence" if !matches!(v.as_str(), "true" | "1") => {
+            Some("turns off the idempotent producer (no duplicates, no reordering on retry)")
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight" if int.is_none_or(|n| n > 5) => {
+            Some("allows more than 5 requests in flight, more than the idempotent producer keeps in order")
+        }
+        "retries" | "message.send.max.retries" if int == Some(0) => Some("turns off retries"),
+        _ => None,
     }
 }
 
@@ -1253,6 +1280,29 @@ sink:
         ] {
             assert!(e.contains(want), "{want} missing in {e}");
         }
+    }
+
+    #[test]
+    fn kafka_producer_settings_may_weaken_only_at_least_once() {
+        let kafka = |delivery: &str, producer: &str| {
+            let text = GOOD.replace(
+                "  type: files\n  format: jsonl\n  path: ./out\n",
+                &format!("  type: kafka\n  brokers: b:9092\n  delivery: {delivery}\n  producer:\n{producer}"),
+            );
+            parse_pipeline_text_with(&text, "k.yaml", |_| Some("pw".into())).map_err(|e| e.to_string())
+        };
+        let weak = "    acks: 1\n    enable.idempotence: false\n    retries: 0\n";
+        for delivery in ["exactly_once", "transactional"] {
+            let e = kafka(delivery, weak).unwrap_err();
+            for key in ["acks", "enable.idempotence", "retries"] {
+                assert!(e.contains(&format!("sink.producer.{key}:")), "{key} missing in {e}");
+            }
+            kafka(delivery, "    acks: all\n    max.in.flight.requests.per.connection: 5\n    linger.ms: 50\n")
+                .unwrap();
+            kafka(delivery, "    acks: -1\n    enable.idempotence: true\n").unwrap();
+        }
+        kafka("at_least_once", weak).unwrap();
+        assert!(kafka("at_least_once", "    bootstrap.servers: x\n").is_err());
     }
 
     #[test]

@@ -44,9 +44,18 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
             "kafka_bad.yaml",
             GOOD.replace(
                 "  type: blackhole\n",
-                "  type: kafka\n  brokers: 127.0.0.1:1\n  topic: \"x y.{colour}\"\n  partitions: 0\n  producer:\n    enable.idempotence: false\n",
+                "  type: kafka\n  brokers: 127.0.0.1:1\n  topic: \"x y.{colour}\"\n  partitions: 0\n  producer:\n    enable.idempotence: false\n    acks: 1\n    max.in.flight: 10\n    linger.ms: 20\n",
             ),
-            vec!["4 problems", "{colour}", "sink.partitions", "sink.producer.enable.idempotence", "topic name"],
+            vec![
+                "6 problems",
+                "{colour}",
+                "sink.partitions",
+                "sink.producer.enable.idempotence: false turns off the idempotent producer",
+                "sink.producer.acks: 1 gives up",
+                "sink.producer.max.in.flight: 10",
+                "delivery: at_least_once",
+                "topic name",
+            ],
         ),
         (
             "kafka_avro.yaml",

@@ -7,7 +7,9 @@
 //!
 //! # Exactly once
 //! Files are written hidden (`.0000000042.jsonl`) and closed (fsync) when
-//! they roll (rows, bytes, schema change) or at a flush. A flush returns the
+//! they roll (rows, bytes, schema change) or at a flush; a flush also fsyncs
+//! the directories holding them, so the checkpoint never names a file a
+//! machine crash could take back. A flush returns the
 //! list of closed hidden files with their final names as sink state; the
 //! runtime writes it into the checkpoint; only then are they renamed into
 //! place (`checkpointed`). On `open`, renames recorded in the checkpoint are
@@ -460,6 +462,14 @@ impl Sink for FilesSink {
             for t in self.tables.values() {
                 let dname = t.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
                 self.state.tables.insert(dname, t.committed_seq);
+            }
+            // The checkpoint will name these hidden files: their directory
+            // entries must be durable before it is (the files themselves were
+            // fsynced when closed), or a machine crash could leave a
+            // checkpoint whose files do not exist.
+            let dirs: HashSet<&Path> = publish.iter().filter_map(|(h, _)| h.parent()).collect();
+            for d in dirs {
+                sync_dir(d).map_err(io(format!("syncing {}", d.display())))?;
             }
             self.state.pending = publish.iter().map(|(h, f)| (rel(&base, h), rel(&base, f))).collect();
             self.files_written += publish.len() as u64;

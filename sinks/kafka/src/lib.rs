@@ -527,10 +527,13 @@ fn producer_config(cfg: &KafkaSinkConfig, pipeline: &str) -> ClientConfig {
     c.set("queue.buffering.max.messages", "100000");
     c.set("message.timeout.ms", "120000");
     c.set("compression.type", "none");
+    // Exactly-once rests on these; `delivery: at_least_once` may weaken them
+    // through `producer:` (validation refuses that for the other modes).
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
     for (k, v) in &cfg.producer {
         c.set(k, yaml_scalar_text(v));
     }
-    c.set("enable.idempotence", "true");
     if cfg.delivery == KafkaDelivery::Transactional {
         c.set("transactional.id", format!("sluice-{pipeline}"));
     }

@@ -91,9 +91,7 @@ impl SpoolWriter {
                 .map_err(|e| SinkError::io(format!("cannot write {}", self.path.display()), e.into_error()))?;
             f.sync_all().map_err(io(&self.path, "fsync"))?;
             if let Some(dir) = self.path.parent() {
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync"))?;
             }
         }
         Ok(self.records)
