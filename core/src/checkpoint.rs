@@ -41,6 +41,10 @@ pub struct TableState {
     /// none). When it changes, the table is copied again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub transforms: String,
+    /// The source could not decode a change of the table (the error): its
+    /// changes are skipped until it is copied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +187,7 @@ mod tests {
                 snapshot_position: None,
                 snapshot_rows: 3,
                 transforms: String::new(),
+                stopped: Some("bad bytes".into()),
             },
         );
         store.save(&cp).unwrap();

@@ -420,7 +420,13 @@ async fn run_once<S: Source, K: Sink>(
     };
     let caught_up = matches!(ending, Ending::CaughtUp);
     stats.caught_up.store(caught_up, Ordering::Relaxed);
-    Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe(), stopped: f.sink.stopped_tables() })
+    let mut stopped = f.sink.stopped_tables();
+    for (name, t) in &f.cp.tables {
+        if let (Some(error), Some((schema, table))) = (&t.stopped, name.split_once('.')) {
+            stopped.push((TableId::new(schema, table), error.clone()));
+        }
+    }
+    Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe(), stopped })
 }
 
 async fn drive<K: Sink>(
@@ -440,6 +446,9 @@ async fn drive<K: Sink>(
     let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
     let mut snap_run: Option<(Arc<crate::schema::TableSchema>, u64)> = None;
     let identity = transforms.is_identity();
+    // Tables the source could not decode (as `schema.table`): their changes are skipped.
+    let mut source_stopped: HashSet<String> =
+        f.cp.tables.iter().filter(|(_, t)| t.stopped.is_some()).map(|(k, _)| k.clone()).collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -479,6 +488,9 @@ async fn drive<K: Sink>(
                 for msg in batch {
                     match msg {
                         SourceMessage::Event(ev) => {
+                            if !source_stopped.is_empty() && source_stopped.contains(&ev.table.id.to_string()) {
+                                continue;
+                            }
                             counts[match ev.op {
                                 Op::Read => 0,
                                 Op::Create => 1,
@@ -553,6 +565,7 @@ async fn drive<K: Sink>(
                                     f.sink.snapshot_started(&out).await?;
                                     held.insert(out.id.clone());
                                     let table = schema.id.clone();
+                                    source_stopped.remove(&table.to_string());
                                     f.cp.tables.insert(
                                         table.to_string(),
                                         TableState {
@@ -560,6 +573,7 @@ async fn drive<K: Sink>(
                                             snapshot_position: Some(p),
                                             snapshot_rows: 0,
                                             transforms: transforms.fingerprint(&table),
+                                            stopped: None,
                                         },
                                     );
                                     stats.snapshot_progress(&table, 0, false, Some(estimated_rows));
@@ -579,6 +593,27 @@ async fn drive<K: Sink>(
                                     f.sink.tables_included(&renamed);
                                     let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
                                     f.cp.tables.retain(|name, _| names.contains(name));
+                                    source_stopped.retain(|name| names.contains(name));
+                                }
+                                SourceMessage::TableFailed { table, error } => {
+                                    let name = table.to_string();
+                                    if source_stopped.insert(name.clone()) {
+                                        tracing::error!(
+                                            table = %table,
+                                            "{error}; the table is stopped (its changes are skipped, the other tables \
+                                             go on); fix the cause, then re-copy it: drop it from tables.include for \
+                                             one run and add it back"
+                                        );
+                                    }
+                                    let state = f.cp.tables.entry(name).or_insert_with(|| TableState {
+                                        snapshot: SnapshotState::Done,
+                                        snapshot_position: None,
+                                        snapshot_rows: 0,
+                                        transforms: transforms.fingerprint(&table),
+                                        stopped: None,
+                                    });
+                                    // The first error stands (a rerun may meet a later one).
+                                    state.stopped.get_or_insert(error);
                                 }
                             }
                         }

@@ -36,6 +36,12 @@ pub enum SourceMessage {
     RawRows(RawRows),
     /// All of the table's snapshot rows have been sent.
     TableSnapshotDone { table: TableId, rows: u64 },
+    /// A change of `table` cannot be represented (e.g. its bytes are not
+    /// valid in the column's character set): the table is stopped (recorded
+    /// in the checkpoint, its changes skipped until it is copied again), the
+    /// other tables go on, and the run ends with a failure. The source skips
+    /// the table's changes from here on.
+    TableFailed { table: TableId, error: String },
     /// `--until-caught-up`: the end position noted at start has been reached
     /// (every change before it has been sent).
     CaughtUp,

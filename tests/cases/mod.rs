@@ -5,6 +5,7 @@ pub(crate) mod crash;
 mod durability;
 pub(crate) mod kafka;
 pub(crate) mod my_sink;
+mod mysql_charsets;
 pub(crate) mod mysql_stream;
 mod mysql_tls;
 pub(crate) mod mysql_types;

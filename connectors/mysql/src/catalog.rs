@@ -14,6 +14,7 @@ use sluice_core::config::TablesConfig;
 use sluice_core::error::SourceError;
 use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
 
+use crate::charset::Collations;
 use crate::conn::sql_error;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,26 @@ pub struct TableInfo {
 }
 
 const SYSTEM: &str = "('mysql','information_schema','performance_schema','sys')";
+
+/// The server's collation ids and their character sets. MariaDB 10.10+
+/// lists collations of several character sets (the UCA 14 ones) only in
+/// `COLLATION_CHARACTER_SET_APPLICABILITY`; older servers lack its `ID`.
+pub async fn collations(conn: &mut Conn) -> Result<Collations, SourceError> {
+    let mut rows: Vec<(u16, String)> = conn
+        .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+        .await
+        .map_err(|e| sql_error("reading the server's collations", e))?;
+    let applicable: Result<Vec<(u16, String)>, _> = conn
+        .query(
+            "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY \
+             WHERE ID IS NOT NULL",
+        )
+        .await;
+    if let Ok(more) = applicable {
+        rows.extend(more);
+    }
+    Ok(Collations::from_rows(rows))
+}
 
 /// Base tables matching the include/exclude globs (`database.table`).
 pub async fn included_tables(conn: &mut Conn, tables: &TablesConfig) -> Result<Vec<TableInfo>, SourceError> {

@@ -22,26 +22,9 @@ use std::sync::Arc;
 use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 use mysql_common::constants::ColumnType as MyType;
 use sluice_core::value::days_from_civil;
+
+use crate::charset::{Charset, Collations};
 use sluice_core::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema, Value};
-
-/// Character set class of a text column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cs {
-    Utf8,
-    Latin1,
-    Binary,
-}
-
-impl Cs {
-    /// Collation id → class (latin1 collations, binary, everything else read as UTF-8).
-    pub fn from_id(id: u16) -> Cs {
-        match id {
-            63 => Cs::Binary,
-            5 | 8 | 15 | 31 | 47 | 48 | 49 | 94 => Cs::Latin1,
-            _ => Cs::Utf8,
-        }
-    }
-}
 
 /// How one column's bytes are laid out.
 #[derive(Debug, Clone)]
@@ -86,13 +69,13 @@ pub enum Kind {
     /// logged without its trailing zero bytes: `pad` restores them.
     Str {
         len_bytes: u8,
-        cs: Cs,
+        cs: Charset,
         pad: u16,
     },
     /// BLOB / TEXT family: length prefix of `len_bytes` (1..=4).
     Blob {
         len_bytes: u8,
-        cs: Cs,
+        cs: Charset,
     },
     /// MySQL binary JSON.
     Json {
@@ -110,11 +93,28 @@ pub struct TablePlan {
     pub kinds: Vec<Kind>,
 }
 
+/// A row or table map that cannot be decoded. `per_table`: the event is
+/// well formed but a value of this table cannot be represented (bytes not
+/// valid in the column's character set, a character set Sluice does not
+/// know): the table is stopped, the others go on. Otherwise the event itself
+/// is malformed and the stream cannot go on.
 #[derive(Debug)]
-pub struct DecodeError(pub String);
+pub struct DecodeError {
+    pub message: String,
+    pub per_table: bool,
+}
+
+impl DecodeError {
+    fn new(message: impl Into<String>) -> DecodeError {
+        DecodeError { message: message.into(), per_table: false }
+    }
+    fn table(message: impl Into<String>) -> DecodeError {
+        DecodeError { message: message.into(), per_table: true }
+    }
+}
 
 fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
-    Err(DecodeError(msg.into()))
+    Err(DecodeError::new(msg))
 }
 
 /// Column description from a table map event (before merging with the catalog).
@@ -128,9 +128,14 @@ pub struct MappedColumn {
 }
 
 /// Read a table map into columns. Fails when the server did not log column
-/// names (`binlog_row_metadata` is not FULL). `mariadb`: MariaDB lists a
+/// names (`binlog_row_metadata` is not FULL) or a text column's character
+/// set is unknown (`collations`: the source server's collation ids). `mariadb`: MariaDB lists a
 /// character set for GEOMETRY columns too (they are BLOBs there).
-pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedColumn>, DecodeError> {
+pub fn map_columns(
+    tme: &TableMapEvent<'_>,
+    mariadb: bool,
+    collations: &Collations,
+) -> Result<Vec<MappedColumn>, DecodeError> {
     let n = tme.columns_count() as usize;
     let mut names: Vec<String> = Vec::new();
     let mut signedness: Vec<bool> = Vec::new();
@@ -141,46 +146,50 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
     let mut set_labels: Vec<Arc<Vec<String>>> = Vec::new();
     let mut pk: Vec<usize> = Vec::new();
     for f in tme.iter_optional_meta() {
-        let f = f.map_err(|e| DecodeError(format!("table map optional metadata: {e}")))?;
+        let f = f.map_err(|e| DecodeError::new(format!("table map optional metadata: {e}")))?;
         match f {
             OptionalMetadataField::Signedness(bits) => signedness = bits.iter().map(|b| *b).collect(),
             OptionalMetadataField::DefaultCharset(d) => {
                 default_cs = Some(d.default_charset());
                 for x in d.iter_non_default() {
-                    let x = x.map_err(|e| DecodeError(format!("table map charset: {e}")))?;
+                    let x = x.map_err(|e| DecodeError::new(format!("table map charset: {e}")))?;
                     non_default.push((x.column_index() as usize, x.charset()));
                 }
             }
             OptionalMetadataField::ColumnCharset(c) => {
                 for x in c.iter_charsets() {
-                    charsets.push(x.map_err(|e| DecodeError(format!("table map charset: {e}")))?);
+                    charsets.push(x.map_err(|e| DecodeError::new(format!("table map charset: {e}")))?);
                 }
             }
             OptionalMetadataField::ColumnName(c) => {
                 for x in c.iter_names() {
-                    names.push(x.map_err(|e| DecodeError(format!("table map column name: {e}")))?.name().into_owned());
+                    names.push(
+                        x.map_err(|e| DecodeError::new(format!("table map column name: {e}")))?.name().into_owned(),
+                    );
                 }
             }
             OptionalMetadataField::EnumStrValue(v) => {
                 for x in v.iter_values() {
-                    let x = x.map_err(|e| DecodeError(format!("table map enum labels: {e}")))?;
+                    let x = x.map_err(|e| DecodeError::new(format!("table map enum labels: {e}")))?;
                     enum_labels.push(Arc::new(x.values().iter().map(|s| s.value().into_owned()).collect()));
                 }
             }
             OptionalMetadataField::SetStrValue(v) => {
                 for x in v.iter_values() {
-                    let x = x.map_err(|e| DecodeError(format!("table map set labels: {e}")))?;
+                    let x = x.map_err(|e| DecodeError::new(format!("table map set labels: {e}")))?;
                     set_labels.push(Arc::new(x.values().iter().map(|s| s.value().into_owned()).collect()));
                 }
             }
             OptionalMetadataField::SimplePrimaryKey(k) => {
                 for x in k.iter_indexes() {
-                    pk.push(x.map_err(|e| DecodeError(format!("table map primary key: {e}")))? as usize);
+                    pk.push(x.map_err(|e| DecodeError::new(format!("table map primary key: {e}")))? as usize);
                 }
             }
             OptionalMetadataField::PrimaryKeyWithPrefix(k) => {
                 for x in k.iter_keys() {
-                    pk.push(x.map_err(|e| DecodeError(format!("table map primary key: {e}")))?.column_index() as usize);
+                    pk.push(
+                        x.map_err(|e| DecodeError::new(format!("table map primary key: {e}")))?.column_index() as usize
+                    );
                 }
             }
             _ => {}
@@ -199,12 +208,12 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
     for (i, name) in names.into_iter().enumerate() {
         let raw = tme
             .get_raw_column_type(i)
-            .map_err(|e| DecodeError(format!("column {name}: {e}")))?
-            .ok_or_else(|| DecodeError(format!("column {name}: no type")))?;
+            .map_err(|e| DecodeError::new(format!("column {name}: {e}")))?
+            .ok_or_else(|| DecodeError::new(format!("column {name}: no type")))?;
         let real = tme
             .get_column_type(i)
-            .map_err(|e| DecodeError(format!("column {name}: {e:?}")))?
-            .ok_or_else(|| DecodeError(format!("column {name}: no type")))?;
+            .map_err(|e| DecodeError::new(format!("column {name}: {e:?}")))?
+            .ok_or_else(|| DecodeError::new(format!("column {name}: no type")))?;
         let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
         let unsigned = if raw.is_numeric_type() {
             let u = signedness.get(num_i).copied().unwrap_or(false);
@@ -223,9 +232,11 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
             };
             char_i += 1;
             cs_i += 1;
-            Cs::from_id(id)
+            collations.charset(id).map_err(|e| {
+                DecodeError::table(format!("column {name} of {}.{}: {e}", tme.database_name(), tme.table_name()))
+            })?
         } else {
-            Cs::Utf8
+            Charset::Utf8
         };
         let m0 = meta.first().copied().unwrap_or(0);
         let m1 = meta.get(1).copied().unwrap_or(0);
@@ -285,23 +296,22 @@ pub fn map_columns(tme: &TableMapEvent<'_>, mariadb: bool) -> Result<Vec<MappedC
                 let max_len =
                     if (m0 & 0x30) != 0x30 { ((((m0 & 0x30) ^ 0x30) as u16) << 4) | m1 as u16 } else { m1 as u16 };
                 let len_bytes = if max_len > 255 { 2 } else { 1 };
-                let (ty, st) =
-                    if cs == Cs::Binary { (ColumnType::Bytes, "binary") } else { (ColumnType::Text, "char") };
-                let pad = if cs == Cs::Binary { max_len } else { 0 };
+                let (ty, st) = if cs.is_binary() { (ColumnType::Bytes, "binary") } else { (ColumnType::Text, "char") };
+                let pad = if cs.is_binary() { max_len } else { 0 };
                 (Kind::Str { len_bytes, cs, pad }, ty, st.into())
             }
             MyType::MYSQL_TYPE_VARCHAR | MyType::MYSQL_TYPE_VAR_STRING => {
                 let max_len = u16::from_le_bytes([m0, m1]);
                 let len_bytes = if max_len > 255 { 2 } else { 1 };
                 let (ty, st) =
-                    if cs == Cs::Binary { (ColumnType::Bytes, "varbinary") } else { (ColumnType::Text, "varchar") };
+                    if cs.is_binary() { (ColumnType::Bytes, "varbinary") } else { (ColumnType::Text, "varchar") };
                 (Kind::Str { len_bytes, cs, pad: 0 }, ty, st.into())
             }
             MyType::MYSQL_TYPE_BLOB
             | MyType::MYSQL_TYPE_TINY_BLOB
             | MyType::MYSQL_TYPE_MEDIUM_BLOB
             | MyType::MYSQL_TYPE_LONG_BLOB => {
-                let (ty, st) = if cs == Cs::Binary { (ColumnType::Bytes, "blob") } else { (ColumnType::Text, "text") };
+                let (ty, st) = if cs.is_binary() { (ColumnType::Bytes, "blob") } else { (ColumnType::Text, "text") };
                 (Kind::Blob { len_bytes: m0, cs }, ty, st.into())
             }
             MyType::MYSQL_TYPE_JSON => (Kind::Json { len_bytes: m0 }, ColumnType::Json, "json".into()),
@@ -431,30 +441,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// cp1252 (MySQL's `latin1`) to UTF-8.
-pub fn latin1_to_string(b: &[u8]) -> String {
-    if b.is_ascii() {
-        // SAFETY-free fast path: ASCII is valid UTF-8.
-        return String::from_utf8(b.to_vec()).unwrap_or_default();
-    }
-    const HIGH: [char; 32] = [
-        '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2C6}',
-        '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}',
-        '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}',
-        '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
-    ];
-    b.iter().map(|&c| if (0x80..0xa0).contains(&c) { HIGH[(c - 0x80) as usize] } else { c as char }).collect()
-}
-
+/// A text column's value (a `binary` one's bytes).
 #[inline]
-fn text(b: &[u8], cs: Cs) -> Value {
+fn text(b: &[u8], cs: Charset) -> Result<Value, DecodeError> {
     match cs {
-        Cs::Binary => Value::Bytes(b.to_vec()),
-        Cs::Latin1 => Value::Text(latin1_to_string(b)),
-        Cs::Utf8 => match std::str::from_utf8(b) {
-            Ok(s) => Value::Text(s.to_string()),
-            Err(_) => Value::Text(String::from_utf8_lossy(b).into_owned()),
-        },
+        Charset::Binary => Ok(Value::Bytes(b.to_vec())),
+        cs => cs.decode(b).map(Value::Text).map_err(|e| DecodeError::table(e.to_string())),
     }
 }
 
@@ -745,13 +737,13 @@ fn decode_value(r: &mut Reader<'_>, kind: &Kind, ty: &ColumnType) -> Result<Valu
                 v.resize(*pad as usize, 0);
                 refine(Value::Bytes(v), ty)
             } else {
-                refine(text(b, *cs), ty)
+                refine(text(b, *cs)?, ty)
             }
         }
         Kind::Blob { len_bytes, cs } => {
             let n = r.le(*len_bytes as usize)? as usize;
             let b = r.take(n)?;
-            refine(text(b, *cs), ty)
+            refine(text(b, *cs)?, ty)
         }
         Kind::Json { len_bytes } => {
             let n = r.le(*len_bytes as usize)? as usize;
@@ -808,8 +800,8 @@ pub fn json_from_binary(b: &[u8]) -> Result<String, DecodeError> {
     }
     let mut buf = mysql_common::io::ParseBuf(b);
     let v: mysql_common::binlog::jsonb::Value<'_> =
-        buf.parse(()).map_err(|e| DecodeError(format!("binary JSON: {e}")))?;
-    let dom = v.parse().map_err(|e| DecodeError(format!("binary JSON: {e}")))?;
+        buf.parse(()).map_err(|e| DecodeError::new(format!("binary JSON: {e}")))?;
+    let dom = v.parse().map_err(|e| DecodeError::new(format!("binary JSON: {e}")))?;
     let j: serde_json::Value = dom.into();
     Ok(j.to_string())
 }
@@ -841,8 +833,10 @@ pub fn decode_row(
             continue;
         }
         let ty = &plan.schema.columns[i].ty;
-        let v = decode_value(&mut r, kind, ty)
-            .map_err(|e| DecodeError(format!("{}, column {}: {}", plan.schema.id, plan.schema.columns[i].name, e.0)))?;
+        let v = decode_value(&mut r, kind, ty).map_err(|e| DecodeError {
+            message: format!("{}, column {}: {}", plan.schema.id, plan.schema.columns[i].name, e.message),
+            ..e
+        })?;
         values.push(v);
     }
     *at = r.at;
@@ -961,7 +955,9 @@ mod tests {
         assert_eq!(bit_string(&[0b101], 3), "101");
         assert_eq!(bit_string(&[0x01, 0xff], 10), "0111111111");
         assert_eq!(widen_f32(1.1f32), 1.1f64);
-        assert_eq!(latin1_to_string(&[0x80, b'a', 0xe9]), "€aé");
+        let latin1 = Charset::by_name("latin1").unwrap();
+        assert_eq!(text(&[0x80, b'a', 0xe9], latin1).unwrap(), Value::Text("€aé".into()));
+        assert!(text(&[0xe9], Charset::Utf8).unwrap_err().message.contains("utf8mb4"));
     }
 
     #[test]
@@ -1027,7 +1023,7 @@ mod tests {
     fn update_rows_v2_event() {
         let plan = plan_of(vec![
             Kind::Int { bytes: 4, unsigned: false },
-            Kind::Str { len_bytes: 1, cs: Cs::Utf8, pad: 0 },
+            Kind::Str { len_bytes: 1, cs: Charset::Utf8, pad: 0 },
             Kind::Int { bytes: 8, unsigned: true },
         ]);
         let mut ev: Vec<u8> = Vec::new();

@@ -32,6 +32,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod charset;
 pub mod conn;
 pub mod decoding;
 pub mod position;
@@ -186,6 +187,8 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         target,
         schemas,
         known: tables.iter().map(|t| t.id.clone()).collect(),
+        collations: Default::default(),
+        failed: Default::default(),
     };
     stream::run_stream(setup, start, ctx).await
 }

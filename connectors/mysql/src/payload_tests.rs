@@ -124,7 +124,7 @@ fn compressed_transaction_payload_with_v2_rows_and_binary_json() {
         match e.header().event_type_raw() {
             19 => {
                 let tme: TableMapEvent<'_> = e.read_event().unwrap();
-                let cols = decoding::map_columns(&tme, false).unwrap();
+                let cols = decoding::map_columns(&tme, false, &crate::charset::Collations::builtin()).unwrap();
                 let p = decoding::plan("shop", TableId::new("shop", "orders"), cols, None, 0);
                 let tys: Vec<_> = p.schema.columns.iter().map(|c| c.ty.clone()).collect();
                 assert_eq!(

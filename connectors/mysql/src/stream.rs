@@ -33,6 +33,7 @@ use sluice_core::{
 };
 
 use crate::catalog;
+use crate::charset::Collations;
 use crate::conn::{classify, sql_error, ConnInfo, Flavor};
 use crate::decoding::{self, TablePlan};
 use crate::position::{file_seq, pack, Coord, Gtid, GtidState};
@@ -66,6 +67,39 @@ pub struct StreamSetup {
     /// seen in the stream was created since: it is announced as snapshotted
     /// (empty) at its first transaction, so a restart does not copy it again.
     pub known: std::collections::HashSet<TableId>,
+    /// The server's collation ids (read when the stream starts).
+    pub collations: Collations,
+    /// Tables whose changes cannot be decoded: stopped (announced with
+    /// [`SourceMessage::TableFailed`]), their changes skipped.
+    pub failed: std::collections::HashSet<TableId>,
+}
+
+/// The next row change of a rows event of `kind` (`c`, `d` or `u`).
+fn decode_change(
+    kind: u8,
+    plan: &TablePlan,
+    rows: &[u8],
+    at: &mut usize,
+    hdr: &decoding::RowsHeader<'_>,
+    nb: usize,
+    na: usize,
+) -> Result<(Op, Option<Row>, Option<Row>), decoding::DecodeError> {
+    Ok(match kind {
+        b'c' => (Op::Create, None, Some(Row::new(decoding::decode_row(plan, rows, at, hdr.present_after, na)?))),
+        b'd' => (Op::Delete, Some(Row::new(decoding::decode_row(plan, rows, at, hdr.present_before, nb)?)), None),
+        _ => {
+            let b = decoding::decode_row(plan, rows, at, hdr.present_before, nb)?;
+            let a = decoding::decode_row(plan, rows, at, hdr.present_after, na)?;
+            (Op::Update, Some(Row::new(b)), Some(Row::new(a)))
+        }
+    })
+}
+
+/// Stop `id` (once): a change of it cannot be decoded.
+fn fail_table(setup: &mut StreamSetup, out: &mut Vec<SourceMessage>, id: &TableId, error: String) {
+    if setup.failed.insert(id.clone()) {
+        out.push(SourceMessage::TableFailed { table: id.clone(), error });
+    }
 }
 
 struct CachedMap {
@@ -172,6 +206,7 @@ pub async fn run_stream(mut setup: StreamSetup, start: Start, ctx: &mut SourceCo
     let checksum_tail = {
         let mut c = setup.info.connect().await?;
         let v = crate::conn::variable(&mut c, "binlog_checksum").await?.unwrap_or_default();
+        setup.collations = crate::catalog::collations(&mut c).await?;
         let _ = c.disconnect().await;
         !v.eq_ignore_ascii_case("NONE")
     };
@@ -445,9 +480,20 @@ async fn handle_event(
                 let id = TableId::new(tme.database_name().into_owned(), tme.table_name().into_owned());
                 let system =
                     matches!(id.schema.as_str(), "mysql" | "information_schema" | "performance_schema" | "sys");
-                let plan = if !system && setup.tables.matches(&id.schema, &id.name) {
-                    let cols = decoding::map_columns(&tme, setup.flavor == Flavor::MariaDb)
-                        .map_err(|e| SourceError::fatal(e.0))?;
+                let included = !system && setup.tables.matches(&id.schema, &id.name) && !setup.failed.contains(&id);
+                let cols = if included {
+                    match decoding::map_columns(&tme, setup.flavor == Flavor::MariaDb, &setup.collations) {
+                        Ok(cols) => Some(cols),
+                        Err(e) if e.per_table => {
+                            fail_table(setup, out, &id, e.message);
+                            None
+                        }
+                        Err(e) => return Err(SourceError::fatal(e.message)),
+                    }
+                } else {
+                    None
+                };
+                let plan = if let Some(cols) = cols {
                     let cat = match setup.schemas.get(&id) {
                         Some(s) => Some(s.clone()),
                         None => catalog_schema(setup, catalog_conn, &id).await?,
@@ -486,7 +532,7 @@ async fn handle_event(
         // Rows events (v1 MariaDB/MySQL 5.x, v2 MySQL 8).
         23..=25 | 30..=32 => {
             let (kind, v2) = decoding::rows_kind(ty).expect("rows type");
-            let hdr = decoding::parse_rows_header(data, kind, v2, 8).map_err(|e| SourceError::fatal(e.0))?;
+            let hdr = decoding::parse_rows_header(data, kind, v2, 8).map_err(|e| SourceError::fatal(e.message))?;
             let plan = match maps.get(&hdr.table_id) {
                 Some(CachedMap { plan: Some(p), .. }) => p.clone(),
                 Some(_) => {
@@ -501,6 +547,10 @@ async fn handle_event(
                 }
             };
             let id = &plan.schema.id;
+            if setup.failed.contains(id) {
+                advance(st, end);
+                return Ok(());
+            }
             if let Some(a) = setup.admit_from.get(id) {
                 if st.tx_start.key() < *a {
                     advance(st, end);
@@ -536,25 +586,19 @@ async fn handle_event(
             let lsn = pack(file_seq(&st.cur.file), start_pos);
             let commit_lsn = st.tx_start.packed();
             let mut row_i = 0u32;
+            let first_of_event = out.len();
             while at < rows.len() {
-                let (op, before, after) = match kind {
-                    b'c' => {
-                        let a = decoding::decode_row(&plan, rows, &mut at, hdr.present_after, na)
-                            .map_err(|e| SourceError::fatal(e.0))?;
-                        (Op::Create, None, Some(Row::new(a)))
+                let (op, before, after) = match decode_change(kind, &plan, rows, &mut at, &hdr, nb, na) {
+                    Ok(change) => change,
+                    Err(e) if e.per_table => {
+                        // This event's changes of the table are dropped with it.
+                        out.truncate(first_of_event);
+                        let error = format!("{} (binlog {}:{start_pos})", e.message, st.cur.file);
+                        let id = id.clone();
+                        fail_table(setup, out, &id, error);
+                        break;
                     }
-                    b'd' => {
-                        let b = decoding::decode_row(&plan, rows, &mut at, hdr.present_before, nb)
-                            .map_err(|e| SourceError::fatal(e.0))?;
-                        (Op::Delete, Some(Row::new(b)), None)
-                    }
-                    _ => {
-                        let b = decoding::decode_row(&plan, rows, &mut at, hdr.present_before, nb)
-                            .map_err(|e| SourceError::fatal(e.0))?;
-                        let a = decoding::decode_row(&plan, rows, &mut at, hdr.present_after, na)
-                            .map_err(|e| SourceError::fatal(e.0))?;
-                        (Op::Update, Some(Row::new(b)), Some(Row::new(a)))
-                    }
+                    Err(e) => return Err(SourceError::fatal(e.message)),
                 };
                 out.push(SourceMessage::Event(ChangeEvent {
                     op,
