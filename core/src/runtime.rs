@@ -446,9 +446,13 @@ async fn drive<K: Sink>(
     let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
     let mut snap_run: Option<(Arc<crate::schema::TableSchema>, u64)> = None;
     let identity = transforms.is_identity();
-    // Tables the source could not decode (as `schema.table`): their changes are skipped.
-    let mut source_stopped: HashSet<String> =
-        f.cp.tables.iter().filter(|(_, t)| t.stopped.is_some()).map(|(k, _)| k.clone()).collect();
+    // Tables the source could not decode: their changes are skipped.
+    let mut source_stopped: HashSet<TableId> =
+        f.cp.tables
+            .iter()
+            .filter(|(_, t)| t.stopped.is_some())
+            .filter_map(|(k, _)| k.split_once('.').map(|(s, n)| TableId::new(s, n)))
+            .collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -488,7 +492,7 @@ async fn drive<K: Sink>(
                 for msg in batch {
                     match msg {
                         SourceMessage::Event(ev) => {
-                            if !source_stopped.is_empty() && source_stopped.contains(&ev.table.id.to_string()) {
+                            if !source_stopped.is_empty() && source_stopped.contains(&ev.table.id) {
                                 continue;
                             }
                             counts[match ev.op {
@@ -565,7 +569,7 @@ async fn drive<K: Sink>(
                                     f.sink.snapshot_started(&out).await?;
                                     held.insert(out.id.clone());
                                     let table = schema.id.clone();
-                                    source_stopped.remove(&table.to_string());
+                                    source_stopped.remove(&table);
                                     f.cp.tables.insert(
                                         table.to_string(),
                                         TableState {
@@ -593,11 +597,10 @@ async fn drive<K: Sink>(
                                     f.sink.tables_included(&renamed);
                                     let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
                                     f.cp.tables.retain(|name, _| names.contains(name));
-                                    source_stopped.retain(|name| names.contains(name));
+                                    source_stopped.retain(|t| names.contains(&t.to_string()));
                                 }
                                 SourceMessage::TableFailed { table, error } => {
-                                    let name = table.to_string();
-                                    if source_stopped.insert(name.clone()) {
+                                    if source_stopped.insert(table.clone()) {
                                         tracing::error!(
                                             table = %table,
                                             "{error}; the table is stopped (its changes are skipped, the other tables \
@@ -605,7 +608,7 @@ async fn drive<K: Sink>(
                                              one run and add it back"
                                         );
                                     }
-                                    let state = f.cp.tables.entry(name).or_insert_with(|| TableState {
+                                    let state = f.cp.tables.entry(table.to_string()).or_insert_with(|| TableState {
                                         snapshot: SnapshotState::Done,
                                         snapshot_position: None,
                                         snapshot_rows: 0,
