@@ -270,6 +270,9 @@ impl Sink for AnySink {
     fn describe(&self) -> String {
         each_sink!(self, s => s.describe())
     }
+    fn merges_rows(&self) -> bool {
+        each_sink!(self, s => s.merges_rows())
+    }
     fn tables_included(&mut self, included: &[sluice_core::TableId]) {
         each_sink!(self, s => s.tables_included(included))
     }

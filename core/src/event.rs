@@ -201,3 +201,17 @@ pub struct ChangeEvent {
     /// MySQL/MariaDB events: binlog coordinates (Postgres: `None`).
     pub mysql: Option<MysqlOrigin>,
 }
+
+impl ChangeEvent {
+    /// True for an update whose old image carries a different key than its
+    /// new row (a key column the old image does not have is not compared).
+    pub fn key_changed(&self) -> bool {
+        let (Op::Update, Some(before), Some(after)) = (self.op, &self.before, &self.after) else { return false };
+        self.table.key_columns().any(|(i, _)| {
+            let (b, a) = (before.values.get(i), after.values.get(i));
+            !matches!(b, None | Some(crate::Value::Unchanged))
+                && !matches!(a, None | Some(crate::Value::Unchanged))
+                && b != a
+        })
+    }
+}

@@ -26,6 +26,7 @@ pub mod sink;
 pub mod source;
 pub mod transform;
 pub mod value;
+pub mod whole_rows;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
 pub use error::{ErrorKind, SinkError, SourceError};
@@ -35,3 +36,4 @@ pub use sink::Sink;
 pub use source::{RawFormat, RawRows, Source, SourceContext, SourceMessage};
 pub use transform::{NoTransforms, Transform, TransformError};
 pub use value::{Row, Value};
+pub use whole_rows::RowReader;

@@ -15,6 +15,12 @@
 //! that stored it is, so the source never discards what a target crash could
 //! still lose.
 //!
+//! # Whole rows
+//! Before the transforms, events whose consumers get a fresh row but whose
+//! source left values out (unchanged TOASTed values of a key change into
+//! files or Kafka, of an update a filter turns into an upsert) are completed
+//! from the source's current rows ([`crate::whole_rows`]).
+//!
 //! # Error handling
 //! Transient errors (lost connections, server restarts) restart source and
 //! sink from the last checkpoint with exponential backoff; the sink's `open`
@@ -35,6 +41,7 @@ use crate::schema::TableId;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext, SourceMessage};
 use crate::transform::{Transform, TransformError};
+use crate::whole_rows::Completer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -74,6 +81,9 @@ pub struct Stats {
     pub transactions: AtomicU64,
     pub checkpoints: AtomicU64,
     pub restarts: AtomicU64,
+    /// New rows whose unsent values were read from the source (key changes
+    /// and upserts for sinks that cannot merge: [`crate::whole_rows`]).
+    pub rows_completed: AtomicU64,
     /// The last checkpoint's position, as text (for progress lines).
     pub checkpoint: std::sync::Mutex<String>,
     pub caught_up: AtomicBool,
@@ -380,6 +390,7 @@ async fn run_once<S: Source, K: Sink>(
         until_caught_up: opts.until_caught_up,
         raw_snapshot,
     };
+    let completer = source.row_reader().map(|reader| Completer { reader, key_changes: !sink.merges_rows() });
     let mut source_task = tokio::spawn(source.run(ctx));
     let mut f = Flusher {
         sink,
@@ -393,7 +404,7 @@ async fn run_once<S: Source, K: Sink>(
         last_probe: Instant::now(),
     };
 
-    let result = drive(opts, &mut rx, &mut f, transforms, shutdown, stats).await;
+    let result = drive(opts, &mut rx, &mut f, transforms, completer.as_ref(), shutdown, stats).await;
     drop(rx);
     let ending = match result {
         Ok(Some(ending)) => {
@@ -434,6 +445,7 @@ async fn drive<K: Sink>(
     rx: &mut mpsc::Receiver<Vec<SourceMessage>>,
     f: &mut Flusher<'_, K>,
     transforms: &mut dyn Transform,
+    completer: Option<&Completer>,
     shutdown: &mut watch::Receiver<bool>,
     stats: &Stats,
 ) -> Result<Option<Ending>, PipelineError> {
@@ -485,9 +497,15 @@ async fn drive<K: Sink>(
                 }
             }
             batch = rx.recv() => {
-                let Some(batch) = batch else {
+                let Some(mut batch) = batch else {
                     return Ok(None);
                 };
+                if let Some(c) = completer {
+                    let n = c.complete(&mut batch, transforms).await?;
+                    if n > 0 {
+                        stats.rows_completed.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
                 let mut counts = [0u64; 5];
                 for msg in batch {
                     match msg {

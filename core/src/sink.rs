@@ -93,6 +93,15 @@ pub trait Sink: Send {
     fn stopped_tables(&self) -> Vec<(TableId, String)> {
         Vec::new()
     }
+    /// True when the destination applies an update onto the row it already
+    /// holds (replicas), so values the source did not send keep their stored
+    /// value even across a key change. False for sinks whose consumers get a
+    /// key change as a fresh row of the new key (files, Kafka): the runtime
+    /// then reads such rows' unsent values from the source first
+    /// ([`crate::whole_rows`]).
+    fn merges_rows(&self) -> bool {
+        false
+    }
     /// Human-readable summary for the end-of-run report.
     fn describe(&self) -> String;
 }

@@ -107,4 +107,10 @@ pub struct SourceContext {
 ///   restart from the checkpoint may fix; the runtime then restarts it.
 pub trait Source: Send + 'static {
     fn run(self, ctx: SourceContext) -> impl Future<Output = Result<(), SourceError>> + Send;
+    /// Reads current rows by key, for a source whose changes can leave values
+    /// out ([`crate::Value::Unchanged`]): the runtime completes the events
+    /// whose consumers need whole rows ([`crate::whole_rows`]).
+    fn row_reader(&self) -> Option<Arc<dyn crate::whole_rows::RowReader>> {
+        None
+    }
 }

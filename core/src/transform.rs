@@ -46,6 +46,13 @@ pub trait Transform: Send {
     fn is_identity(&self) -> bool {
         false
     }
+    /// True when updates of the source table `schema` may leave this stage
+    /// as fresh rows (`c`, e.g. a filter that cannot tell whether the old row
+    /// matched): their unsent values must then be read from the source
+    /// first (see [`crate::whole_rows`]).
+    fn updates_become_rows(&mut self, _schema: &Arc<TableSchema>) -> bool {
+        false
+    }
     /// A fingerprint of what this transform does to the source table `id`
     /// (empty: nothing). A table copied under another fingerprint is copied
     /// again, so a changed filter or mask reaches the rows already copied.

@@ -24,7 +24,7 @@ pub(crate) fn decode(msgs: &[KMsg], tx_topic: Option<&str>) -> BTreeMap<String, 
 }
 
 /// [`decode`] with `parse` turning a (non-tombstone) message into its event JSON.
-fn decode_with(
+pub(crate) fn decode_with(
     msgs: &[KMsg],
     tx_topic: Option<&str>,
     parse: &dyn Fn(&KMsg) -> serde_json::Value,

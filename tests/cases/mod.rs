@@ -4,6 +4,7 @@ mod config;
 pub(crate) mod crash;
 mod durability;
 pub(crate) mod kafka;
+mod key_changes;
 pub(crate) mod my_sink;
 mod mysql_charsets;
 pub(crate) mod mysql_stream;

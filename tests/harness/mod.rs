@@ -10,6 +10,7 @@ pub mod pgcluster;
 #[path = "../../src/mycluster.rs"]
 pub mod mycluster;
 
+pub mod duckdb;
 pub mod kafka;
 
 use std::collections::BTreeMap;
@@ -288,16 +289,32 @@ pub fn read_jsonl(out: &Path) -> BTreeMap<String, Vec<Event>> {
 
 /// All rows of a Parquet output directory as events (values rendered as text).
 pub fn read_parquet(out: &Path) -> BTreeMap<String, Vec<Event>> {
+    read_columnar(out, "parquet")
+}
+
+/// All rows of an Arrow IPC output directory as events (values rendered as text).
+pub fn read_arrow(out: &Path) -> BTreeMap<String, Vec<Event>> {
+    read_columnar(out, "arrow")
+}
+
+/// The record batches of one columnar file (`parquet` or `arrow`).
+fn columnar_batches(f: &Path, ext: &str) -> Vec<arrow_array::RecordBatch> {
+    let file = std::fs::File::open(f).unwrap();
+    if ext == "arrow" {
+        arrow_ipc::reader::FileReader::try_new(file, None).unwrap().map(|b| b.unwrap()).collect()
+    } else {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap()).collect()
+    }
+}
+
+fn read_columnar(out: &Path, ext: &str) -> BTreeMap<String, Vec<Event>> {
     use arrow_array::Array;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut res = BTreeMap::new();
     for (table, dir) in table_dirs(out) {
         let mut evs = Vec::new();
-        for f in completed_files(&dir, "parquet") {
-            let file = std::fs::File::open(&f).unwrap();
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
+        for f in completed_files(&dir, ext) {
+            for batch in columnar_batches(&f, ext) {
                 let schema = batch.schema();
                 let fmt = arrow_cast::display::FormatOptions::default();
                 // Zoned timestamps are rendered as UTC with a `Z` (arrow-cast
@@ -447,6 +464,62 @@ pub fn replay(events: &[Event], key: &[&str]) -> Result<BTreeMap<String, Map<Str
             }
         }
         return Ok(out);
+    }
+    Ok(rows)
+}
+
+/// Apply events the way a consumer that cannot merge does (a warehouse
+/// loader, a Kafka consumer keeping a table): `r`/`c` insert the row as
+/// sent; `u` first deletes the old key when the key changed, then updates the
+/// row of its key with the values sent (columns left out keep theirs) or,
+/// when there is none, inserts it as sent; `d` deletes by key. Strict: a
+/// duplicate insert or an update/delete of a missing key is an error.
+/// With `upserts` (a filter's output), a `c` replaces the row of its key and
+/// a `d` of a key never sent is ignored.
+pub fn replay_plain(
+    events: &[Event],
+    key: &[&str],
+    upserts: bool,
+) -> Result<BTreeMap<String, Map<String, Value>>, String> {
+    let mut rows: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let what = format!("event {i} ({} of {})", e.op, e.table);
+        match e.op.as_str() {
+            "r" | "c" => {
+                let a = e.after.clone().ok_or(format!("{what}: no after"))?;
+                let k = key_of(&a, key);
+                if rows.insert(k.clone(), a).is_some() && !upserts {
+                    return Err(format!("{what}: duplicate insert of key {k}"));
+                }
+            }
+            "u" => {
+                let a = e.after.clone().ok_or(format!("{what}: no after"))?;
+                let k = key_of(&a, key);
+                let moved = e.before.as_ref().filter(|b| key.iter().all(|c| b.contains_key(*c)));
+                match moved.map(|b| key_of(b, key)).filter(|old| *old != k) {
+                    Some(old) => {
+                        rows.remove(&old).ok_or(format!("{what}: key change of missing key {old}"))?;
+                        if rows.insert(k.clone(), a).is_some() {
+                            return Err(format!("{what}: key change onto existing key {k}"));
+                        }
+                    }
+                    None => {
+                        let row = rows.get_mut(&k).ok_or(format!("{what}: update of missing key {k}"))?;
+                        row.extend(a);
+                    }
+                }
+            }
+            "d" => {
+                let b = e.before.clone().ok_or(format!("{what}: no before"))?;
+                let k = key_of(&b, key);
+                // A filter's delete by key may name a row it never sent.
+                if rows.remove(&k).is_none() && !upserts {
+                    return Err(format!("{what}: delete of missing key {k}"));
+                }
+            }
+            "t" => rows.clear(),
+            other => return Err(format!("{what}: unknown op {other}")),
+        }
     }
     Ok(rows)
 }

@@ -23,9 +23,12 @@
 //! UPDATE carries only the key of the old row, so a filter on other columns
 //! cannot tell whether the row was inside: the update is sent as an upsert
 //! (`c`) when the new row matches, and as a delete by key when it does not
-//! (deleting a row the replica never had is harmless). A new row can only
-//! be unknown when it holds unchanged TOASTed values the filter reads and
-//! the old row does not supply them; such an update passes unchanged.
+//! (deleting a row the replica never had is harmless). The upsert must be a
+//! whole row: for such tables ([`RowFilter::upserts_updates`]) the runtime
+//! reads unchanged TOASTed values from the source before the filter runs
+//! (`sluice_core::whole_rows`). A new row can therefore only be unknown when
+//! its row was gone by the time of that read; such an update passes
+//! unchanged (the change that removed the row follows).
 //! `sluice check` warns about filters in this situation.
 
 use std::borrow::Cow;
@@ -76,24 +79,35 @@ impl RowFilter {
         }
     }
 
-    /// The `sluice check` warning for `schema`, if the filter reads old
-    /// values its source does not send.
-    pub fn identity_warning(&self, schema: &TableSchema) -> Option<String> {
+    /// The columns of `schema` the filter reads that an update's old image
+    /// lacks (non-key columns, unless the identity is FULL).
+    fn unknown_old_columns<'a>(&'a self, schema: &TableSchema) -> Vec<&'a str> {
         if matches!(schema.replica_identity, ReplicaIdentity::Full) {
-            return None;
+            return Vec::new();
         }
-        let non_key: Vec<&str> = self
-            .expr
+        self.expr
             .column_names
             .iter()
             .filter(|n| schema.columns.iter().any(|c| c.name == **n && !c.key))
             .map(|s| s.as_str())
-            .collect();
+            .collect()
+    }
+
+    /// True when updates of `schema` may leave as upserts (`c`): the filter
+    /// cannot tell whether the old row matched. Their new rows must be whole.
+    pub fn upserts_updates(&self, schema: &TableSchema) -> bool {
+        !self.unknown_old_columns(schema).is_empty()
+    }
+
+    /// The `sluice check` warning for `schema`, if the filter reads old
+    /// values its source does not send.
+    pub fn identity_warning(&self, schema: &TableSchema) -> Option<String> {
+        let non_key = self.unknown_old_columns(schema);
         if non_key.is_empty() {
             return None;
         }
         Some(format!(
-            "table {} has REPLICA IDENTITY {:?} and the filter {:?} reads non-key columns ({}): updates carry no old values for them, so every update of a matching row is sent as an upsert (c) and every other update as a delete by key; an incoming row's unchanged TOASTed values are not sent (a replica gets NULL for them); ALTER TABLE {} REPLICA IDENTITY FULL gives exact u/c/d",
+            "table {} has REPLICA IDENTITY {:?} and the filter {:?} reads non-key columns ({}): updates carry no old values for them, so every update of a matching row is sent as an upsert (c) and every other update as a delete by key; unchanged TOASTed values of such rows are read from the source; ALTER TABLE {} REPLICA IDENTITY FULL gives exact u/c/d",
             schema.id,
             schema.replica_identity,
             self.expr.text(),

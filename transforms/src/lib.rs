@@ -90,6 +90,8 @@ pub struct Plan {
     ops: Vec<RowOp>,
     /// Nothing to do but (maybe) swap the schema.
     rows_untouched: bool,
+    /// A filter sends updates as upserts (`c`): they need whole new rows.
+    updates_become_rows: bool,
     /// Filters compiled against the *source* layout (for pushdown), with the
     /// steps before them that keep that layout.
     pub source_filters: Vec<expr::Compiled>,
@@ -239,6 +241,7 @@ impl Chain {
                 output: old.output.clone(),
                 ops: plan.ops.clone(),
                 rows_untouched: plan.rows_untouched,
+                updates_become_rows: plan.updates_become_rows,
                 source_filters: plan.source_filters.clone(),
                 dropped_source_columns: plan.dropped_source_columns.clone(),
                 filters_all_on_source: plan.filters_all_on_source,
@@ -424,6 +427,7 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
         }
     }
     let rows_untouched = ops.is_empty();
+    let updates_become_rows = ops.iter().any(|o| matches!(o, RowOp::Filter(f) if f.upserts_updates(source)));
     if !column_list_ok {
         dropped_source_columns.clear();
     }
@@ -432,6 +436,7 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
         output: Arc::new(cur),
         ops,
         rows_untouched,
+        updates_become_rows,
         source_filters,
         dropped_source_columns,
         filters_all_on_source,
@@ -547,6 +552,10 @@ impl Transform for Chain {
 
     fn is_identity(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    fn updates_become_rows(&mut self, schema: &Arc<TableSchema>) -> bool {
+        self.plan(schema).is_ok_and(|p| p.updates_become_rows)
     }
 
     fn fingerprint(&self, id: &TableId) -> String {

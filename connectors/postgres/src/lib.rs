@@ -36,6 +36,7 @@ pub mod catalog;
 pub mod conn;
 pub mod decoding;
 pub mod preflight;
+pub mod rows;
 pub mod snapshot;
 pub mod spool;
 pub mod stream;
@@ -71,6 +72,12 @@ impl PostgresSource {
 impl Source for PostgresSource {
     async fn run(self, mut ctx: SourceContext) -> Result<(), SourceError> {
         run_source(&self.cfg, &mut ctx).await
+    }
+
+    /// Updates leave unchanged TOASTed values out: rows are read back by key.
+    fn row_reader(&self) -> Option<Arc<dyn sluice_core::RowReader>> {
+        let info = ConnInfo::from_config(pg_config(&self.cfg).ok()?).ok()?;
+        Some(Arc::new(rows::PgRowReader::new(info)))
     }
 }
 

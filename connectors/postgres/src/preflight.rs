@@ -197,7 +197,9 @@ async fn ensure_tables(cfg: &PipelineConfig, info: &ConnInfo, client: &Client, r
                         &name,
                         format!(
                             "columns {} can be TOASTed: an UPDATE that leaves them unchanged omits them from `after`; \
-                             ALTER TABLE {} REPLICA IDENTITY FULL to always receive them",
+                             where a consumer needs the whole row (a key change into files or Kafka, a filter that \
+                             sends updates as upserts) Sluice reads them from this table by the new key (one query \
+                             per batch); ALTER TABLE {} REPLICA IDENTITY FULL to always receive them in the stream",
                             t.toastable.join(", "),
                             t.id.quoted()
                         ),

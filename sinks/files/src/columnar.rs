@@ -131,12 +131,26 @@ impl BatchBuilder {
         self.rows
     }
 
-    pub fn append(&mut self, ev: &ChangeEvent) {
+    /// Append the rows of one event: one row, or for an update that changes
+    /// the key a `d` row of the old key and then a `c` row of the new one
+    /// (a warehouse that upserts by key and deletes `d` rows by key applies
+    /// it as it is). Returns the number of rows appended.
+    pub fn append(&mut self, ev: &ChangeEvent) -> usize {
+        if ev.key_changed() {
+            self.append_image(ev, Op::Delete, ev.before.as_ref());
+            self.append_image(ev, Op::Create, ev.after.as_ref());
+            return 2;
+        }
         let image = match ev.op {
             Op::Delete => ev.before.as_ref(),
             Op::Truncate => None,
             _ => ev.after.as_ref(),
         };
+        self.append_image(ev, ev.op, image);
+        1
+    }
+
+    fn append_image(&mut self, ev: &ChangeEvent, op: Op, image: Option<&sluice_core::Row>) {
         let names = &ev.table.columns;
         for (i, col) in self.cols.iter_mut().enumerate() {
             let v = image.and_then(|r| r.values.get(i)).unwrap_or(&Value::Null);
@@ -149,7 +163,7 @@ impl BatchBuilder {
             }
         }
         self.unchanged.append(true);
-        self.op.append_value(ev.op.code());
+        self.op.append_value(op.code());
         self.position.append_value(ev.commit_lsn);
         self.commit_ts.append_value(ev.commit_ts_us);
         self.rows += 1;

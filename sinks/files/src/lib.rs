@@ -346,6 +346,7 @@ impl FilesSink {
         }
         let f = t.open.as_mut().expect("open");
         let mut lossy = 0;
+        let mut rows = 1;
         match &mut f.writer {
             Writer::Jsonl(w) => {
                 if let Err(e) = w.write_all(&line) {
@@ -354,7 +355,7 @@ impl FilesSink {
                 f.bytes += line.len() as u64;
             }
             Writer::Parquet(w, b) => {
-                b.append(ev);
+                rows = b.append(ev);
                 if b.rows() >= COLUMNAR_BATCH_ROWS {
                     lossy = std::mem::take(&mut b.lossy);
                     let batch = b.finish();
@@ -364,7 +365,7 @@ impl FilesSink {
                 }
             }
             Writer::Arrow(w, b) => {
-                b.append(ev);
+                rows = b.append(ev);
                 if b.rows() >= COLUMNAR_BATCH_ROWS {
                     lossy = std::mem::take(&mut b.lossy);
                     let batch = b.finish();
@@ -374,7 +375,7 @@ impl FilesSink {
                 }
             }
         }
-        f.rows += 1;
+        f.rows += rows as u64;
         if f.rows >= roll_rows || f.bytes >= roll_bytes {
             let f = t.open.take().expect("open");
             let closed = Self::close_file(f)?;

@@ -46,6 +46,10 @@ impl Sink for BlackholeSink {
     fn describe(&self) -> String {
         format!("{} events discarded", self.events)
     }
+    /// Nothing to complete: the events are discarded.
+    fn merges_rows(&self) -> bool {
+        true
+    }
 }
 
 /// Writes JSONL events to standard output; durable once flushed (at-least-once

@@ -162,7 +162,7 @@ impl Encoder {
         };
         if ev.op == Op::Update {
             if let (Some(before), Some(after)) = (&ev.before, &ev.after) {
-                if key_changed(&ev.table, before, after) {
+                if ev.key_changed() {
                     let old_key = self.key(ev, before, topic)?;
                     let mut del = ev.clone();
                     del.op = Op::Delete;
@@ -251,14 +251,6 @@ impl Encoder {
         }
         Ok(out)
     }
-}
-
-/// Did an update change the row's key?
-pub fn key_changed(table: &TableSchema, before: &Row, after: &Row) -> bool {
-    table.key_columns().any(|(i, _)| {
-        let (b, a) = (before.values.get(i), after.values.get(i));
-        !matches!(b, None | Some(Value::Unchanged)) && !matches!(a, None | Some(Value::Unchanged)) && b != a
-    })
 }
 
 /// Kafka Connect type (and Debezium semantic name) of a column as our JSON writes it.

@@ -991,6 +991,11 @@ impl Sink for MysqlSink {
     fn describe(&self) -> String {
         format!("{} changes applied to MySQL", self.total)
     }
+
+    /// A key change is an UPDATE of the stored row: unsent values stay.
+    fn merges_rows(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1234,4 +1234,9 @@ impl Sink for PostgresSink {
     fn describe(&self) -> String {
         format!("{} changes applied to Postgres", self.total)
     }
+
+    /// A key change is an UPDATE of the stored row: unsent values stay.
+    fn merges_rows(&self) -> bool {
+        true
+    }
 }
