@@ -231,7 +231,8 @@ async fn read_my_source(
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
     let q = sluice_mysql::snapshot::quote_my;
-    let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
+    // Text in legacy character sets is read as bytes and decoded as the snapshot does.
+    let cols = sluice_mysql::snapshot::select_list(schema, snap);
     let sql = format!("SELECT {cols} FROM {}.{}{}", q(&schema.id.schema), q(&schema.id.name), range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {}", schema.id))?;
     while let Some(row) = result.next().await.with_context(|| format!("reading {}", schema.id))? {
@@ -375,8 +376,10 @@ async fn read_my_target(
             } else {
                 t.schema.column_index(&c.name).and_then(|j| t.snap.get(j)).unwrap_or(&plain)
             };
+            // The target's text is read as the server converts it.
+            let snap = sluice_mysql::catalog::SnapColumn { charset: None, ..snap.clone() };
             values.push(
-                sluice_mysql::snapshot::convert(v, &c.ty, snap)
+                sluice_mysql::snapshot::convert(v, &c.ty, &snap)
                     .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
             );
         }

@@ -188,3 +188,42 @@ async fn undecodable_bytes_stop_only_their_table() {
     let recopied: Vec<_> = out["shop.bad"][last_copy..].to_vec();
     assert_same("shop.bad", &replay(&recopied, &["id"]).unwrap(), &want);
 }
+
+/// Bytes stored before the first copy that the server cannot convert either
+/// (it would read them as `?`): the snapshot decodes text itself, stops
+/// the table, publishes none of its rows; fixed at the source, the next run
+/// copies it again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_bytes_in_the_snapshot_stop_their_table() {
+    let env = MyEnv::new("mybadsnap");
+    env.sql(
+        "CREATE DATABASE shop CHARACTER SET utf8mb4; \
+         CREATE TABLE shop.good (id INT PRIMARY KEY, v VARCHAR(20) CHARACTER SET cp1251); \
+         CREATE TABLE shop.bad (id INT PRIMARY KEY, v TEXT CHARACTER SET sjis); \
+         INSERT INTO shop.good VALUES (1, _utf8mb4 'Привет'); \
+         INSERT INTO shop.bad VALUES (1, _utf8mb4 'こん'), (2, _binary 0x41854042);",
+    );
+    // What a server-side conversion makes of it: a replacement, silently.
+    assert_eq!(env.sql("SELECT CONVERT(v USING utf8mb4) FROM shop.bad WHERE id = 2").trim(), "A?B");
+    let p = env.pipeline("mybadsnap", &["shop.*"], &env.files_sink("mybadsnap", "jsonl"), "");
+    let run = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("table shop.bad is stopped")
+            && run.stderr.contains("column v")
+            && run.stderr.contains("not valid sjis text"),
+        "{}",
+        run.stderr
+    );
+    let out = read_jsonl(&env.out("mybadsnap"));
+    let good = env.rows("SELECT JSON_OBJECT('id', id, 'v', CONVERT(v USING utf8mb4)) FROM shop.good", &["id"]);
+    assert_same("shop.good", &replay(&out["shop.good"], &["id"]).unwrap(), &good);
+    assert!(out.get("shop.bad").is_none_or(|e| e.is_empty()), "rows of the stopped copy were published");
+
+    env.sql("UPDATE shop.bad SET v = _utf8mb4 'fixed' WHERE id = 2; INSERT INTO shop.bad VALUES (3, _utf8mb4 'ソ');");
+    let run = catch_up(&p).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = read_jsonl(&env.out("mybadsnap"));
+    let want = env.rows("SELECT JSON_OBJECT('id', id, 'v', CONVERT(v USING utf8mb4)) FROM shop.bad", &["id"]);
+    assert_same("shop.bad", &replay(&out["shop.bad"], &["id"]).unwrap(), &want);
+}

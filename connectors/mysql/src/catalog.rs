@@ -14,7 +14,7 @@ use sluice_core::config::TablesConfig;
 use sluice_core::error::SourceError;
 use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
 
-use crate::charset::Collations;
+use crate::charset::{Charset, Collations};
 use crate::conn::sql_error;
 
 #[derive(Debug, Clone)]
@@ -68,6 +68,12 @@ pub struct SnapColumn {
     pub bits: Option<u16>,
     /// Spatial column: drop the SRID prefix.
     pub geometry: bool,
+    /// A text column in a character set other than UTF-8: the snapshot
+    /// reads its bytes (`CAST(... AS BINARY)`) and decodes them the way the
+    /// stream does, so a byte sequence the server cannot convert stops the
+    /// table instead of arriving as `?`. `Err`: a character set Sluice
+    /// cannot decode (the table is stopped).
+    pub charset: Option<Result<Charset, String>>,
 }
 
 /// The table's schema from `information_schema` (`None` if it does not exist).
@@ -75,11 +81,11 @@ pub async fn table_schema(
     conn: &mut Conn,
     id: &TableId,
 ) -> Result<Option<(TableSchema, Vec<SnapColumn>)>, SourceError> {
-    type ColRow = (String, String, String, String, String, Option<u64>, Option<u64>);
+    type ColRow = (String, String, String, String, String, Option<u64>, Option<u64>, Option<String>);
     let rows: Vec<ColRow> = conn
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY, NUMERIC_PRECISION, NUMERIC_SCALE \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY, NUMERIC_PRECISION, NUMERIC_SCALE, \
+             CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (&id.schema, &id.name),
         )
         .await
@@ -99,13 +105,14 @@ pub async fn table_schema(
     let has_pk = rows.iter().any(|r| r.4 == "PRI");
     let mut columns = Vec::with_capacity(rows.len());
     let mut snap = Vec::with_capacity(rows.len());
-    for (name, data_type, column_type, nullable, key, precision, scale) in rows {
+    for (name, data_type, column_type, nullable, key, precision, scale, charset) in rows {
         let json_check = format!("json_valid(`{}`)", name.replace('`', "``"));
         let json = checks.iter().any(|c| c.trim() == json_check);
         let ty = sluice_schemas::mysql::column_type(&data_type, &column_type, precision, scale, json);
         snap.push(SnapColumn {
             bits: if data_type.eq_ignore_ascii_case("bit") { precision.map(|p| p as u16) } else { None },
             geometry: sluice_schemas::mysql::is_geometry(&data_type),
+            charset: legacy_charset(&data_type, charset.as_deref(), json),
         });
         columns.push(Column {
             name,
@@ -127,6 +134,22 @@ pub async fn table_schema(
         },
         snap,
     )))
+}
+
+/// The character set of a text column whose bytes Sluice decodes itself
+/// (`None`: UTF-8, binary, or not a text column; ENUM/SET labels and JSON
+/// are converted by the server).
+fn legacy_charset(data_type: &str, charset: Option<&str>, json: bool) -> Option<Result<Charset, String>> {
+    let text = ["char", "varchar", "tinytext", "text", "mediumtext", "longtext"];
+    if json || !text.iter().any(|t| data_type.eq_ignore_ascii_case(t)) {
+        return None;
+    }
+    let name = charset?;
+    match Charset::by_name(name) {
+        Some(Charset::Utf8 | Charset::Binary) => None,
+        Some(cs) => Some(Ok(cs)),
+        None => Some(Err(name.to_string())),
+    }
 }
 
 /// The binary logs the server still has, oldest first.

@@ -156,6 +156,48 @@ pub fn quote_my(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
+/// The select list that reads `schema`'s columns for [`convert`]: text in a
+/// character set other than UTF-8 as its stored bytes (decoded by Sluice
+/// like the stream does), everything else as is.
+pub fn select_list(schema: &sluice_core::TableSchema, snap: &[SnapColumn]) -> String {
+    let mut cols = Vec::with_capacity(schema.columns.len());
+    for (i, c) in schema.columns.iter().enumerate() {
+        let q = quote_my(&c.name);
+        cols.push(match snap.get(i).and_then(|s| s.charset.as_ref()) {
+            Some(Ok(_)) => format!("CAST({q} AS BINARY)"),
+            _ => q,
+        });
+    }
+    cols.join(", ")
+}
+
+/// A value [`convert`] cannot take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertError {
+    pub message: String,
+    /// The stored value itself cannot be represented (its bytes are not
+    /// valid in its character set): only its table stops.
+    pub per_table: bool,
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for ConvertError {
+    fn from(message: String) -> Self {
+        ConvertError { message, per_table: false }
+    }
+}
+
+impl From<&str> for ConvertError {
+    fn from(message: &str) -> Self {
+        ConvertError { message: message.into(), per_table: false }
+    }
+}
+
 async fn copy_one(
     conn: &mut Conn,
     job: &SnapshotJob,
@@ -175,7 +217,19 @@ async fn copy_one(
         }],
     )
     .await?;
-    let cols = schema.columns.iter().map(|c| quote_my(&c.name)).collect::<Vec<_>>().join(", ");
+    // A character set Sluice cannot decode: the table stops before any row.
+    for (c, s) in schema.columns.iter().zip(&job.snap) {
+        if let Some(Err(name)) = &s.charset {
+            let error = format!(
+                "column {} of {id} is in character set {name}, which Sluice cannot decode (its text would be \
+                 altered); convert the column to utf8mb4 or exclude the table",
+                c.name
+            );
+            send(tx, vec![SourceMessage::TableFailed { table: id.clone(), error }]).await?;
+            return Ok(());
+        }
+    }
+    let cols = select_list(schema, &job.snap);
     let sql = format!("SELECT {cols} FROM {}.{}", quote_my(&id.schema), quote_my(&id.name));
     let mut result = conn.exec_iter(sql, ()).await.map_err(|e| sql_error(&format!("snapshot of {id}"), e))?;
     let ts = now_us();
@@ -200,10 +254,21 @@ async fn copy_one(
         }
         let mut values = Vec::with_capacity(raw.len());
         for ((v, c), s) in raw.into_iter().zip(&schema.columns).zip(&job.snap) {
-            values.push(
-                convert(v, &c.ty, s)
-                    .map_err(|e| SourceError::fatal(format!("snapshot of {id}, column {}: {e}", c.name)))?,
-            );
+            match convert(v, &c.ty, s) {
+                Ok(v) => values.push(v),
+                Err(e) if e.per_table => {
+                    // The copy stays incomplete (never published); the table
+                    // is copied again on the next run, after the data is fixed.
+                    drop(result);
+                    batch.push(SourceMessage::TableFailed {
+                        table: id.clone(),
+                        error: format!("snapshot of {id}, column {}: {e}", c.name),
+                    });
+                    send(tx, batch).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(SourceError::fatal(format!("snapshot of {id}, column {}: {e}", c.name))),
+            }
         }
         batch.push(SourceMessage::Event(ChangeEvent {
             op: Op::Read,
@@ -231,7 +296,7 @@ async fn copy_one(
 
 /// A binary-protocol value → [`Value`], matching what the binlog decoder
 /// produces for the same stored data.
-pub fn convert(v: MyValue, ty: &ColumnType, snap: &SnapColumn) -> Result<Value, String> {
+pub fn convert(v: MyValue, ty: &ColumnType, snap: &SnapColumn) -> Result<Value, ConvertError> {
     Ok(match v {
         MyValue::NULL => Value::Null,
         MyValue::Int(i) => match ty {
@@ -264,6 +329,11 @@ pub fn convert(v: MyValue, ty: &ColumnType, snap: &SnapColumn) -> Result<Value, 
             Value::Time(if neg { -t } else { t })
         }
         MyValue::Bytes(b) => match ty {
+            _ if matches!(snap.charset, Some(Ok(_))) => {
+                let Some(Ok(cs)) = snap.charset else { unreachable!() };
+                let text = cs.decode(&b).map_err(|e| ConvertError { message: e.to_string(), per_table: true })?;
+                refine(Value::Text(text), ty)
+            }
             ColumnType::Numeric { .. } => Value::Numeric(String::from_utf8(b).map_err(|e| e.to_string())?),
             ColumnType::Bytes if snap.geometry => Value::Bytes(strip_srid(&b).to_vec()),
             ColumnType::Bytes => Value::Bytes(b),
