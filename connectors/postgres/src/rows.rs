@@ -66,7 +66,17 @@ impl PgRowReader {
             let _ = client.simple_query("ROLLBACK").await;
         }
         let msgs = match result {
-            Ok(m) => m,
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                self.warn(
+                    table,
+                    &format!(
+                        "the server streamed transactions {txs:?} but other sessions did not see them within \
+                         {VISIBLE_WITHIN:?} (is this slot a synchronous standby?)"
+                    ),
+                );
+                return Ok(none());
+            }
             Err(e) => {
                 if let Some(db) = e.as_db_error() {
                     // Gone or changed since the event: its DDL is in the stream.
@@ -130,18 +140,21 @@ impl RowReader for PgRowReader {
 }
 
 /// How long a streamed commit may take to become visible to other sessions.
-const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Run `sql` in a snapshot that sees the transactions `txs` (32-bit xids).
 /// The walsender can send a commit as soon as its WAL is flushed, before the
-/// committing backend has left the proc array: a snapshot taken then would
-/// still see the old rows. Such a snapshot is dropped and taken again.
+/// committing backend has left the proc array (at once, or only after the
+/// synchronous standbys confirmed it): a snapshot taken then would still see
+/// the old rows. Such a snapshot is dropped and taken again; `None` when the
+/// transactions stay invisible (reading older rows would be wrong).
 async fn read_visible(
     client: &Client,
     sql: &str,
     txs: &[u64],
-) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+) -> Result<Option<Vec<SimpleQueryMessage>>, tokio_postgres::Error> {
     let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
         let snap = client
             .simple_query(
@@ -155,18 +168,17 @@ async fn read_visible(
             _ => None,
         });
         let visible = visible.flatten().is_none_or(|s| txs.iter().all(|&x| s.sees(x)));
-        if visible || started.elapsed() > VISIBLE_WITHIN {
-            if !visible {
-                tracing::warn!(
-                    "transactions {txs:?} are still not visible after {VISIBLE_WITHIN:?}; reading the rows anyway"
-                );
-            }
+        if visible {
             let out = client.simple_query(sql).await?;
             client.simple_query("COMMIT").await?;
-            return Ok(out);
+            return Ok(Some(out));
         }
         client.simple_query("ROLLBACK").await?;
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        if started.elapsed() > VISIBLE_WITHIN {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -81,6 +81,9 @@ pub struct Msg {
     pub key: Option<Vec<u8>>,
     /// `None`: a tombstone.
     pub value: Option<Vec<u8>>,
+    /// Avro values: the columns the source did not send, comma-separated
+    /// (the `sluice.unchanged` header; empty: none).
+    pub unchanged: String,
 }
 
 /// Avro schemas (with registry ids) of one table version.
@@ -107,7 +110,7 @@ pub struct Encoder {
     schemas: HashMap<TableId, TableSchemas>,
     avro: HashMap<TableId, AvroTable>,
     /// Columns the source did not send in the last Avro value (`sluice.unchanged`).
-    pub unchanged: Vec<String>,
+    unchanged: Vec<String>,
 }
 
 impl Encoder {
@@ -167,15 +170,17 @@ impl Encoder {
                     let mut del = ev.clone();
                     del.op = Op::Delete;
                     del.after = None;
-                    out.push(Msg { key: old_key.clone(), value: Some(self.value(&del, topic, now_ms)?) });
+                    let value = Some(self.value(&del, topic, now_ms)?);
+                    out.push(Msg { key: old_key.clone(), value, unchanged: self.take_unchanged() });
                     if self.tombstones {
-                        out.push(Msg { key: old_key, value: None });
+                        out.push(Msg { key: old_key, value: None, unchanged: String::new() });
                     }
                     let mut create = ev.clone();
                     create.op = Op::Create;
                     create.before = None;
                     let new_key = self.key(ev, after, topic)?;
-                    out.push(Msg { key: new_key, value: Some(self.value(&create, topic, now_ms)?) });
+                    let value = Some(self.value(&create, topic, now_ms)?);
+                    out.push(Msg { key: new_key, value, unchanged: self.take_unchanged() });
                     return Ok(());
                 }
             }
@@ -186,11 +191,18 @@ impl Encoder {
         };
         let value = self.value(ev, topic, now_ms)?;
         let tomb = ev.op == Op::Delete && self.tombstones && key.is_some();
-        out.push(Msg { key: key.clone(), value: Some(value) });
+        out.push(Msg { key: key.clone(), value: Some(value), unchanged: self.take_unchanged() });
         if tomb {
-            out.push(Msg { key, value: None });
+            out.push(Msg { key, value: None, unchanged: String::new() });
         }
         Ok(())
+    }
+
+    /// The columns the last Avro value left unsent, as the header text.
+    fn take_unchanged(&mut self) -> String {
+        let s = self.unchanged.join(",");
+        self.unchanged.clear();
+        s
     }
 
     /// The message key: the key columns as a JSON object (`None` without key columns).
@@ -393,7 +405,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].key.as_deref(), Some(&b"{\"id\":1}"[..]));
         assert!(out[0].value.as_ref().unwrap().starts_with(b"{\"op\":\"d\""));
-        assert_eq!(out[1], Msg { key: Some(b"{\"id\":1}".to_vec()), value: None });
+        assert_eq!(out[1], Msg { key: Some(b"{\"id\":1}".to_vec()), value: None, unchanged: String::new() });
         out.clear();
         let doc = Value::Json("{\"a\":1}".into());
         enc.encode(

@@ -609,7 +609,6 @@ impl Sink for KafkaSink {
             msgs.clear();
             self.ensure_avro(&ev.table, &topic, ev.mysql.is_some()).await?;
             self.encoder.encode(ev, &topic, now, &mut msgs)?;
-            let unchanged = self.encoder.unchanged.join(",");
             let partitions = self.topics[&topic].partitions;
             if ev.snapshot {
                 let w = self.snapshotting.entry(ev.table.id.clone()).or_insert_with(|| {
@@ -637,7 +636,7 @@ impl Sink for KafkaSink {
             for m in &msgs {
                 let p = partition_for(m.key.as_deref(), partitions);
                 if m.value.is_some() {
-                    self.unchanged_header.clone_from(&unchanged);
+                    self.unchanged_header.clone_from(&m.unchanged);
                 }
                 self.send(&topic, p, m.key.as_deref(), m.value.as_deref(), &position, &tx).await?;
             }
