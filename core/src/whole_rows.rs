@@ -77,7 +77,7 @@ impl Completer {
     }
 
     /// Complete the events of `batch` that need it, in place. Returns how
-    /// many rows were read.
+    /// many events were filled.
     pub async fn complete(
         &self,
         batch: &mut [SourceMessage],
