@@ -14,7 +14,8 @@
 //! - The read runs in a snapshot that sees the events' own transactions: the
 //!   walsender may send a commit before the committing backend has made it
 //!   visible to other sessions; such a snapshot is dropped and taken again.
-//! - A table or column that no longer exists, or a key that cannot be
+//! - A table or column that no longer exists (the whole read: a column
+//!   dropped since leaves the other columns of that read unsent too), or a key that cannot be
 //!   written back as text, reads as "no row" (the stream carries the DDL or
 //!   the delete that explains it); connection losses are transient; anything
 //!   else (a missing privilege) is fatal with the statement's error.
@@ -169,9 +170,8 @@ async fn read_visible(
         });
         let visible = visible.flatten().is_none_or(|s| txs.iter().all(|&x| s.sees(x)));
         if visible {
-            let out = client.simple_query(sql).await?;
-            client.simple_query("COMMIT").await?;
-            return Ok(Some(out));
+            // One round trip: an error skips the COMMIT (the caller rolls back).
+            return Ok(Some(client.simple_query(&format!("{sql}; COMMIT")).await?));
         }
         client.simple_query("ROLLBACK").await?;
         if started.elapsed() > VISIBLE_WITHIN {
