@@ -89,14 +89,16 @@ impl PgRowReader {
                 if e.is_closed() {
                     *guard = None;
                 }
+                let denied = e.as_db_error().is_some_and(|d| d.code().code() == "42501");
                 let err = sql_error(&format!("reading current rows of {} to complete key changes", table.id), e);
                 return Err(match err.kind {
                     ErrorKind::Transient => err,
-                    _ => SourceError::fatal(format!(
+                    _ if denied => SourceError::fatal(format!(
                         "{}; the source user needs SELECT on the table (rows whose unchanged TOASTed values the \
                          stream did not send are read from it)",
                         err.message
                     )),
+                    _ => SourceError::fatal(err.message),
                 });
             }
         };
