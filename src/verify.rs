@@ -366,20 +366,23 @@ async fn read_my_target(
     let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
     let sql = format!("SELECT {cols} FROM {target}{}", range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {target}"))?;
-    let plain = sluice_mysql::catalog::SnapColumn::default();
+    // Per-column read facts of the source column of the same name (once per
+    // table); the target's text is read as the server converts it.
+    let snaps: Vec<sluice_mysql::catalog::SnapColumn> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let j = if t.plan.is_none() { Some(i) } else { t.schema.column_index(&c.name) };
+            let snap = j.and_then(|j| t.snap.get(j)).cloned().unwrap_or_default();
+            sluice_mysql::catalog::SnapColumn { charset: None, ..snap }
+        })
+        .collect();
     while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
         let mut values = Vec::with_capacity(schema.columns.len());
-        for (i, (v, c)) in row.unwrap().into_iter().zip(&schema.columns).enumerate() {
-            // Per-column read facts of the source column of the same name.
-            let snap = if t.plan.is_none() {
-                t.snap.get(i).unwrap_or(&plain)
-            } else {
-                t.schema.column_index(&c.name).and_then(|j| t.snap.get(j)).unwrap_or(&plain)
-            };
-            // The target's text is read as the server converts it.
-            let snap = sluice_mysql::catalog::SnapColumn { charset: None, ..snap.clone() };
+        for ((v, c), snap) in row.unwrap().into_iter().zip(&schema.columns).zip(&snaps) {
             values.push(
-                sluice_mysql::snapshot::convert(v, &c.ty, &snap)
+                sluice_mysql::snapshot::convert(v, &c.ty, snap)
                     .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
             );
         }

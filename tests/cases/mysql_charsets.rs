@@ -147,14 +147,7 @@ async fn undecodable_bytes_stop_only_their_table() {
          INSERT INTO shop.bad VALUES (4, 'later'); INSERT INTO shop.good VALUES (3, 'c');",
     );
     let run = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("table shop.bad is stopped")
-            && run.stderr.contains("column v")
-            && run.stderr.contains("not valid sjis text"),
-        "{}",
-        run.stderr
-    );
+    assert_bad_sjis_stopped(&run);
     let out = read_jsonl(&env.out("mybad"));
     let good = env.rows("SELECT JSON_OBJECT('id', id, 'v', v) FROM shop.good", &["id"]);
     assert_same("shop.good", &replay(&out["shop.good"], &["id"]).unwrap(), &good);
@@ -207,14 +200,7 @@ async fn undecodable_bytes_in_the_snapshot_stop_their_table() {
     assert_eq!(env.sql("SELECT CONVERT(v USING utf8mb4) FROM shop.bad WHERE id = 2").trim(), "A?B");
     let p = env.pipeline("mybadsnap", &["shop.*"], &env.files_sink("mybadsnap", "jsonl"), "");
     let run = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("table shop.bad is stopped")
-            && run.stderr.contains("column v")
-            && run.stderr.contains("not valid sjis text"),
-        "{}",
-        run.stderr
-    );
+    assert_bad_sjis_stopped(&run);
     let out = read_jsonl(&env.out("mybadsnap"));
     let good = env.rows("SELECT JSON_OBJECT('id', id, 'v', CONVERT(v USING utf8mb4)) FROM shop.good", &["id"]);
     assert_same("shop.good", &replay(&out["shop.good"], &["id"]).unwrap(), &good);
@@ -226,4 +212,16 @@ async fn undecodable_bytes_in_the_snapshot_stop_their_table() {
     let out = read_jsonl(&env.out("mybadsnap"));
     let want = env.rows("SELECT JSON_OBJECT('id', id, 'v', CONVERT(v USING utf8mb4)) FROM shop.bad", &["id"]);
     assert_same("shop.bad", &replay(&out["shop.bad"], &["id"]).unwrap(), &want);
+}
+
+/// The run failed and said that `shop.bad` stopped on column `v`'s Shift-JIS bytes.
+fn assert_bad_sjis_stopped(run: &Run) {
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("table shop.bad is stopped")
+            && run.stderr.contains("column v")
+            && run.stderr.contains("not valid sjis text"),
+        "{}",
+        run.stderr
+    );
 }
