@@ -49,3 +49,61 @@ vb = f"{rate/float(base):.2f}x" if base else "-"
 print(f"{w:<12} {c:<34} {secs:9.2f} {rate:12.0f} {vb:>9}")
 PY
 }
+
+# ---------------------------------------------------------------------------
+# Fair comparisons. Every consumer of a workload is a shell function taking
+# the sample number (1 or 2); it sets ELAPSED (seconds), DELIVERED (counted
+# from the consumer's output or target, never from Sluice's own counters
+# unless there is no output, as for the blackhole) and RSS (MB or "-").
+# `abba F1 F2 ... Fn` runs F1..Fn, then Fn..F1 (A B B A), checks every
+# sample delivered $EXPECTED, and keeps each consumer's best sample in
+# BEST[F] / BEST_RSS[F]; SAMPLES[F] lists both.
+declare -A BEST BEST_RSS SAMPLES
+abba() {
+  local fns=("$@") i
+  for ((i = 0; i < ${#fns[@]}; i++)); do take_sample "${fns[i]}" 1; done
+  for ((i = ${#fns[@]} - 1; i >= 0; i--)); do take_sample "${fns[i]}" 2; done
+}
+take_sample() { # fn n
+  ELAPSED="" DELIVERED="" RSS="-"
+  "$1" "$2"
+  if [ "$DELIVERED" != "$EXPECTED" ]; then
+    echo "bench: $1 (sample $2) delivered $DELIVERED, expected $EXPECTED" >&2
+    exit 1
+  fi
+  SAMPLES[$1]="${SAMPLES[$1]:-}${SAMPLES[$1]:+ / }$(printf '%.2f' "$ELAPSED")"
+  if [ -z "${BEST[$1]:-}" ] || python3 -c "import sys; sys.exit(0 if $ELAPSED < ${BEST[$1]} else 1)"; then
+    BEST[$1]=$ELAPSED
+    BEST_RSS[$1]=$RSS
+  fi
+}
+reset_samples() { BEST=() BEST_RSS=() SAMPLES=(); }
+# Time a command into ELAPSED.
+timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); ELAPSED=$(python3 -c "print($t1 - $t0)"); }
+# Peak RSS (MB) that sluice logged at exit.
+sluice_rss() { grep -o 'peak RSS [0-9]*' "$1" | awk '{print $3}' | tail -1; }
+# Rate of a consumer's best sample, and its ratio to a baseline consumer.
+best_rate() { python3 -c "print($EXPECTED / ${BEST[$1]})"; }
+ratio() { python3 -c "print(f'{${BEST[$2]} / ${BEST[$1]}:.2f}x')"; } # consumer baseline
+# Block (one session, 5 ms polls) until a slot has confirmed LSN.
+wait_slot() { # url slot lsn
+  psql -X -q -At "$1" -c "DO \$\$ BEGIN
+    WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$3' FROM pg_replication_slots WHERE slot_name = '$2'), false)
+    LOOP PERFORM pg_sleep(0.005); END LOOP; END \$\$"
+}
+# Lines of the JSONL files a files sink wrote (its visible data files only).
+jsonl_rows() { find "$1" -name '*.jsonl' -not -name '.*' -print0 | xargs -0 cat | wc -l; }
+# Rows of the Parquet files a files sink wrote (its visible data files only),
+# read back with DuckDB from PyPI (the venv .ci/run uses).
+DUCKDB_VENV=${DUCKDB_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/duckdb-2.0.1}
+parquet_rows() { # dir
+  if [ ! -x "$DUCKDB_VENV/bin/python" ]; then
+    python3 -m venv "$DUCKDB_VENV" && "$DUCKDB_VENV/bin/pip" install -q duckdb==2.0.1 >&2
+  fi
+  "$DUCKDB_VENV/bin/python" - "$1" <<'PY'
+import sys, glob, os, duckdb
+files = [f for f in glob.glob(os.path.join(sys.argv[1], "**", "*.parquet"), recursive=True)
+         if not os.path.basename(f).startswith(".")]
+print(duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0] if files else 0)
+PY
+}

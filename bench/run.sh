@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Sluice benchmarks against Postgres's own tools, in one run on this machine.
 #
-# Streaming: for each workload, slots are created *before* the load, then the
-# same WAL range is drained by
+# Streaming: for each workload, slots are created *before* the load (two per
+# consumer), then the same WAL range is drained by
 #   (a) Postgres's own logical replication: a subscription on a second
 #       cluster, created disabled before the load, enabled and timed until
-#       caught up (it also applies the rows);
-#   (b) pg_recvlogical (pgoutput) to /dev/null;
+#       its slot has confirmed the end of the load (polled every 5 ms from
+#       one session); it also applies the rows, into a table reset to its
+#       state before the load;
+#   (b) pg_recvlogical (pgoutput, protocol 1) to /dev/null, up to the end;
 #   (c) sluice run --until-caught-up into blackhole, jsonl and parquet.
-# Snapshot: a 1M-row table, `COPY ... TO STDOUT` to /dev/null vs sluice's
-# initial snapshot into blackhole.
+# Snapshot: `COPY ... TO STDOUT (FORMAT binary)` to /dev/null (the format
+# sluice's snapshot reads) vs sluice's initial snapshot into blackhole.
+#
+# Each consumer runs twice, in the order A B … B A, and keeps its best
+# sample. Delivered rows are counted from each consumer's output: the
+# subscriber's table must equal the source's (checksum), JSONL lines and
+# Parquet rows (DuckDB) are counted; the blackhole has no output, so its
+# count is the one sluice reports; pg_recvlogical stops at the end LSN.
 #
 # Usage: bench/run.sh [ROWS]     (default 1000000)
+#        WORKLOADS="inserts updates" bench/run.sh   (any of: inserts updates one-big-tx snapshot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
+WORKLOADS=${WORKLOADS:-inserts updates one-big-tx snapshot}
 TXS=100
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -31,14 +41,23 @@ SRC="postgresql://postgres@127.0.0.1:$PORT_src/postgres"
 DST="postgresql://postgres@127.0.0.1:$PORT_dst/postgres"
 psrc() { psql -X -q -v ON_ERROR_STOP=1 -At "$SRC" "$@"; }
 pdst() { psql -X -q -v ON_ERROR_STOP=1 -At "$DST" "$@"; }
+export PGOPTIONS='-c client_min_messages=warning'
 
 TABLE_DDL="CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text NOT NULL, n numeric(12,2), ts timestamptz NOT NULL DEFAULT now())"
+LOAD="INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $ROWS) g"
+CHECKSUM="SELECT count(*) || ':' || coalesce(md5(string_agg(b::text, ',' ORDER BY id)), '') FROM bench b"
 psrc -c "$TABLE_DDL" -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
 pdst -c "$TABLE_DDL"
 
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
-printf '%-14s %-22s %10s %12s %9s %9s %8s\n' workload consumer seconds rows/s vs_native vs_recv rss_MB | tee -a "$RESULTS"
+printf '%-11s %-20s %8s %10s %9s %8s %7s  %s\n' workload consumer seconds rows/s vs_native vs_recv rss_MB samples | tee -a "$RESULTS"
+line() { # workload fn label [no-ratios]
+  local vn=- vr=-
+  if [ -z "${4:-}" ]; then vn=$(ratio "$2" native); vr=$(ratio "$2" recvlogical); fi
+  printf '%-11s %-20s %8.2f %10.0f %9s %9s %7s  %s\n' "$1" "$3" "${BEST[$2]}" "$(best_rate "$2")" "$vn" "$vr" \
+    "${BEST_RSS[$2]}" "${SAMPLES[$2]}" | tee -a "$RESULTS"
+}
 
 sluice_pipeline() { # name slot sink-body mode
   cat > "$WORK/$1.yaml" <<YAML
@@ -61,92 +80,120 @@ YAML
   echo "$WORK/$1.yaml"
 }
 
-run_workload() { # name sql rows
-  local name=$1 sql=$2 rows=$3
-  local tag=${name//-/_}
-  # Slots first, so every consumer reads the same WAL range.
-  pdst -c "DROP SUBSCRIPTION IF EXISTS sub_$tag" -c "TRUNCATE bench"
-  pdst -c "CREATE SUBSCRIPTION sub_$tag CONNECTION '$SRC' PUBLICATION bench_pub WITH (enabled = false, copy_data = false)"
-  psrc -c "SELECT pg_create_logical_replication_slot('recv_$tag', 'pgoutput')" >/dev/null
-  for s in bh jsonl parquet; do
-    psrc -c "SELECT pg_create_logical_replication_slot('sl_${s}_$tag', 'pgoutput')" >/dev/null
-  done
-  psrc -c "$sql"
-  local end; end=$(psrc -c "SELECT pg_current_wal_insert_lsn()")
-  psrc -c "SELECT pg_switch_wal()" >/dev/null  # make everything before END flushed and sendable
-
-  # (a) native subscription: enable and time until its slot has confirmed END.
-  local t0 t1 native recv
-  t0=$(now)
-  pdst -c "ALTER SUBSCRIPTION sub_$tag ENABLE"
-  until [ "$(psrc -c "SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'sub_$tag'")" = t ]; do sleep 0.05; done
-  t1=$(now)
-  native=$(python3 -c "print($rows/($t1-$t0))")
-  report "$name" "native subscription" "$t0" "$t1" "$rows" "$native" "" "-"
-  pdst -c "ALTER SUBSCRIPTION sub_$tag DISABLE"
-
-  # (b) pg_recvlogical to /dev/null.
-  t0=$(now)
-  "$BIN/pg_recvlogical" -d "$SRC" --slot "recv_$tag" --start --endpos "$end" -o proto_version=1 -o publication_names=bench_pub -f /dev/null
-  t1=$(now)
-  recv=$(python3 -c "print($rows/($t1-$t0))")
-  report "$name" "pg_recvlogical" "$t0" "$t1" "$rows" "$native" "$recv" "-"
-
-  # (c) sluice into blackhole, jsonl, parquet.
-  for s in bh jsonl parquet; do
-    local body
-    case $s in
-      bh) body="  type: blackhole" ;;
-      jsonl) body="  type: files
-  format: jsonl
-  path: $WORK/out-jsonl-$tag" ;;
-      parquet) body="  type: files
-  format: parquet
-  path: $WORK/out-parquet-$tag" ;;
-    esac
-    local p; p=$(sluice_pipeline "${s}_$tag" "sl_${s}_$tag" "$body" never)
-    t0=$(now)
-    SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$WORK/sluice-$s-$tag.log"
-    t1=$(now)
-    local rss; rss=$(grep -o 'peak RSS [0-9]*' "$WORK/sluice-$s-$tag.log" | awk '{print $3}')
-    report "$name" "sluice → $s" "$t0" "$t1" "$rows" "$native" "$recv" "$rss"
-    rm -rf "$WORK/out-jsonl-$tag" "$WORK/out-parquet-$tag"
-  done
-  psrc -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '%_$tag' AND NOT active" >/dev/null
+TAG="" RESET="" END=""
+native() {
+  local n=$1
+  pdst -c "TRUNCATE bench" ${RESET:+-c "$RESET"}
+  timed eval 'pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n ENABLE"; wait_slot "$SRC" "sub_${TAG}_$n" "$END"'
+  pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n DISABLE"
+  [ "$(pdst -c "$CHECKSUM")" = "$(psrc -c "$CHECKSUM")" ] && DELIVERED=$EXPECTED || DELIVERED="a table that differs from the source"
 }
+recvlogical() {
+  timed "$BIN/pg_recvlogical" -d "$SRC" --slot "recv_${TAG}_$1" --start --endpos "$END" \
+    -o proto_version=1 -o publication_names=bench_pub -f /dev/null
+  DELIVERED=$EXPECTED
+}
+sluice_into() { # kind n
+  local kind=$1 n=$2 body out="$WORK/out-$1-$TAG-$2" log="$WORK/sluice-$1-$TAG-$2.log"
+  case $kind in
+    bh) body="  type: blackhole" ;;
+    jsonl | parquet) body="  type: files
+  format: $kind
+  path: $out" ;;
+  esac
+  local p; p=$(sluice_pipeline "${kind}_${TAG}_$n" "sl_${kind}_${TAG}_$n" "$body" never)
+  timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"'
+  RSS=$(sluice_rss "$log")
+  case $kind in
+    bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}') ;;
+    jsonl) DELIVERED=$(jsonl_rows "$out") ;;
+    parquet) DELIVERED=$(parquet_rows "$out") ;;
+  esac
+  rm -rf "$out"
+}
+sluice_bh() { sluice_into bh "$1"; }
+sluice_jsonl() { sluice_into jsonl "$1"; }
+sluice_parquet() { sluice_into parquet "$1"; }
 
-report() { # workload consumer t0 t1 rows native recv rss
-  python3 - "$@" <<'PY' | tee -a "$RESULTS"
-import sys
-w, c, t0, t1, rows, native, recv, rss = sys.argv[1:9]
-secs = float(t1) - float(t0); rate = float(rows) / secs
-vn = f"{rate/float(native):.2f}x" if native else "-"
-vr = f"{rate/float(recv):.2f}x" if recv else "-"
-print(f"{w:<14} {c:<22} {secs:10.2f} {rate:12.0f} {vn:>9} {vr:>9} {rss:>8}")
-PY
+run_workload() { # name sql rows
+  TAG=${1//-/_} EXPECTED=$3
+  local i s
+  # Slots first, so every consumer reads the same WAL range.
+  for i in 1 2; do
+    pdst -c "CREATE SUBSCRIPTION sub_${TAG}_$i CONNECTION '$SRC' PUBLICATION bench_pub WITH (enabled = false, copy_data = false)"
+    for s in recv_ sl_bh_ sl_jsonl_ sl_parquet_; do
+      psrc -c "SELECT pg_create_logical_replication_slot('$s${TAG}_$i', 'pgoutput')" >/dev/null
+    done
+  done
+  psrc -c "$2"
+  END=$(psrc -c "SELECT pg_current_wal_insert_lsn()")
+  psrc -c "SELECT pg_switch_wal()" >/dev/null  # make everything before END flushed and sendable
+  reset_samples
+  abba native recvlogical sluice_bh sluice_jsonl sluice_parquet
+  line "$1" native "native subscription"
+  line "$1" recvlogical "pg_recvlogical"
+  line "$1" sluice_bh "sluice → blackhole"
+  line "$1" sluice_jsonl "sluice → jsonl"
+  line "$1" sluice_parquet "sluice → parquet"
+  for i in 1 2; do pdst -c "DROP SUBSCRIPTION sub_${TAG}_$i"; done
+  psrc -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '%\_${TAG}\_%' AND NOT active" >/dev/null
 }
 
 PER_TX=$((ROWS / TXS))
-INSERTS="DO \$\$ BEGIN FOR t IN 0..$((TXS - 1)) LOOP
-  INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(t * $PER_TX + 1, (t + 1) * $PER_TX) g;
-  COMMIT; END LOOP; END \$\$"
-run_workload inserts "$INSERTS" "$ROWS"
-
-UPDATES="DO \$\$ BEGIN FOR t IN 0..$((TXS - 1)) LOOP
-  FOR i IN t * $PER_TX + 1 .. (t + 1) * $PER_TX LOOP UPDATE bench SET v = v + 1 WHERE id = i; END LOOP;
-  COMMIT; END LOOP; END \$\$"
-psrc -c "TRUNCATE bench" -c "INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $ROWS) g"
-pdst -c "TRUNCATE bench" -c "INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $ROWS) g"
-run_workload updates "$UPDATES" "$ROWS"
-
-psrc -c "TRUNCATE bench"
-run_workload one-big-tx "INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $ROWS) g" "$ROWS"
-
-# Snapshot: COPY to /dev/null vs sluice's initial snapshot into blackhole.
-t0=$(now); psrc -c "COPY bench TO STDOUT" > /dev/null; t1=$(now)
-copy=$(python3 -c "print($ROWS/($t1-$t0))")
-report snapshot "COPY TO STDOUT" "$t0" "$t1" "$ROWS" "$copy" "" "-"
-p=$(sluice_pipeline snap sluice_snap "  type: blackhole" initial)
-t0=$(now); SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$WORK/snap.log"; t1=$(now)
-report snapshot "sluice → blackhole" "$t0" "$t1" "$ROWS" "$copy" "" "$(grep -o 'peak RSS [0-9]*' "$WORK/snap.log" | awk '{print $3}')"
-echo "(snapshot rows: vs_native column = ratio to COPY)"
+case " $WORKLOADS " in *" inserts "*)
+  psrc -c "TRUNCATE bench"
+  RESET=""
+  run_workload inserts "DO \$\$ BEGIN FOR t IN 0..$((TXS - 1)) LOOP
+    INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(t * $PER_TX + 1, (t + 1) * $PER_TX) g;
+    COMMIT; END LOOP; END \$\$" "$ROWS" ;;
+esac
+case " $WORKLOADS " in *" updates "*)
+  psrc -c "TRUNCATE bench" -c "$LOAD"
+  RESET=$LOAD
+  run_workload updates "DO \$\$ BEGIN FOR t IN 0..$((TXS - 1)) LOOP
+    FOR i IN t * $PER_TX + 1 .. (t + 1) * $PER_TX LOOP UPDATE bench SET v = v + 1 WHERE id = i; END LOOP;
+    COMMIT; END LOOP; END \$\$" "$ROWS" ;;
+esac
+case " $WORKLOADS " in *" one-big-tx "*)
+  psrc -c "TRUNCATE bench"
+  RESET=""
+  run_workload one-big-tx "$LOAD" "$ROWS" ;;
+esac
+case " $WORKLOADS " in *" snapshot "*)
+  psrc -c "TRUNCATE bench" -c "$LOAD" -c "VACUUM ANALYZE bench"
+  EXPECTED=$ROWS
+  copy_out() {
+    # Into memory (tmpfs), to count the rows afterwards.
+    local out; out=$(mktemp /dev/shm/sluice-copy.XXXXXX)
+    timed eval 'psql -X -q "$SRC" -c "COPY bench TO STDOUT (FORMAT binary)" > "$out"'
+    # The binary COPY stream: a 19-byte header, then per row a 2-byte field count.
+    DELIVERED=$(python3 - "$out" <<'PY'
+import sys, struct
+b = open(sys.argv[1], "rb").read(); i = 19; n = 0
+while True:
+    (k,) = struct.unpack_from(">h", b, i); i += 2
+    if k == -1: break
+    for _ in range(k):
+        (l,) = struct.unpack_from(">i", b, i); i += 4 + max(l, 0)
+    n += 1
+print(n)
+PY
+)
+    rm -f "$out"
+  }
+  sluice_snap() {
+    local n=$1 log="$WORK/snap-$1.log" p
+    p=$(sluice_pipeline "snap_$n" "sluice_snap_$n" "  type: blackhole" initial)
+    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"'
+    RSS=$(sluice_rss "$log")
+    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}')
+    psrc -c "SELECT pg_drop_replication_slot('sluice_snap_$n')" >/dev/null
+  }
+  reset_samples
+  abba copy_out sluice_snap
+  line snapshot copy_out "COPY binary TO STDOUT" none
+  printf '%-11s %-20s %8.2f %10.0f %9s %9s %7s  %s\n' snapshot "sluice → blackhole" "${BEST[sluice_snap]}" \
+    "$(best_rate sluice_snap)" "$(ratio sluice_snap copy_out)" - "${BEST_RSS[sluice_snap]}" "${SAMPLES[sluice_snap]}" | tee -a "$RESULTS"
+  echo "(snapshot rows: vs_native column = ratio to COPY binary)" ;;
+esac
+echo "(best of two samples per consumer, run in the order A B … B A)"
