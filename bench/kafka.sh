@@ -3,10 +3,13 @@
 # Kafka (tansu 0.6.0, in-memory storage) with zstd, per format (json,
 # json_schema, avro through bench/registry.py, a schema-registry stand-in), against the
 # same backlog into the blackhole sink, in the same run. Slots are created
-# before the load; each run is `sluice run --until-caught-up` (process start
-# and the final checkpoint included). Every Kafka run is checked: the broker
-# must have acknowledged exactly ROWS messages (the final checkpoint waits for
-# every delivery report). The end-to-end read-back is in tests/cases/kafka.rs.
+# before the load (two per sink); each run is `sluice run --until-caught-up`
+# (process start and the final checkpoint included), twice per sink in the
+# order A B … B A, best sample kept, each into its own topics. Every Kafka
+# sample is checked by reading its topics back (bench/kafka_count.py, with
+# kafka-python from PyPI in a cached venv; committed records only): exactly
+# ROWS change records. The blackhole has no output: its count is the one
+# sluice reports.
 #
 # Usage: bench/kafka.sh [ROWS]   (default 1000000)
 set -euo pipefail
@@ -44,6 +47,11 @@ export PGOPTIONS='-c client_min_messages=warning'
 psrc -c "CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text NOT NULL, n numeric(12,2), ts timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
 
+KAFKA_VENV=${XDG_CACHE_HOME:-$HOME/.cache}/sluice/kafka-python-3.0.12
+if [ ! -x "$KAFKA_VENV/bin/python" ]; then
+  python3 -m venv "$KAFKA_VENV" && "$KAFKA_VENV/bin/pip" install -q kafka-python==3.0.12 zstandard==0.25.0
+fi
+
 pipeline() { # name sink-body
   cat > "$WORK/$1.yaml" <<YAML
 version: 1
@@ -68,30 +76,43 @@ kafka_sink() { # format topic-prefix
   printf '  type: kafka\n  brokers: 127.0.0.1:%s\n  topic: "%s.{schema}.{table}"\n  format: %s\n  schema_registry: http://127.0.0.1:%s\n  partitions: 4\n  producer:\n    compression.type: zstd\n    linger.ms: 20\n' "$KPORT" "$2" "$1" "$RPORT"
 }
 NAMES=(bh json jsonschema avro)
-declare -A BODY=([bh]="  type: blackhole" [json]="$(kafka_sink json kj)" [jsonschema]="$(kafka_sink json_schema ks)" [avro]="$(kafka_sink avro ka)")
+declare -A FORMAT=([json]=json [jsonschema]=json_schema [avro]=avro)
+body() { # name sample
+  if [ "$1" = bh ]; then echo "  type: blackhole"; else kafka_sink "${FORMAT[$1]}" "k$1$2"; fi
+}
 for n in "${NAMES[@]}"; do
-  psrc -c "SELECT pg_create_logical_replication_slot('sl_$n', 'pgoutput')" >/dev/null
+  for i in 1 2; do
+    psrc -c "SELECT pg_create_logical_replication_slot('sl_$n$i', 'pgoutput')" >/dev/null
+  done
 done
 psrc -c "DO \$\$ BEGIN FOR t IN 0..$((TXS - 1)) LOOP
   INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(t * $PER_TX + 1, (t + 1) * $PER_TX) g;
   COMMIT; END LOOP; END \$\$"
 
-printf '%-12s %9s %12s %8s\n' sink seconds rows_per_s vs_bh
-base=""
-for n in "${NAMES[@]}"; do
-  p=$(pipeline "$n" "${BODY[$n]}")
-  t0=$(now)
+EXPECTED=$ROWS
+consumer() { # name sample
+  local n=$1 i=$2 p
+  p=$(pipeline "$n$i" "$(body "$n" "$i")")
   if [ -n "${BENCH_PERF:-}" ] && [ "$n" = "$BENCH_PERF" ]; then
-    perf record -F 999 -g -o /tmp/sluice-kafka.perf -- "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n.log" || { cat "$WORK/$n.log"; exit 1; }
+    timed perf record -F 999 -g -o /tmp/sluice-kafka.perf -- "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n$i.log" || { cat "$WORK/$n$i.log"; exit 1; }
   else
-    "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n.log" || { cat "$WORK/$n.log"; exit 1; }
+    timed "$SLUICE" run "$p" --until-caught-up 2>"$WORK/$n$i.log" || { cat "$WORK/$n$i.log"; exit 1; }
   fi
-  t1=$(now)
-  rate=$(python3 -c "print($ROWS/($t1-$t0))")
-  [ -z "$base" ] && base=$rate
-  if [ "$n" != bh ]; then
-    produced=$(grep -o '[0-9]* messages produced' "$WORK/$n.log" | awk '{print $1}')
-    [ "$produced" = "$ROWS" ] || { echo "$n: $produced messages produced, want $ROWS"; cat "$WORK/$n.log"; exit 1; }
+  RSS=$(sluice_rss "$WORK/$n$i.log")
+  if [ "$n" = bh ]; then
+    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$WORK/$n$i.log" | awk '{print $3}')
+  else
+    DELIVERED=$("$KAFKA_VENV/bin/python" bench/kafka_count.py "127.0.0.1:$KPORT" "k$n$i.")
   fi
-  python3 -c "print(f'{\"$n\":<12} {$t1-$t0:9.2f} {$rate:12.0f} {$rate/$base:7.2f}x')"
+}
+sink_bh() { consumer bh "$1"; }
+sink_json() { consumer json "$1"; }
+sink_jsonschema() { consumer jsonschema "$1"; }
+sink_avro() { consumer avro "$1"; }
+abba sink_bh sink_json sink_jsonschema sink_avro
+printf '%-12s %9s %12s %8s %7s  %s\n' sink seconds rows_per_s vs_bh rss_MB samples
+for n in "${NAMES[@]}"; do
+  printf '%-12s %9.2f %12.0f %8s %7s  %s\n' "$n" "${BEST[sink_$n]}" "$(best_rate "sink_$n")" \
+    "$(ratio "sink_$n" sink_bh)" "${BEST_RSS[sink_$n]}" "${SAMPLES[sink_$n]}"
 done
+echo "(best of two samples per sink, run in the order A B … B A; Kafka counts read back from the topics)"

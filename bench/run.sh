@@ -20,11 +20,14 @@
 # count is the one sluice reports; pg_recvlogical stops at the end LSN.
 #
 # Usage: bench/run.sh [ROWS]     (default 1000000)
-#        WORKLOADS="inserts updates" bench/run.sh   (any of: inserts updates one-big-tx snapshot)
+#        WORKLOADS="inserts updates" bench/run.sh   (any of: inserts updates one-big-tx jsonb snapshot)
+# jsonb: ROWS/2 inserts in 50 transactions into a table with a jsonb column
+# (id bigint PK, a int, b text, c timestamptz, d numeric(12,2), e jsonb); its
+# rows/s count rows of that table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
-WORKLOADS=${WORKLOADS:-inserts updates one-big-tx snapshot}
+WORKLOADS=${WORKLOADS:-inserts updates one-big-tx jsonb snapshot}
 TXS=100
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -44,10 +47,11 @@ pdst() { psql -X -q -v ON_ERROR_STOP=1 -At "$DST" "$@"; }
 export PGOPTIONS='-c client_min_messages=warning'
 
 TABLE_DDL="CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text NOT NULL, n numeric(12,2), ts timestamptz NOT NULL DEFAULT now())"
+JSON_DDL="CREATE TABLE bench_json (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(12,2), e jsonb)"
 LOAD="INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $ROWS) g"
 CHECKSUM="SELECT count(*) || ':' || coalesce(md5(string_agg(b::text, ',' ORDER BY id)), '') FROM bench b"
-psrc -c "$TABLE_DDL" -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
-pdst -c "$TABLE_DDL"
+psrc -c "$TABLE_DDL" -c "$JSON_DDL" -c "CREATE PUBLICATION bench_pub FOR TABLE bench, bench_json"
+pdst -c "$TABLE_DDL" -c "$JSON_DDL"
 
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
@@ -69,7 +73,7 @@ source:
   slot: $2
   publication: bench_pub
 tables:
-  include: ["public.bench"]
+  include: ["public.bench", "public.bench_json"]
 snapshot:
   mode: $4
 sink:
@@ -83,10 +87,11 @@ YAML
 TAG="" RESET="" END=""
 native() {
   local n=$1
-  pdst -c "TRUNCATE bench" ${RESET:+-c "$RESET"}
+  pdst -c "TRUNCATE bench, bench_json" ${RESET:+-c "$RESET"}
   timed eval 'pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n ENABLE"; wait_slot "$SRC" "sub_${TAG}_$n" "$END"'
   pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n DISABLE"
-  [ "$(pdst -c "$CHECKSUM")" = "$(psrc -c "$CHECKSUM")" ] && DELIVERED=$EXPECTED || DELIVERED="a table that differs from the source"
+  [ "$(pdst -c "$CHECKSUM" -c "${CHECKSUM//bench/bench_json}")" = "$(psrc -c "$CHECKSUM" -c "${CHECKSUM//bench/bench_json}")" ] \
+    && DELIVERED=$EXPECTED || DELIVERED="a table that differs from the source"
 }
 recvlogical() {
   timed "$BIN/pg_recvlogical" -d "$SRC" --slot "recv_${TAG}_$1" --start --endpos "$END" \
@@ -159,8 +164,18 @@ case " $WORKLOADS " in *" one-big-tx "*)
   RESET=""
   run_workload one-big-tx "$LOAD" "$ROWS" ;;
 esac
+case " $WORKLOADS " in *" jsonb "*)
+  psrc -c "TRUNCATE bench, bench_json"
+  RESET=""
+  JROWS=$((ROWS / 2)) JPER=$((ROWS / 2 / 50))
+  run_workload jsonb "DO \$\$ BEGIN FOR t IN 0..49 LOOP
+    INSERT INTO bench_json SELECT g, g % 1000, 'row ' || g, now(), g * 0.01, jsonb_build_object('id', g, 'name', 'item ' || g,
+      'tags', jsonb_build_array('a', 'b', g % 7), 'price', g * 0.5, 'ok', g % 2 = 0, 'nested', jsonb_build_object('x', g % 13, 'y', 'z'))
+    FROM generate_series(t * $JPER + 1, (t + 1) * $JPER) g;
+    COMMIT; END LOOP; END \$\$" "$JROWS" ;;
+esac
 case " $WORKLOADS " in *" snapshot "*)
-  psrc -c "TRUNCATE bench" -c "$LOAD" -c "VACUUM ANALYZE bench"
+  psrc -c "TRUNCATE bench, bench_json" -c "$LOAD" -c "VACUUM ANALYZE bench"
   EXPECTED=$ROWS
   copy_out() {
     # Into memory (tmpfs), to count the rows afterwards.
