@@ -19,7 +19,7 @@ TXS=50
 PER_TX=$((ROWS / TXS))
 WORK=$(mktemp -d /tmp/sluice-bench-kafka.XXXXXX)
 chmod 755 "$WORK"
-SLUICE=$PWD/target/release/sluice
+SLUICE=${SLUICE_BIN:-$PWD/target/release/sluice}  # SLUICE_BIN: compare another build
 TANSU=${SLUICE_TANSU:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/tansu-0.6.0/bin/tansu}
 [ -x "$TANSU" ] || { echo "tansu not found at $TANSU (bash .ci/run installs it)"; exit 1; }
 cargo build --release --quiet

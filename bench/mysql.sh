@@ -28,7 +28,7 @@ WORKLOADS=${WORKLOADS:-inserts updates}
 TXS=100
 WORK=$(mktemp -d /tmp/sluice-mybench.XXXXXX)
 chmod 755 "$WORK"
-SLUICE=$PWD/target/release/sluice
+SLUICE=${SLUICE_BIN:-$PWD/target/release/sluice}  # SLUICE_BIN: compare another build
 cargo build --release --quiet
 # shellcheck source=bench/common.sh
 . bench/common.sh
@@ -108,7 +108,10 @@ verbose() {
 }
 sluice_into() { # kind n
   local log="$WORK/$1$2.log"
-  timed /usr/bin/time -f "%M" -o "$WORK/rss" "$SLUICE" run "$WORK/$1$2.yaml" --until-caught-up >/dev/null 2>"$log"
+  local wrap=()
+  # BENCH_PERF=js (bh, jm, pq): profile that consumer's second sample into /tmp/sluice-mysql.perf.
+  [ "${BENCH_PERF:-}" = "$1" ] && [ "$2" = 2 ] && wrap=(perf record -F 999 -g -o /tmp/sluice-mysql.perf --)
+  timed /usr/bin/time -f "%M" -o "$WORK/rss" "${wrap[@]}" "$SLUICE" run "$WORK/$1$2.yaml" --until-caught-up >/dev/null 2>"$log"
   RSS=$(($(cat "$WORK/rss") / 1024))
   case $1 in
     bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}') ;;

@@ -35,7 +35,7 @@ WORKLOADS=${WORKLOADS:-inserts updates snapshot}
 TXS=50
 WORK=$(mktemp -d /tmp/sluice-bench-replica.XXXXXX)
 chmod 755 "$WORK"
-SLUICE=$PWD/target/release/sluice
+SLUICE=${SLUICE_BIN:-$PWD/target/release/sluice}  # SLUICE_BIN: compare another build
 cargo build --release --quiet
 
 # shellcheck source=bench/common.sh

@@ -31,7 +31,7 @@ WORKLOADS=${WORKLOADS:-inserts updates one-big-tx jsonb snapshot}
 TXS=100
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$WORK"
-SLUICE=$PWD/target/release/sluice
+SLUICE=${SLUICE_BIN:-$PWD/target/release/sluice}  # SLUICE_BIN: compare another build
 cargo build --release --quiet
 
 # shellcheck source=bench/common.sh
