@@ -48,7 +48,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// new pages to disk (without waiting): the fsync at the file's close then
 /// finds little left to do instead of the whole file. Measured with 600k
 /// rows from MariaDB (~200 MB): see bench/README.md.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+const WRITEBACK_EVERY: u64 = 2 << 20;
 
 /// JSONL lines are encoded straight into this buffer (no copy through a
 /// line buffer), written to the file whenever it holds [`WRITE_BUFFER`].
@@ -565,7 +565,7 @@ mod tests {
     }
 
     /// Lines are encoded straight into each file's buffer, drained at 64 KiB
-    /// and pushed to disk every 8 MiB: across all those boundaries (lines of
+    /// and pushed to disk every 2 MiB: across all those boundaries (lines of
     /// irregular length, ~20 MB, two rolled files) the files hold exactly the
     /// events, one whole line each, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
