@@ -79,17 +79,24 @@ take_sample() { # fn n
 }
 reset_samples() { BEST=() BEST_RSS=() SAMPLES=(); }
 # Time a command into ELAPSED.
-timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); ELAPSED=$(python3 -c "print($t1 - $t0)"); }
+# Returns the command's status, so `timed cmd || handle` works.
+timed() { local t0 t1 rc=0; t0=$(now); "$@" || rc=$?; t1=$(now); ELAPSED=$(python3 -c "print($t1 - $t0)"); return $rc; }
+# Print a failed consumer's log (the work dir is removed at exit) and stop.
+failed() { echo "bench: $1 failed; its log:" >&2; tail -30 "$2" >&2; exit 1; }
 # Peak RSS (MB) that sluice logged at exit.
 sluice_rss() { grep -o 'peak RSS [0-9]*' "$1" | awk '{print $3}' | tail -1; }
 # Rate of a consumer's best sample, and its ratio to a baseline consumer.
 best_rate() { python3 -c "print($EXPECTED / ${BEST[$1]})"; }
 ratio() { python3 -c "print(f'{${BEST[$2]} / ${BEST[$1]}:.2f}x')"; } # consumer baseline
 # Block (one session, 5 ms polls) until a slot has confirmed LSN.
+# Gives up after 10 minutes (a subscriber whose apply fails never gets there).
 wait_slot() { # url slot lsn
-  psql -X -q -At "$1" -c "DO \$\$ BEGIN
+  psql -X -q -At "$1" -c "DO \$\$ DECLARE deadline timestamptz := clock_timestamp() + interval '10 minutes'; BEGIN
     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$3' FROM pg_replication_slots WHERE slot_name = '$2'), false)
-    LOOP PERFORM pg_sleep(0.005); END LOOP; END \$\$"
+    LOOP
+      IF clock_timestamp() > deadline THEN RAISE EXCEPTION 'slot $2 did not reach $3 in 10 minutes'; END IF;
+      PERFORM pg_sleep(0.005);
+    END LOOP; END \$\$"
 }
 # Lines of the JSONL files a files sink wrote (its visible data files only).
 jsonl_rows() { find "$1" -name '*.jsonl' -not -name '.*' -print0 | xargs -0 cat | wc -l; }

@@ -100,7 +100,7 @@ consumer() { # name sample
   fi
   RSS=$(sluice_rss "$WORK/$n$i.log")
   if [ "$n" = bh ]; then
-    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$WORK/$n$i.log" | awk '{print $3}')
+    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$WORK/$n$i.log" | awk '{print $3}' || true)
   else
     DELIVERED=$("$KAFKA_VENV/bin/python" bench/kafka_count.py "127.0.0.1:$KPORT" "k$n$i.")
   fi

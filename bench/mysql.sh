@@ -103,7 +103,7 @@ raw() {
 }
 verbose() {
   timed eval 'binlog --verbose --base64-output=decode-rows > "$SHM/verbose.out" 2>/dev/null'
-  DELIVERED=$(grep -c '^### \(INSERT INTO\|UPDATE\|DELETE FROM\) ' "$SHM/verbose.out")
+  DELIVERED=$(grep -c '^### \(INSERT INTO\|UPDATE\|DELETE FROM\) ' "$SHM/verbose.out" || true)
   rm -f "$SHM/verbose.out"
 }
 sluice_into() { # kind n
@@ -111,10 +111,11 @@ sluice_into() { # kind n
   local wrap=()
   # BENCH_PERF=js (bh, jm, pq): profile that consumer's second sample into /tmp/sluice-mysql.perf.
   [ "${BENCH_PERF:-}" = "$1" ] && [ "$2" = 2 ] && wrap=(perf record -F 999 -g -o /tmp/sluice-mysql.perf --)
-  timed /usr/bin/time -f "%M" -o "$WORK/rss" "${wrap[@]}" "$SLUICE" run "$WORK/$1$2.yaml" --until-caught-up >/dev/null 2>"$log"
+  timed /usr/bin/time -f "%M" -o "$WORK/rss" "${wrap[@]}" "$SLUICE" run "$WORK/$1$2.yaml" --until-caught-up >/dev/null 2>"$log" \
+    || failed "sluice $1" "$log"
   RSS=$(($(cat "$WORK/rss") / 1024))
   case $1 in
-    bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}') ;;
+    bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}' || true) ;;
     js | jm) DELIVERED=$(jsonl_rows "$(out_dir "$1" "$2")") ;;
     pq) DELIVERED=$(parquet_rows "$(out_dir "$1" "$2")") ;;
   esac

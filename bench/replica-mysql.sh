@@ -120,7 +120,7 @@ native() {
 sluice_my() {
   local n=$1 log="$WORK/sluice-$TAG-$1.log"
   mdst -D sl -e "TRUNCATE t; $RESET"
-  timed eval 'SLUICE_LOG=warn "$SLUICE" run "$WORK/stream$n.yaml" --until-caught-up 2> "$log"'
+  timed eval 'SLUICE_LOG=warn "$SLUICE" run "$WORK/stream$n.yaml" --until-caught-up 2> "$log"' || failed "sluice → mysql" "$log"
   RSS=$(sluice_rss "$log")
   verified "$WORK/stream$n.yaml"
 }
@@ -176,7 +176,7 @@ case " $WORKLOADS " in *" snapshot "*)
     local n=$1 p log="$WORK/snap-$1.log"
     p=$(pipeline "snap$n" initial snap)
     mdst -e "DROP TABLE IF EXISTS snap.t"
-    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"'
+    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"' || failed "sluice snapshot" "$log"
     RSS=$(sluice_rss "$log")
     verified "$p"
   }

@@ -117,7 +117,8 @@ sluice_pg() {
   local n=$1
   psl -c "TRUNCATE bench" ${RESET:+-c "$RESET"}
   local p; p=$(pipeline "pg_${TAG}_$1" "sl_${TAG}_$1" never "$SL")
-  timed eval 'SLUICE_LOG=warn ${SLUICE_WRAP:-} "$SLUICE" run "$p" --until-caught-up 2> "$WORK/sluice-$TAG-$n.log"'
+  timed eval 'SLUICE_LOG=warn ${SLUICE_WRAP:-} "$SLUICE" run "$p" --until-caught-up 2> "$WORK/sluice-$TAG-$n.log"' \
+    || failed "sluice → postgres" "$WORK/sluice-$TAG-$n.log"
   RSS=$(sluice_rss "$WORK/sluice-$TAG-$1.log")
   verified "$p"
 }
@@ -192,7 +193,8 @@ case " $WORKLOADS " in *" snapshot "*)
   }
   sluice_snap() {
     local n=$1 p; p=$(pipeline "snap_$1" "sluice_snap_$1" initial "$SNAPDB")
-    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$WORK/snap-$n.log"'
+    psql -X -q "$SNAPDB" -c "DROP TABLE IF EXISTS bench"  # every sample into an empty database
+    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$WORK/snap-$n.log"' || failed "sluice snapshot" "$WORK/snap-$n.log"
     RSS=$(sluice_rss "$WORK/snap-$1.log")
     verified "$p"
     psrc -c "SELECT pg_drop_replication_slot('sluice_snap_$1')" >/dev/null

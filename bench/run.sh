@@ -107,10 +107,10 @@ sluice_into() { # kind n
   path: $out" ;;
   esac
   local p; p=$(sluice_pipeline "${kind}_${TAG}_$n" "sl_${kind}_${TAG}_$n" "$body" never)
-  timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"'
+  timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"' || failed "sluice → $kind" "$log"
   RSS=$(sluice_rss "$log")
   case $kind in
-    bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}') ;;
+    bh) DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}' || true) ;;
     jsonl) DELIVERED=$(jsonl_rows "$out") ;;
     parquet) DELIVERED=$(parquet_rows "$out") ;;
   esac
@@ -199,9 +199,9 @@ PY
   sluice_snap() {
     local n=$1 log="$WORK/snap-$1.log" p
     p=$(sluice_pipeline "snap_$n" "sluice_snap_$n" "  type: blackhole" initial)
-    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"'
+    timed eval 'SLUICE_LOG=warn "$SLUICE" run "$p" --until-caught-up 2> "$log"' || failed "sluice snapshot" "$log"
     RSS=$(sluice_rss "$log")
-    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}')
+    DELIVERED=$(grep -o 'caught up: [0-9]* events' "$log" | awk '{print $3}' || true)
     psrc -c "SELECT pg_drop_replication_slot('sluice_snap_$n')" >/dev/null
   }
   reset_samples

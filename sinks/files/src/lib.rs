@@ -61,6 +61,11 @@ impl JsonlWriter {
     fn drain(&mut self) -> std::io::Result<()> {
         self.file.write_all(&self.buf)?;
         self.buf.clear();
+        // A huge row may have grown the buffer: give the memory back, as
+        // many tables can have a file open at once.
+        if self.buf.capacity() > 2 * WRITE_BUFFER {
+            self.buf.shrink_to(WRITE_BUFFER + 4096);
+        }
         Ok(())
     }
 }
