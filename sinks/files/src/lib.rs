@@ -592,7 +592,11 @@ mod tests {
                 op: Op::Create,
                 table: table.clone(),
                 before: None,
-                after: Some(Row::new(vec![Value::Int(i), Value::Text("é\"x".repeat((i * 7919 % 200) as usize))])),
+                // Every 9,999th row is ~1.5 MB: bigger than the buffer (which then shrinks back).
+                after: Some(Row::new(vec![
+                    Value::Int(i),
+                    Value::Text("é\"x".repeat(if i % 9_999 == 5 { 300_000 } else { (i * 7919 % 200) as usize })),
+                ])),
                 commit_lsn: 100 + i as u64,
                 lsn: 100 + i as u64,
                 tx_id: Some(i as u64),
