@@ -98,6 +98,23 @@ wait_slot() { # url slot lsn
       PERFORM pg_sleep(0.005);
     END LOOP; END \$\$"
 }
+# Row count and checksum of a table (key column `id`), to compare copies.
+table_checksum() { echo "SELECT count(*) || ':' || coalesce(md5(string_agg(b::text, ',' ORDER BY id)), '') FROM $1 b"; }
+# One sample of Postgres's own subscription sub_${TAG}_N (the script defines
+# psrc/pdst, TAG, END, RESET and EXPECTED): the subscriber's TABLES are reset
+# to their state before the load, the subscription enabled and timed until
+# its slot confirmed END, then every table is compared with the source's.
+native_sample() { # n table...
+  local n=$1 t src="" dst=""
+  shift
+  pdst -c "TRUNCATE $(IFS=,; echo "$*")" ${RESET:+-c "$RESET"}
+  timed eval 'pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n ENABLE"; wait_slot "$SRC" "sub_${TAG}_$n" "$END"'
+  pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n DISABLE"
+  for t in "$@"; do
+    src+=$(psrc -c "$(table_checksum "$t")") dst+=$(pdst -c "$(table_checksum "$t")")
+  done
+  [ "$src" = "$dst" ] && DELIVERED=$EXPECTED || DELIVERED="a table that differs from the source"
+}
 # Lines of the JSONL files a files sink wrote (its visible data files only).
 jsonl_rows() { find "$1" -name '*.jsonl' -not -name '.*' -print0 | xargs -0 cat | wc -l; }
 # Rows of the Parquet files a files sink wrote (its visible data files only),

@@ -56,7 +56,7 @@ pdst -c "CREATE DATABASE sl" -c "CREATE DATABASE snap"
 
 TABLE_DDL="CREATE TABLE bench (id bigint PRIMARY KEY, v int NOT NULL, s text NOT NULL, n numeric(12,2), ts timestamptz NOT NULL DEFAULT now())"
 LOAD="INSERT INTO bench (id, v, s, n) SELECT g, g % 1000, 'row ' || g, g * 0.01 FROM generate_series(1, $UPDATES) g"
-CHECKSUM="SELECT count(*) || ':' || coalesce(md5(string_agg(b::text, ',' ORDER BY id)), '') FROM bench b"
+CHECKSUM=$(table_checksum bench)
 psrc -c "$TABLE_DDL" -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
 pdst -c "$TABLE_DDL"
 psl -c "$TABLE_DDL"
@@ -106,13 +106,7 @@ verified() { # pipeline file -> DELIVERED=EXPECTED when the replica equals the s
 # Streaming: the current workload's tag and the SQL that puts a target table
 # back in its state before the load.
 TAG="" RESET="" END=""
-native() {
-  local n=$1
-  pdst -c "TRUNCATE bench" ${RESET:+-c "$RESET"}
-  timed eval 'pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$n ENABLE"; wait_slot "$SRC" "sub_${TAG}_$n" "$END"'
-  pdst -c "ALTER SUBSCRIPTION sub_${TAG}_$1 DISABLE"
-  [ "$(pdst -c "$CHECKSUM")" = "$(psrc -c "$CHECKSUM")" ] && DELIVERED=$EXPECTED || DELIVERED="a table that differs from the source"
-}
+native() { native_sample "$1" bench; }
 sluice_pg() {
   local n=$1
   psl -c "TRUNCATE bench" ${RESET:+-c "$RESET"}
