@@ -115,7 +115,9 @@ impl Stats {
     fn snapshot_progress(&self, table: &TableId, add: u64, done: bool, estimate: Option<u64>) {
         let name = table.to_string();
         let mut t = self.snapshot_tables.lock().unwrap();
-        let idx = match t.iter().position(|p| p.table == name) {
+        // From the end: the tables being copied are the latest added (the
+        // list grows to every table of the pipeline).
+        let idx = match t.iter().rposition(|p| p.table == name) {
             Some(i) => i,
             None => {
                 t.push(TableProgress {
@@ -452,7 +454,10 @@ async fn drive<K: Sink>(
     let mut in_tx = false;
     let mut position: Option<Position> = f.cp.position.clone();
     let mut held: HashSet<TableId> = HashSet::new();
-    let mut force_flush = false;
+    // Tables whose copy completed since the last flush: checkpointed within
+    // `checkpoint_interval` (not one flush per table: with thousands of
+    // small tables, a checkpoint per table made the snapshot quadratic).
+    let mut tables_done = false;
     let mut caught_up = false;
     let mut stopping = *shutdown.borrow();
     let mut buf: Vec<ChangeEvent> = Vec::with_capacity(1024);
@@ -472,15 +477,15 @@ async fn drive<K: Sink>(
         if !in_tx {
             let advanced = position != f.cp.position;
             let elapsed = f.last_flush.elapsed();
-            let due = force_flush
+            let due = (tables_done && elapsed >= opts.checkpoint_interval)
                 || caught_up
                 || stopping
                 || f.sink.wants_flush()
                 || (f.sink.has_unflushed() && elapsed >= f.sink.max_flush_delay())
                 || (advanced && !f.sink.has_unflushed() && elapsed >= opts.checkpoint_interval);
-            if due && (advanced || f.sink.has_unflushed() || force_flush || f.cp.position.is_none()) {
+            if due && (advanced || f.sink.has_unflushed() || tables_done || f.cp.position.is_none()) {
                 f.flush(position.clone(), &held).await?;
-                force_flush = false;
+                tables_done = false;
             }
             if caught_up || stopping {
                 f.confirm_durable(true).await?;
@@ -607,7 +612,7 @@ async fn drive<K: Sink>(
                                     }
                                     stats.snapshot_progress(&table, 0, true, None);
                                     held.remove(&transforms.table_id(&table));
-                                    force_flush = true;
+                                    tables_done = true;
                                 }
                                 SourceMessage::CaughtUp => caught_up = true,
                                 SourceMessage::Tables { included } => {

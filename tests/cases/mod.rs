@@ -5,6 +5,7 @@ pub(crate) mod crash;
 mod durability;
 pub(crate) mod kafka;
 mod key_changes;
+mod many_tables;
 pub(crate) mod my_sink;
 mod mysql_charsets;
 pub(crate) mod mysql_stream;

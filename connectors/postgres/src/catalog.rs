@@ -1,6 +1,8 @@
 //! Catalog queries: which tables are included, their schemas, and the
 //! publication and slot Sluice manages.
 
+use std::collections::HashSet;
+
 use sluice_core::config::TablesConfig;
 use sluice_core::error::{ErrorKind, SourceError};
 use sluice_core::schema::quote_ident;
@@ -127,52 +129,87 @@ pub async fn table_schema(
     id: &TableId,
     domains: &Domains,
 ) -> Result<TableSchema, SourceError> {
+    let mut all = table_schemas(client, database, std::slice::from_ref(id), domains).await?;
+    all.pop().expect("one schema per table")
+}
+
+/// The current schemas of `ids`, in that order, read in one query (a
+/// pipeline may hold thousands of tables). A table that does not exist (or
+/// has no columns) is a per-table error in its place.
+pub async fn table_schemas(
+    client: &Client,
+    database: &str,
+    ids: &[TableId],
+    domains: &Domains,
+) -> Result<Vec<Result<TableSchema, SourceError>>, SourceError> {
+    let schemas: Vec<&str> = ids.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = ids.iter().map(|t| t.name.as_str()).collect();
     let rows = client
         .query(
-            "SELECT a.attname::text, a.atttypid::oid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+            "SELECT w.i::int, a.attname::text, a.atttypid::oid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     c.relreplident::text,
                     COALESCE(a.attnum = ANY (COALESCE(
                       (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid AND
                          ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)) LIMIT 1),
                       '{}'::int2[])), false),
                     (SELECT t.typcategory = 'A' FROM pg_type t WHERE t.oid = a.atttypid)
-             FROM pg_attribute a
-             JOIN pg_class c ON c.oid = a.attrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-             ORDER BY a.attnum",
-            &[&id.schema, &id.name],
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(nsp, rel, i)
+             JOIN pg_namespace n ON n.nspname = w.nsp
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel
+             JOIN pg_attribute a ON a.attrelid = c.oid
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY w.i, a.attnum",
+            &[&schemas, &names],
         )
         .await
-        .map_err(|e| sql_error(&format!("reading the columns of {id}"), e))?;
-    if rows.is_empty() {
-        return Err(SourceError::new(ErrorKind::Table, format!("table {id} does not exist or has no columns")));
+        .map_err(|e| match ids {
+            [one] => sql_error(&format!("reading the columns of {one}"), e),
+            _ => sql_error(&format!("reading the columns of {} tables", ids.len()), e),
+        })?;
+    let mut columns: Vec<Vec<tokio_postgres::Row>> = ids.iter().map(|_| Vec::new()).collect();
+    for r in rows {
+        let i: i32 = r.get(0);
+        columns[(i - 1) as usize].push(r);
     }
-    let replica_identity = replica_identity(rows[0].get(5));
+    Ok(ids
+        .iter()
+        .zip(columns)
+        .map(|(id, rows)| {
+            if rows.is_empty() {
+                return Err(SourceError::new(ErrorKind::Table, format!("table {id} does not exist or has no columns")));
+            }
+            Ok(schema_from_rows(database, id, &rows, domains))
+        })
+        .collect())
+}
+
+/// One table's `pg_attribute` rows (as [`table_schemas`] reads them) as its schema.
+fn schema_from_rows(database: &str, id: &TableId, rows: &[tokio_postgres::Row], domains: &Domains) -> TableSchema {
+    let replica_identity = replica_identity(rows[0].get(6));
     let columns = rows
         .iter()
         .map(|r| {
-            let oid: u32 = r.get(1);
-            let typmod: i32 = r.get(2);
+            let oid: u32 = r.get(2);
+            let typmod: i32 = r.get(3);
             let (mut ty, builtin_name) = resolve_type(domains, oid, typmod);
-            let formatted: String = r.get(3);
+            let formatted: String = r.get(4);
             let builtin_name = if domains.contains_key(&oid) { formatted.clone() } else { builtin_name };
-            if builtin_name.starts_with("oid:") && r.get::<_, Option<bool>>(7) == Some(true) {
+            if builtin_name.starts_with("oid:") && r.get::<_, Option<bool>>(8) == Some(true) {
                 // An array of a user-defined type (enum[], domain[], ...).
                 ty = sluice_core::ColumnType::Array(Box::new(sluice_core::ColumnType::Other));
             }
             Column {
-                name: r.get(0),
+                name: r.get(1),
                 ty,
                 source_type: if builtin_name.starts_with("oid:") { formatted } else { builtin_name },
                 type_id: oid,
                 type_modifier: typmod,
-                key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(6),
-                nullable: !r.get::<_, bool>(4),
+                key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(7),
+                nullable: !r.get::<_, bool>(5),
             }
         })
         .collect();
-    Ok(TableSchema { database: database.to_string(), id: id.clone(), columns, replica_identity, version: 0 })
+    TableSchema { database: database.to_string(), id: id.clone(), columns, replica_identity, version: 0 }
 }
 
 #[derive(Debug, Clone)]
@@ -210,7 +247,19 @@ pub struct PublicationInfo {
     /// Fingerprint of the column lists and row filters Sluice pushed down
     /// (kept in the comment; empty when none).
     pub pushdown: String,
+    /// False while Sluice is changing the publication table by table (a run
+    /// that stopped half-way): its tables' entries are then not known.
+    pub complete: bool,
 }
+
+/// Marks the comment of a publication whose tables Sluice is changing.
+const INCOMPLETE: &str = " (being changed)";
+
+/// Tables per statement when a publication is created or changed: each
+/// statement locks its tables until it commits, and a server's lock table
+/// (`max_locks_per_transaction` × connections) may hold fewer than a
+/// pipeline's tables.
+const PUBLICATION_CHUNK: usize = 100;
 
 /// The comment on a publication Sluice creates: the pipeline, and the
 /// fingerprint of what was pushed down into it.
@@ -268,6 +317,10 @@ pub async fn publication_info(client: &Client, name: &str) -> Result<Option<Publ
         .map_err(|e| sql_error("reading pg_publication", e))?;
     let Some(row) = row else { return Ok(None) };
     let comment: String = row.get(1);
+    let (comment, complete) = match comment.strip_suffix(INCOMPLETE) {
+        Some(c) => (c.to_string(), false),
+        None => (comment, true),
+    };
     let rows = client
         .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&name])
         .await
@@ -277,6 +330,7 @@ pub async fn publication_info(client: &Client, name: &str) -> Result<Option<Publ
         pushdown,
         all_tables: row.get(0),
         ours: comment.starts_with(PUBLICATION_COMMENT_PREFIX),
+        complete,
         tables: rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect(),
     }))
 }
@@ -298,8 +352,17 @@ pub async fn ensure_publication(
             "no tables match tables.include/exclude; check the globs (schema.table) against the source database",
         ));
     }
-    let list = tables.iter().map(|t| table_entry(t, pushdown)).collect::<Vec<_>>().join(", ");
     let fp = fingerprint(tables, pushdown);
+    let comment = |complete: bool| {
+        let c = publication_comment(pipeline, &fp);
+        let c = if complete { c } else { format!("{c}{INCOMPLETE}") };
+        format!("COMMENT ON PUBLICATION {} IS {}", quote_ident(name), sluice_core::schema::quote_literal(&c))
+    };
+    let entries = |ts: &[TableId]| ts.iter().map(|t| table_entry(t, pushdown)).collect::<Vec<_>>().join(", ");
+    let names = |ts: &[TableId]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let exec = |sql: String, doing: &'static str| async move {
+        client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("{doing} publication {name}"), e))
+    };
     match publication_info(client, name).await? {
         None => {
             // Partitioned tables are published as their root (Postgres 13+).
@@ -309,21 +372,32 @@ pub async fn ensure_publication(
                 .map_err(|e| sql_error("reading server_version_num", e))?
                 .get(0);
             let with = if version >= 130000 { " WITH (publish_via_partition_root = true)" } else { "" };
-            let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}{with}; COMMENT ON PUBLICATION {} IS {}",
-                quote_ident(name),
-                quote_ident(name),
-                sluice_core::schema::quote_literal(&publication_comment(pipeline, &fp))
-            );
-            client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("creating publication {name}"), e))?;
+            let mut chunks = tables.chunks(PUBLICATION_CHUNK);
+            let first = chunks.next().expect("tables is not empty");
+            let more = tables.len() > PUBLICATION_CHUNK;
+            exec(
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}{with}; {}",
+                    quote_ident(name),
+                    entries(first),
+                    comment(!more)
+                ),
+                "creating",
+            )
+            .await?;
+            for chunk in chunks {
+                exec(format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), entries(chunk)), "creating")
+                    .await?;
+            }
+            if more {
+                exec(comment(true), "creating").await?;
+            }
             tracing::info!(publication = name, tables = tables.len(), "created publication");
         }
         Some(p) => {
-            let mut have = p.tables.clone();
-            have.sort();
-            let mut want = tables.to_vec();
-            want.sort();
-            if p.all_tables || (have == want && (p.pushdown == fp || !p.ours)) {
+            let have: HashSet<&TableId> = p.tables.iter().collect();
+            let want: HashSet<&TableId> = tables.iter().collect();
+            if p.all_tables || (have == want && ((p.pushdown == fp && p.complete) || !p.ours)) {
                 if !p.ours && !fp.is_empty() {
                     tracing::info!(
                         publication = name,
@@ -333,16 +407,43 @@ pub async fn ensure_publication(
                 return Ok(());
             }
             if p.ours {
-                let sql = format!(
-                    "ALTER PUBLICATION {} SET TABLE {list}; COMMENT ON PUBLICATION {} IS {}",
-                    quote_ident(name),
-                    quote_ident(name),
-                    sluice_core::schema::quote_literal(&publication_comment(pipeline, &fp))
-                );
-                client.batch_execute(&sql).await.map_err(|e| sql_error(&format!("updating publication {name}"), e))?;
+                // Table by table, a chunk per transaction; the comment says
+                // the change is under way until it is complete.
+                exec(comment(false), "updating").await?;
+                let mut drop: Vec<TableId> = p.tables.iter().filter(|t| !want.contains(t)).cloned().collect();
+                drop.sort();
+                for chunk in drop.chunks(PUBLICATION_CHUNK) {
+                    exec(format!("ALTER PUBLICATION {} DROP TABLE {}", quote_ident(name), names(chunk)), "updating")
+                        .await?;
+                }
+                // Tables kept whose column lists or row filters may differ
+                // are dropped and added again in one transaction.
+                if p.pushdown != fp || !p.complete {
+                    let kept: Vec<TableId> = tables.iter().filter(|t| have.contains(t)).cloned().collect();
+                    for chunk in kept.chunks(PUBLICATION_CHUNK) {
+                        let q = quote_ident(name);
+                        exec(
+                            format!(
+                                "ALTER PUBLICATION {q} DROP TABLE {}; ALTER PUBLICATION {q} ADD TABLE {}",
+                                names(chunk),
+                                entries(chunk)
+                            ),
+                            "updating",
+                        )
+                        .await?;
+                    }
+                }
+                let add: Vec<TableId> = tables.iter().filter(|t| !have.contains(t)).cloned().collect();
+                for chunk in add.chunks(PUBLICATION_CHUNK) {
+                    exec(format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), entries(chunk)), "updating")
+                        .await?;
+                }
+                exec(comment(true), "updating").await?;
                 tracing::info!(publication = name, tables = tables.len(), pushdown = %fp, "updated the publication's tables, column lists and row filters");
             } else {
-                let missing: Vec<String> = want.iter().filter(|t| !have.contains(t)).map(|t| t.to_string()).collect();
+                let mut missing: Vec<String> =
+                    want.iter().filter(|t| !have.contains(*t)).map(|t| t.to_string()).collect();
+                missing.sort();
                 if !missing.is_empty() {
                     return Err(SourceError::new(
                         ErrorKind::Config,

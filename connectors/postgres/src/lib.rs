@@ -118,11 +118,7 @@ pub async fn table_schemas(
     tables: &[TableId],
     domains: &catalog::Domains,
 ) -> Result<Vec<Arc<sluice_core::TableSchema>>, SourceError> {
-    let mut out = Vec::with_capacity(tables.len());
-    for t in tables {
-        out.push(Arc::new(catalog::table_schema(client, database, t, domains).await?));
-    }
-    Ok(out)
+    catalog::table_schemas(client, database, tables, domains).await?.into_iter().map(|s| s.map(Arc::new)).collect()
 }
 
 /// Column lists and row filters of the transform stage that the
@@ -289,9 +285,10 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
                 r
             }
         };
-        for t in &jobs {
+        let ids: Vec<TableId> = jobs.iter().map(|t| t.id.clone()).collect();
+        for (t, schema) in jobs.iter().zip(table_schemas(&client, &info.dbname, &ids, &domains).await?) {
             schemas.push(snapshot::SnapshotJob {
-                schema: Arc::new(catalog::table_schema(&client, &info.dbname, &t.id, &domains).await?),
+                schema,
                 estimated_rows: t.estimated_rows,
                 partitioned: t.partitioned,
             });

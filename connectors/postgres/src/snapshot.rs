@@ -4,7 +4,9 @@
 //! - Every table is read inside a transaction that imported the snapshot
 //!   exported when the slot (or a temporary slot) was created, so the copy
 //!   holds exactly the transactions that committed before that slot's
-//!   consistent point; the stream supplies the rest.
+//!   consistent point; the stream supplies the rest. A worker's transaction
+//!   covers at most [`TABLES_PER_TX`] tables (locks are held until it
+//!   ends), then the worker imports the same snapshot again.
 //! - Rows are streamed from `COPY ... TO STDOUT (FORMAT binary)` in batches;
 //!   a table is never held in memory. Built-in types the schemas crate can
 //!   decode from their binary form come as such; every other column is cast
@@ -36,6 +38,9 @@ pub struct SnapshotJob {
 }
 
 const BATCH: usize = 1024;
+/// Tables read in one transaction before a worker starts another in the
+/// same snapshot (each holds a lock until its transaction ends).
+const TABLES_PER_TX: usize = 32;
 /// Bytes of raw rows per message.
 const RAW_CHUNK: usize = 256 << 10;
 
@@ -56,28 +61,40 @@ pub async fn copy_tables(
     jobs.sort_by_key(|j| std::cmp::Reverse(j.estimated_rows));
     let workers = parallelism.clamp(1, jobs.len());
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
-    // Every worker imports the snapshot before any copies, while the exporting
-    // session is still idle.
+    // Workers import the snapshot while the exporting session is idle: it
+    // stays idle (and the snapshot importable) until the copy is over.
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        sluice_core::schema::quote_literal(snapshot_name)
+    );
+    // A transaction keeps a lock on every table it read until it ends: with
+    // thousands of tables that would exhaust the server's lock table
+    // (`max_locks_per_transaction`), so each worker starts a new
+    // transaction in the same snapshot every TABLES_PER_TX tables.
+    let renew = format!("COMMIT; {begin}");
     let mut clients = Vec::with_capacity(workers);
     for _ in 0..workers {
         let mut client = ReplicationConn::connect_plain(info).await?;
-        client
-            .simple_query(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                sluice_core::schema::quote_literal(snapshot_name)
-            ))
-            .await?;
+        client.simple_query(&begin).await?;
         clients.push(client);
     }
     let mut tasks = Vec::new();
     for mut client in clients {
         let queue = queue.clone();
         let tx = tx.clone();
+        let renew = renew.clone();
         tasks.push(tokio::spawn(async move {
+            let mut in_tx = 0;
             loop {
                 let job = queue.lock().unwrap().pop_front();
                 let Some(job) = job else { break };
+                if in_tx >= TABLES_PER_TX {
+                    client.simple_query(&renew).await?;
+                    in_tx = 0;
+                }
                 copy_one(&mut client, &job, consistent_lsn, raw, &tx).await?;
+                // A partitioned table locks each of its partitions.
+                in_tx += if job.partitioned { TABLES_PER_TX } else { 1 };
             }
             client.simple_query("COMMIT").await?;
             client.terminate().await;
