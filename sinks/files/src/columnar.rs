@@ -12,6 +12,10 @@ use arrow_buffer::i256;
 use arrow_schema::{DataType, Schema, TimeUnit};
 use sluice_core::{ChangeEvent, Op, Value};
 
+/// Rows a new builder has room for: a pipeline may have thousands of tables
+/// with a builder each, most holding few rows; builders grow as needed.
+const INIT: usize = 16;
+
 enum Col {
     Bool(BooleanBuilder),
     I16(Int16Builder),
@@ -38,6 +42,8 @@ pub struct BatchBuilder {
     commit_ts: TimestampMicrosecondBuilder,
     unchanged: ListBuilder<StringBuilder>,
     rows: usize,
+    /// Estimated memory of the rows held (see [`BatchBuilder::memory`]).
+    bytes: usize,
     scratch: Vec<u8>,
     text: String,
     /// Values that the column type could not hold (e.g. NaN in a decimal).
@@ -85,38 +91,39 @@ impl BatchBuilder {
         let cols = schema.fields()[..ncols]
             .iter()
             .map(|f| match f.data_type() {
-                DataType::Boolean => Col::Bool(BooleanBuilder::new()),
-                DataType::Int16 => Col::I16(Int16Builder::new()),
-                DataType::Int32 => Col::I32(Int32Builder::new()),
-                DataType::Int64 => Col::I64(Int64Builder::new()),
-                DataType::UInt64 => Col::U64(UInt64Builder::new()),
-                DataType::Float32 => Col::F32(Float32Builder::new()),
-                DataType::Float64 => Col::F64(Float64Builder::new()),
+                DataType::Boolean => Col::Bool(BooleanBuilder::with_capacity(INIT)),
+                DataType::Int16 => Col::I16(Int16Builder::with_capacity(INIT)),
+                DataType::Int32 => Col::I32(Int32Builder::with_capacity(INIT)),
+                DataType::Int64 => Col::I64(Int64Builder::with_capacity(INIT)),
+                DataType::UInt64 => Col::U64(UInt64Builder::with_capacity(INIT)),
+                DataType::Float32 => Col::F32(Float32Builder::with_capacity(INIT)),
+                DataType::Float64 => Col::F64(Float64Builder::with_capacity(INIT)),
                 DataType::Decimal128(p, s) => Col::D128(
-                    Decimal128Builder::new().with_precision_and_scale(*p, *s).expect("valid decimal"),
+                    Decimal128Builder::with_capacity(INIT).with_precision_and_scale(*p, *s).expect("valid decimal"),
                     *s as u32,
                 ),
                 DataType::Decimal256(p, s) => Col::D256(
-                    Decimal256Builder::new().with_precision_and_scale(*p, *s).expect("valid decimal"),
+                    Decimal256Builder::with_capacity(INIT).with_precision_and_scale(*p, *s).expect("valid decimal"),
                     *s as u32,
                 ),
-                DataType::Binary => Col::Bin(BinaryBuilder::new()),
-                DataType::Date32 => Col::Date(Date32Builder::new()),
-                DataType::Time64(TimeUnit::Microsecond) => Col::Time(Time64MicrosecondBuilder::new()),
+                DataType::Binary => Col::Bin(BinaryBuilder::with_capacity(INIT, 0)),
+                DataType::Date32 => Col::Date(Date32Builder::with_capacity(INIT)),
+                DataType::Time64(TimeUnit::Microsecond) => Col::Time(Time64MicrosecondBuilder::with_capacity(INIT)),
                 DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-                    Col::Ts(TimestampMicrosecondBuilder::new().with_timezone_opt(tz.clone()))
+                    Col::Ts(TimestampMicrosecondBuilder::with_capacity(INIT).with_timezone_opt(tz.clone()))
                 }
-                _ => Col::Utf8(StringBuilder::new()),
+                _ => Col::Utf8(StringBuilder::with_capacity(INIT, 0)),
             })
             .collect();
         BatchBuilder {
             schema,
             cols,
-            op: StringBuilder::new(),
-            position: UInt64Builder::new(),
-            commit_ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            unchanged: ListBuilder::new(StringBuilder::new()),
+            op: StringBuilder::with_capacity(INIT, 0),
+            position: UInt64Builder::with_capacity(INIT),
+            commit_ts: TimestampMicrosecondBuilder::with_capacity(INIT).with_timezone("UTC"),
+            unchanged: ListBuilder::with_capacity(StringBuilder::with_capacity(0, 0), INIT),
             rows: 0,
+            bytes: 0,
             scratch: Vec::new(),
             text: String::new(),
             lossy: 0,
@@ -129,6 +136,12 @@ impl BatchBuilder {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Estimated bytes of memory the rows held take (values' sizes plus a
+    /// fixed cost per row); 0 after [`BatchBuilder::finish`].
+    pub fn memory(&self) -> usize {
+        self.bytes
     }
 
     /// Append the rows of one event: one row, or for an update that changes
@@ -157,6 +170,7 @@ impl BatchBuilder {
             if matches!(v, Value::Unchanged) {
                 self.unchanged.values().append_value(&names[i].name);
             }
+            self.bytes += value_size(v);
             let ok = append_value(col, v, &mut self.scratch, &mut self.text);
             if !ok {
                 self.lossy += 1;
@@ -167,6 +181,7 @@ impl BatchBuilder {
         self.position.append_value(ev.commit_lsn);
         self.commit_ts.append_value(ev.commit_ts_us);
         self.rows += 1;
+        self.bytes += 32;
     }
 
     pub fn finish(&mut self) -> RecordBatch {
@@ -194,11 +209,22 @@ impl BatchBuilder {
         arrays.push(Arc::new(self.commit_ts.finish()));
         arrays.push(Arc::new(self.unchanged.finish()));
         self.rows = 0;
+        self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), arrays).expect("builders match the schema")
     }
 }
 
 /// Append `v`; returns false when the value could not be represented (stored as null).
+/// Approximate bytes a value takes in an Arrow builder.
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Numeric(s) | Value::Text(s) | Value::Uuid(s) | Value::Json(s) => s.len() + 4,
+        Value::Bytes(b) => b.len() + 4,
+        Value::Array(a) => a.iter().map(value_size).sum::<usize>() + 8,
+        _ => 16,
+    }
+}
+
 fn append_value(col: &mut Col, v: &Value, scratch: &mut Vec<u8>, text: &mut String) -> bool {
     macro_rules! null_or {
         ($b:expr, $some:expr) => {{

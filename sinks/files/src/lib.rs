@@ -42,46 +42,47 @@ use sluice_core::error::SinkError;
 use sluice_core::{ChangeEvent, Sink, TableId, TableSchema};
 
 const COLUMNAR_BATCH_ROWS: usize = 8192;
-/// Per open file; many tables may have a file open at once.
+/// JSONL bytes a file buffers before writing them out. Buffers start empty
+/// and grow to this: many tables may have a file open at once.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// JSONL bytes after which the kernel is asked to start writing a file's
 /// new pages to disk (without waiting): the fsync at the file's close then
 /// finds little left to do instead of the whole file. Measured with 600k
 /// rows from MariaDB (~200 MB): see bench/README.md.
 const WRITEBACK_EVERY: u64 = 2 << 20;
+/// Descriptors held at once. Past it, JSONL files are parked (buffer
+/// written, descriptor closed, reopened for appending when written again:
+/// still one file per table between checkpoints) and open Parquet/Arrow
+/// files are closed (the table's next rows start a new file).
+const MAX_DESCRIPTORS: usize = 256;
+/// Estimated memory all open files may buffer together (JSONL buffers,
+/// Arrow builders, Parquet row groups in progress). Past it, the biggest
+/// are written out (JSONL) or closed (Parquet/Arrow) until half is left.
+const MAX_BUFFERED: usize = 64 << 20;
 
 /// JSONL lines are encoded straight into this buffer (no copy through a
 /// line buffer), written to the file whenever it holds [`WRITE_BUFFER`].
 struct JsonlWriter {
-    file: File,
+    /// None until the first write, and while parked.
+    file: Option<File>,
     buf: Vec<u8>,
-}
-
-impl JsonlWriter {
-    fn drain(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.buf)?;
-        self.buf.clear();
-        // A huge row may have grown the buffer: give the memory back, as
-        // many tables can have a file open at once.
-        if self.buf.capacity() > 2 * WRITE_BUFFER {
-            self.buf.shrink_to(WRITE_BUFFER + 4096);
-        }
-        Ok(())
-    }
 }
 
 enum Writer {
     Jsonl(JsonlWriter),
-    Parquet(Box<ArrowWriter<File>>, BatchBuilder),
-    Arrow(Box<arrow_ipc::writer::FileWriter<BufWriter<File>>>, BatchBuilder),
+    /// The Parquet/Arrow writer is created with the file, when the first
+    /// batch is written out (a table with few rows between checkpoints
+    /// holds only its builder).
+    Parquet(Option<Box<ArrowWriter<File>>>, BatchBuilder),
+    Arrow(Option<Box<arrow_ipc::writer::FileWriter<BufWriter<File>>>>, BatchBuilder),
 }
 
 struct OpenFile {
     writer: Writer,
-    /// Handle kept for fsync after the writer is finished.
-    sync: File,
     hidden: PathBuf,
     final_name: PathBuf,
+    /// The hidden file exists on disk (it is created at the first write out).
+    created: bool,
     rows: u64,
     bytes: u64,
     /// JSONL bytes whose writeback has been started.
@@ -89,6 +90,130 @@ struct OpenFile {
     /// The source schema version the file was opened for (columnar formats).
     schema_version: u64,
     arrow_schema: Option<Arc<Schema>>,
+    /// Memory this file buffers, as last added to [`FilesSink::buffered`].
+    mem: usize,
+    /// Memory of the Parquet writer's row group in progress.
+    writer_mem: usize,
+}
+
+impl OpenFile {
+    fn has_descriptor(&self) -> bool {
+        match &self.writer {
+            Writer::Jsonl(w) => w.file.is_some(),
+            Writer::Parquet(w, _) => w.is_some(),
+            Writer::Arrow(w, _) => w.is_some(),
+        }
+    }
+
+    fn memory(&self) -> usize {
+        match &self.writer {
+            Writer::Jsonl(w) => w.buf.capacity(),
+            Writer::Parquet(_, b) => b.memory() + self.writer_mem,
+            Writer::Arrow(w, b) => b.memory() + if w.is_some() { WRITE_BUFFER } else { 0 },
+        }
+    }
+
+    /// The JSONL file, created at the first call and reopened after parking.
+    fn jsonl_file<'a>(file: &'a mut Option<File>, created: &mut bool, path: &Path) -> std::io::Result<&'a mut File> {
+        if file.is_none() {
+            let f = if *created { fs::OpenOptions::new().append(true).open(path)? } else { File::create(path)? };
+            *created = true;
+            *file = Some(f);
+        }
+        Ok(file.as_mut().expect("opened"))
+    }
+
+    /// Write the JSONL buffer out (no-op for other formats).
+    fn drain(&mut self) -> Result<(), SinkError> {
+        let Writer::Jsonl(w) = &mut self.writer else { return Ok(()) };
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        let ctx = || format!("writing {}", self.hidden.display());
+        let file =
+            Self::jsonl_file(&mut w.file, &mut self.created, &self.hidden).map_err(|e| SinkError::io(ctx(), e))?;
+        file.write_all(&w.buf).map_err(|e| SinkError::io(ctx(), e))?;
+        w.buf.clear();
+        // A huge row may have grown the buffer: give the memory back.
+        if w.buf.capacity() > 2 * WRITE_BUFFER {
+            w.buf.shrink_to(WRITE_BUFFER + 4096);
+        }
+        if self.bytes - self.written_back >= WRITEBACK_EVERY {
+            if let Some(f) = &w.file {
+                start_writeback(f, self.written_back, self.bytes);
+            }
+            self.written_back = self.bytes;
+        }
+        Ok(())
+    }
+
+    /// Write a JSONL file's buffer out, free it, and close the descriptor
+    /// (the file stays open for the sink: the next write reopens it).
+    fn park(&mut self) -> Result<(), SinkError> {
+        self.drain()?;
+        if let Writer::Jsonl(w) = &mut self.writer {
+            w.file = None;
+            w.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Create the file and its Parquet/Arrow writer if not yet done.
+    fn ensure_writer(&mut self) -> Result<(), SinkError> {
+        let ctx = || format!("creating {}", self.hidden.display());
+        let create = |path: &Path| File::create(path).map_err(|e| SinkError::io(ctx(), e));
+        match &mut self.writer {
+            Writer::Jsonl(_) => {}
+            Writer::Parquet(w @ None, b) => {
+                let file = create(&self.hidden)?;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(128 * 1024))
+                    .build();
+                let aw = ArrowWriter::try_new(file, b.schema().clone(), Some(props))
+                    .map_err(|e| SinkError::fatal(ctx()).with_source(e))?;
+                *w = Some(Box::new(aw));
+                self.created = true;
+            }
+            Writer::Arrow(w @ None, b) => {
+                let file = create(&self.hidden)?;
+                let iw =
+                    arrow_ipc::writer::FileWriter::try_new(BufWriter::with_capacity(WRITE_BUFFER, file), b.schema())
+                        .map_err(|e| SinkError::fatal(ctx()).with_source(e))?;
+                *w = Some(Box::new(iw));
+                self.created = true;
+            }
+            Writer::Parquet(Some(_), _) | Writer::Arrow(Some(_), _) => {}
+        }
+        Ok(())
+    }
+
+    /// Write the rows an Arrow builder holds into the file's writer,
+    /// creating both on first use.
+    fn write_batch(&mut self) -> Result<(), SinkError> {
+        match &self.writer {
+            Writer::Parquet(_, b) | Writer::Arrow(_, b) if b.rows() > 0 => self.ensure_writer()?,
+            _ => return Ok(()),
+        }
+        let ctx = || format!("writing {}", self.hidden.display());
+        match &mut self.writer {
+            Writer::Jsonl(_) => {}
+            Writer::Parquet(w, b) => {
+                let aw = w.as_mut().expect("created");
+                let batch = b.finish();
+                aw.write(&batch).map_err(|e| SinkError::fatal(ctx()).with_source(e))?;
+                self.bytes = (aw.bytes_written() + aw.in_progress_size()) as u64;
+                self.writer_mem = aw.memory_size();
+            }
+            Writer::Arrow(w, b) => {
+                let iw = w.as_mut().expect("created");
+                let batch = b.finish();
+                self.bytes += batch.get_array_memory_size() as u64;
+                iw.write(&batch).map_err(|e| SinkError::fatal(ctx()).with_source(e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 struct TableFiles {
@@ -138,6 +263,14 @@ pub struct FilesSink {
     /// Tables held back at the last flush (snapshot copy in progress).
     held: HashSet<TableId>,
     scratch: String,
+    /// Open files holding a descriptor (at most [`MAX_DESCRIPTORS`]).
+    descriptors: usize,
+    /// Estimated memory buffered by all open files (at most [`MAX_BUFFERED`]).
+    buffered: usize,
+    /// A file of a table not held back was closed since the last flush.
+    rolled: bool,
+    /// Table directories created since the last flush.
+    new_dirs: bool,
     pub files_written: u64,
     pub rows_written: u64,
     lossy_warned: bool,
@@ -177,6 +310,10 @@ impl FilesSink {
             unflushed: false,
             held: HashSet::new(),
             scratch: String::new(),
+            descriptors: 0,
+            buffered: 0,
+            rolled: false,
+            new_dirs: false,
             files_written: 0,
             rows_written: 0,
             lossy_warned: false,
@@ -250,8 +387,9 @@ impl FilesSink {
             let dname = table_dir_name(id);
             let dir = self.cfg.path.join(&dname);
             if !dir.exists() {
+                // Made durable by the flush before a checkpoint names a file in it.
                 fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-                sync_dir(&self.cfg.path).map_err(io("syncing output directory"))?;
+                self.new_dirs = true;
             }
             let seq = self.state.tables.get(&dname).copied().unwrap_or(0);
             self.tables.insert(
@@ -262,86 +400,78 @@ impl FilesSink {
         Ok(self.tables.get_mut(id).expect("inserted"))
     }
 
-    fn open_file(
-        format: FileFormat,
-        t: &mut TableFiles,
-        schema: &TableSchema,
-        ext: &str,
-    ) -> Result<OpenFile, SinkError> {
+    /// A new file for table `t` (created on disk at its first write out).
+    fn open_file(format: FileFormat, t: &mut TableFiles, schema: &TableSchema, ext: &str) -> OpenFile {
         let seq = t.next_seq;
         t.next_seq += 1;
         let hidden = t.dir.join(format!(".{seq:010}.{ext}"));
         let final_name = t.dir.join(format!("{seq:010}.{ext}"));
-        let file = File::create(&hidden).map_err(io(format!("creating {}", hidden.display())))?;
-        let sync = file.try_clone().map_err(io("cloning file handle"))?;
         let (writer, arrow_schema) = match format {
-            FileFormat::Jsonl => {
-                (Writer::Jsonl(JsonlWriter { file, buf: Vec::with_capacity(WRITE_BUFFER + 4096) }), None)
-            }
+            FileFormat::Jsonl => (Writer::Jsonl(JsonlWriter { file: None, buf: Vec::new() }), None),
             FileFormat::Parquet => {
                 let aschema = sluice_schemas::arrow::table_schema(schema);
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(128 * 1024))
-                    .build();
-                let w = ArrowWriter::try_new(file, aschema.clone(), Some(props)).map_err(|e| {
-                    SinkError::fatal(format!("creating Parquet writer for {}", hidden.display())).with_source(e)
-                })?;
-                (Writer::Parquet(Box::new(w), BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
+                (Writer::Parquet(None, BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
             }
             FileFormat::Arrow => {
                 let aschema = sluice_schemas::arrow::table_schema(schema);
-                let w = arrow_ipc::writer::FileWriter::try_new(BufWriter::with_capacity(WRITE_BUFFER, file), &aschema)
-                    .map_err(|e| {
-                        SinkError::fatal(format!("creating Arrow writer for {}", hidden.display())).with_source(e)
-                    })?;
-                (Writer::Arrow(Box::new(w), BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
+                (Writer::Arrow(None, BatchBuilder::new(aschema.clone(), schema.columns.len())), Some(aschema))
             }
         };
-        Ok(OpenFile {
+        OpenFile {
             writer,
-            sync,
             hidden,
             final_name,
+            created: false,
             rows: 0,
             bytes: 0,
             written_back: 0,
             schema_version: schema.version,
             arrow_schema,
-        })
+            mem: 0,
+            writer_mem: 0,
+        }
     }
 
-    /// Finish and fsync a file; returns (hidden, final).
+    /// Finish a file; returns (hidden, final). It is made durable by the
+    /// flush that hands it to a checkpoint ([`make_durable`]). The caller
+    /// has already taken `f.mem` and its descriptor off the sink's totals.
     fn close_file(mut f: OpenFile) -> Result<(PathBuf, PathBuf), SinkError> {
         let ctx = format!("finishing {}", f.hidden.display());
-        match &mut f.writer {
-            Writer::Jsonl(w) => w.drain().map_err(io(ctx.clone()))?,
-            Writer::Parquet(w, b) => {
-                if b.rows() > 0 {
-                    let batch = b.finish();
-                    w.write(&batch).map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
-                }
-            }
-            Writer::Arrow(w, b) => {
-                if b.rows() > 0 {
-                    let batch = b.finish();
-                    w.write(&batch).map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
-                }
-            }
-        }
+        f.drain()?;
+        f.write_batch()?;
+        f.ensure_writer()?;
         match f.writer {
-            Writer::Jsonl(w) => drop(w),
+            Writer::Jsonl(mut w) => {
+                if !f.created {
+                    // Never written out: an empty file.
+                    OpenFile::jsonl_file(&mut w.file, &mut f.created, &f.hidden).map_err(io(ctx.clone()))?;
+                }
+            }
             Writer::Parquet(w, _) => {
+                let w = w.expect("ensured");
                 w.close().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
             }
-            Writer::Arrow(mut w, _) => {
+            Writer::Arrow(w, _) => {
+                let mut w = w.expect("ensured");
                 w.finish().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
                 let mut inner = w.into_inner().map_err(|e| SinkError::fatal(ctx.clone()).with_source(e))?;
-                inner.flush().map_err(io(ctx.clone()))?;
+                inner.flush().map_err(io(ctx))?;
             }
         }
-        f.sync.sync_all().map_err(io(ctx))?;
         Ok((f.hidden, f.final_name))
+    }
+
+    /// Close table `t`'s open file into its staged list, taking it off the totals.
+    fn close_open(&mut self, id: &TableId) -> Result<(), SinkError> {
+        let Some(t) = self.tables.get_mut(id) else { return Ok(()) };
+        let Some(f) = t.open.take() else { return Ok(()) };
+        self.buffered -= f.mem;
+        self.descriptors -= f.has_descriptor() as usize;
+        t.staged.push(Self::close_file(f)?);
+        if !self.held.contains(id) {
+            self.rolled = true;
+        }
+        Ok(())
     }
 
     fn write_one(&mut self, ev: &ChangeEvent, now: i64) -> Result<(), SinkError> {
@@ -349,70 +479,64 @@ impl FilesSink {
         let ext = self.ext();
         let roll_rows = self.cfg.roll.rows;
         let roll_bytes = self.cfg.roll.bytes;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let t = self.table_mut(&ev.table.id)?;
+        let id = &ev.table.id;
+        let t = self.table_mut(id)?;
         // A schema change starts a new file for columnar formats.
-        if let Some(open) = &t.open {
+        let mut reopen = false;
+        if let Some(open) = &mut t.open {
             if open.arrow_schema.is_some() && open.schema_version != ev.table.version {
                 let new_schema = sluice_schemas::arrow::table_schema(&ev.table);
                 if open.arrow_schema.as_ref() != Some(&new_schema) {
-                    let f = t.open.take().expect("open");
-                    let closed = Self::close_file(f)?;
-                    t.staged.push(closed);
-                } else if let Some(o) = t.open.as_mut() {
-                    o.schema_version = ev.table.version;
+                    reopen = true;
+                } else {
+                    open.schema_version = ev.table.version;
                 }
             }
         }
-        if t.open.is_none() {
-            t.open = Some(Self::open_file(format, t, &ev.table, ext)?);
+        if reopen {
+            self.close_open(id)?;
         }
-        let f = t.open.as_mut().expect("open");
+        let t = self.tables.get_mut(id).expect("table_mut added it");
+        if t.open.is_none() {
+            let f = Self::open_file(format, t, &ev.table, ext);
+            t.open = Some(f);
+        }
+        let f = t.open.as_mut().expect("opened");
+        let had_descriptor = f.has_descriptor();
         let mut lossy = 0;
         let mut rows = 1;
         match &mut f.writer {
             Writer::Jsonl(w) => {
                 let before = w.buf.len();
-                sluice_schemas::json::write_event(&mut w.buf, ev, now, &mut scratch);
+                sluice_schemas::json::write_event(&mut w.buf, ev, now, &mut self.scratch);
                 w.buf.push(b'\n');
                 f.bytes += (w.buf.len() - before) as u64;
-                let flush_back = f.bytes - f.written_back >= WRITEBACK_EVERY;
-                if w.buf.len() >= WRITE_BUFFER || flush_back {
-                    w.drain().map_err(|e| SinkError::io(format!("writing {}", f.hidden.display()), e))?;
-                }
-                if flush_back {
-                    start_writeback(&f.sync, f.written_back, f.bytes);
-                    f.written_back = f.bytes;
+                if w.buf.len() >= WRITE_BUFFER || f.bytes - f.written_back >= WRITEBACK_EVERY {
+                    f.drain()?;
                 }
             }
-            Writer::Parquet(w, b) => {
+            Writer::Parquet(_, b) | Writer::Arrow(_, b) => {
                 rows = b.append(ev);
                 if b.rows() >= COLUMNAR_BATCH_ROWS {
                     lossy = std::mem::take(&mut b.lossy);
-                    let batch = b.finish();
-                    w.write(&batch)
-                        .map_err(|e| SinkError::fatal(format!("writing {}", f.hidden.display())).with_source(e))?;
-                    f.bytes = (w.bytes_written() + w.in_progress_size()) as u64;
-                }
-            }
-            Writer::Arrow(w, b) => {
-                rows = b.append(ev);
-                if b.rows() >= COLUMNAR_BATCH_ROWS {
-                    lossy = std::mem::take(&mut b.lossy);
-                    let batch = b.finish();
-                    f.bytes += batch.get_array_memory_size() as u64;
-                    w.write(&batch)
-                        .map_err(|e| SinkError::fatal(format!("writing {}", f.hidden.display())).with_source(e))?;
+                    f.write_batch()?;
                 }
             }
         }
         f.rows += rows as u64;
+        let mem = f.memory();
+        self.buffered = self.buffered + mem - f.mem;
+        f.mem = mem;
+        self.descriptors = self.descriptors + f.has_descriptor() as usize - had_descriptor as usize;
         if f.rows >= roll_rows || f.bytes >= roll_bytes {
-            let f = t.open.take().expect("open");
-            let closed = Self::close_file(f)?;
-            t.staged.push(closed);
+            self.close_open(id)?;
         }
-        self.scratch = scratch;
+        if self.descriptors > MAX_DESCRIPTORS {
+            self.release_descriptors()?;
+        }
+        if self.buffered > MAX_BUFFERED {
+            self.release_memory()?;
+        }
         if lossy > 0 && !self.lossy_warned {
             self.lossy_warned = true;
             tracing::warn!(
@@ -422,6 +546,55 @@ impl FilesSink {
         }
         self.rows_written += 1;
         self.unflushed = true;
+        Ok(())
+    }
+
+    /// Too many descriptors: park every JSONL file holding one, close every
+    /// Parquet/Arrow file holding one (rare: each has written a full batch
+    /// since the last checkpoint).
+    fn release_descriptors(&mut self) -> Result<(), SinkError> {
+        let mut close = Vec::new();
+        for (id, t) in self.tables.iter_mut() {
+            let Some(f) = t.open.as_mut().filter(|f| f.has_descriptor()) else { continue };
+            if matches!(f.writer, Writer::Jsonl(_)) {
+                f.park()?;
+                self.buffered -= f.mem;
+                f.mem = 0;
+                self.descriptors -= 1;
+            } else {
+                close.push(id.clone());
+            }
+        }
+        for id in close {
+            self.close_open(&id)?;
+        }
+        Ok(())
+    }
+
+    /// Too much memory buffered: write out (JSONL, parked after) or close
+    /// (Parquet/Arrow) the files holding the most until half is left.
+    fn release_memory(&mut self) -> Result<(), SinkError> {
+        let mut by_size: Vec<(usize, TableId)> = self
+            .tables
+            .iter()
+            .filter_map(|(id, t)| t.open.as_ref().filter(|f| f.mem > 0).map(|f| (f.mem, id.clone())))
+            .collect();
+        by_size.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        for (_, id) in by_size {
+            if self.buffered <= MAX_BUFFERED / 2 {
+                break;
+            }
+            let f = self.tables.get_mut(&id).and_then(|t| t.open.as_mut()).expect("listed above");
+            if matches!(f.writer, Writer::Jsonl(_)) {
+                let had = f.has_descriptor();
+                f.park()?;
+                self.buffered -= f.mem;
+                f.mem = 0;
+                self.descriptors -= had as usize;
+            } else {
+                self.close_open(&id)?;
+            }
+        }
         Ok(())
     }
 }
@@ -448,6 +621,36 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     let _ = (file, from, to);
 }
 
+/// Files and directories synced one by one up to this many; past it, one
+/// `syncfs` of the output's file system (thousands of small tables would
+/// otherwise cost an fsync, and a journal commit, each).
+const SYNC_EACH_UP_TO: usize = 16;
+
+/// Make `files` and `dirs` (under `base`) durable.
+fn make_durable(base: &Path, files: &[&Path], dirs: &HashSet<&Path>) -> Result<(), SinkError> {
+    #[cfg(target_os = "linux")]
+    if files.len() + dirs.len() > SYNC_EACH_UP_TO {
+        use std::os::fd::AsRawFd;
+        let d = File::open(base).map_err(io(format!("opening {}", base.display())))?;
+        // SAFETY: a plain syscall on a descriptor `d` keeps open.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(SinkError::io(
+                format!("syncing the file system of {}", base.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        return Ok(());
+    }
+    let _ = base;
+    for f in files {
+        File::open(f).and_then(|h| h.sync_all()).map_err(io(format!("syncing {}", f.display())))?;
+    }
+    for d in dirs {
+        sync_dir(d).map_err(io(format!("syncing {}", d.display())))?;
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -460,6 +663,7 @@ impl Sink for FilesSink {
     async fn open(&mut self, state: Option<&serde_json::Value>) -> Result<(), SinkError> {
         self.tables.clear();
         self.to_publish.clear();
+        (self.descriptors, self.buffered, self.rolled) = (0, 0, false);
         tokio::task::block_in_place(|| self.recover(state))
     }
 
@@ -477,7 +681,7 @@ impl Sink for FilesSink {
     fn wants_flush(&self) -> bool {
         // Rolled files wait for the next checkpoint, except those of tables
         // being copied (held until their copy is complete).
-        self.tables.iter().any(|(id, t)| !t.staged.is_empty() && !self.held.contains(id))
+        self.rolled
     }
 
     fn has_unflushed(&self) -> bool {
@@ -497,34 +701,46 @@ impl Sink for FilesSink {
         tokio::task::block_in_place(|| {
             let mut publish = Vec::new();
             self.held = hold.clone();
+            let ids: Vec<TableId> = self
+                .tables
+                .iter()
+                .filter(|(id, t)| t.open.is_some() && !hold.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                let t = self.tables.get_mut(&id).expect("listed");
+                if t.open.as_ref().is_some_and(|f| f.rows > 0) {
+                    self.close_open(&id)?;
+                } else if let Some(f) = t.open.take() {
+                    self.buffered -= f.mem;
+                    self.descriptors -= f.has_descriptor() as usize;
+                    if f.created {
+                        let _ = fs::remove_file(&f.hidden);
+                    }
+                    t.next_seq -= 1;
+                }
+            }
             for (id, t) in self.tables.iter_mut() {
                 if hold.contains(id) {
                     continue;
                 }
-                if let Some(f) = t.open.take() {
-                    if f.rows > 0 {
-                        let closed = Self::close_file(f)?;
-                        t.staged.push(closed);
-                    } else {
-                        let _ = fs::remove_file(&f.hidden);
-                        t.next_seq -= 1;
-                    }
-                }
                 publish.append(&mut t.staged);
-                t.committed_seq = t.next_seq;
+                if t.committed_seq != t.next_seq {
+                    t.committed_seq = t.next_seq;
+                    let dname = t.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                    self.state.tables.insert(dname, t.committed_seq);
+                }
             }
-            for t in self.tables.values() {
-                let dname = t.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                self.state.tables.insert(dname, t.committed_seq);
+            self.rolled = false;
+            // The checkpoint will name these hidden files: they and their
+            // directory entries must be durable before it is, or a machine
+            // crash could leave a checkpoint whose files do not exist.
+            let files: Vec<&Path> = publish.iter().map(|(h, _)| h.as_path()).collect();
+            let mut dirs: HashSet<&Path> = publish.iter().filter_map(|(h, _)| h.parent()).collect();
+            if std::mem::take(&mut self.new_dirs) {
+                dirs.insert(&base);
             }
-            // The checkpoint will name these hidden files: their directory
-            // entries must be durable before it is (the files themselves were
-            // fsynced when closed), or a machine crash could leave a
-            // checkpoint whose files do not exist.
-            let dirs: HashSet<&Path> = publish.iter().filter_map(|(h, _)| h.parent()).collect();
-            for d in dirs {
-                sync_dir(d).map_err(io(format!("syncing {}", d.display())))?;
-            }
+            make_durable(&base, &files, &dirs)?;
             self.state.pending = publish.iter().map(|(h, f)| (rel(&base, h), rel(&base, f))).collect();
             self.files_written += publish.len() as u64;
             self.to_publish = publish;
@@ -542,12 +758,10 @@ impl Sink for FilesSink {
             for (h, f) in &publish {
                 fs::rename(h, f).map_err(io(format!("publishing {}", f.display())))?;
                 if let Some(d) = f.parent() {
-                    dirs.insert(d.to_path_buf());
+                    dirs.insert(d);
                 }
             }
-            for d in dirs {
-                sync_dir(&d).map_err(io(format!("syncing {}", d.display())))?;
-            }
+            make_durable(&self.cfg.path, &[], &dirs)?;
             Ok::<(), SinkError>(())
         })?;
         self.state.pending.clear();
@@ -631,5 +845,124 @@ mod tests {
             assert_eq!(line.as_bytes(), want.as_slice());
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn table(i: usize) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            database: "db".into(),
+            id: TableId::new("public", format!("t{i}")),
+            columns: vec![column("id", ColumnType::Int64, true), column("s", ColumnType::Text, false)],
+            replica_identity: ReplicaIdentity::Default,
+            version: 1,
+        })
+    }
+
+    fn insert(table: &Arc<TableSchema>, id: i64, text: String) -> ChangeEvent {
+        ChangeEvent {
+            op: Op::Create,
+            table: table.clone(),
+            before: None,
+            after: Some(Row::new(vec![Value::Int(id), Value::Text(text)])),
+            commit_lsn: 100 + id as u64,
+            lsn: 100 + id as u64,
+            tx_id: Some(id as u64),
+            commit_ts_us: 1_700_000_000_000_000 + id,
+            snapshot: false,
+            mysql: None,
+        }
+    }
+
+    /// Files of one table in name order, with the ids their rows hold, in order.
+    fn ids_in(dir: &Path, format: FileFormat) -> (usize, Vec<i64>) {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("table dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        files.sort();
+        let mut ids = Vec::new();
+        for f in &files {
+            match format {
+                FileFormat::Jsonl => {
+                    for line in fs::read_to_string(f).expect("read").lines() {
+                        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                        ids.push(v["after"]["id"].as_i64().expect("id"));
+                    }
+                }
+                _ => {
+                    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        File::open(f).expect("open"),
+                    )
+                    .expect("parquet")
+                    .build()
+                    .expect("reader");
+                    for batch in reader {
+                        let batch = batch.expect("batch");
+                        let col = batch
+                            .column_by_name("id")
+                            .expect("id column")
+                            .as_any()
+                            .downcast_ref::<arrow_array::Int64Array>()
+                            .expect("int64")
+                            .clone();
+                        ids.extend(col.values().iter().copied());
+                    }
+                }
+            }
+        }
+        (files.len(), ids)
+    }
+
+    /// 600 tables written in turn (every transaction touches every table):
+    /// the sink never holds more than MAX_DESCRIPTORS descriptors or
+    /// MAX_BUFFERED bytes of buffers, and every table's rows come out whole
+    /// and in order. JSONL keeps one file per table (files are parked and
+    /// reopened, not rolled); Parquet rows of ~100 KB fill the memory budget,
+    /// so files are closed early (more files, same rows).
+    async fn many_tables(format: FileFormat, text_len: usize, rounds: i64) {
+        let dir = std::env::temp_dir().join(format!("sluice-files-many-{}-{format:?}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut sink = FilesSink::new(FilesSinkConfig { format, path: dir.clone(), roll: RollConfig::default() });
+        sink.open(None).await.expect("open");
+        let tables: Vec<Arc<TableSchema>> = (0..600).map(table).collect();
+        let mut peak = (0, 0);
+        for r in 0..rounds {
+            let events: Vec<ChangeEvent> = tables.iter().map(|t| insert(t, r, "x".repeat(text_len))).collect();
+            for ev in events.chunks(1) {
+                sink.write(ev).await.expect("write");
+                peak = (peak.0.max(sink.descriptors), peak.1.max(sink.buffered));
+            }
+        }
+        assert!(peak.0 <= MAX_DESCRIPTORS, "descriptors held: {}", peak.0);
+        assert!(peak.1 <= MAX_BUFFERED, "bytes buffered: {}", peak.1);
+        sink.flush(&HashSet::new(), &Checkpoint::new("p")).await.expect("flush");
+        sink.checkpointed().await.expect("checkpointed");
+        assert_eq!((sink.descriptors, sink.buffered), (0, 0), "a flush closes every file");
+        let mut files = 0;
+        for t in &tables {
+            let (n, ids) = ids_in(&dir.join(table_dir_name(&t.id)), format);
+            assert_eq!(ids, (0..rounds).collect::<Vec<_>>(), "rows of {}", t.id);
+            files += n;
+        }
+        if format == FileFormat::Jsonl {
+            assert_eq!(files, tables.len(), "one JSONL file per table");
+            assert_eq!(peak.0, MAX_DESCRIPTORS, "the test reaches the descriptor cap");
+        } else {
+            assert!(files > tables.len(), "the memory budget closed files early ({files} files)");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jsonl_many_tables_bounded_descriptors_one_file_each() {
+        // 2 KB rows: each table's buffer passes 64 KiB and is written out
+        // (the file then holds a descriptor): 600 tables pass the cap.
+        many_tables(FileFormat::Jsonl, 2000, 60).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parquet_many_tables_bounded_memory() {
+        // 600 tables x 2 rows x ~100 KB > MAX_BUFFERED: files are closed early.
+        many_tables(FileFormat::Parquet, 100_000, 2).await;
     }
 }
