@@ -131,3 +131,20 @@ files = [f for f in glob.glob(os.path.join(sys.argv[1], "**", "*.parquet"), recu
 print(duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0] if files else 0)
 PY
 }
+# Rows of the Arrow IPC files a files sink wrote (visible files only), read
+# back with pyarrow from PyPI (a venv of its own; benchmarks only).
+PYARROW_VENV=${PYARROW_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/pyarrow-26.0.1}
+arrow_rows() { # dir
+  if [ ! -x "$PYARROW_VENV/bin/python" ]; then
+    python3 -m venv "$PYARROW_VENV" && "$PYARROW_VENV/bin/pip" install -q pyarrow==26.0.1 >&2
+  fi
+  "$PYARROW_VENV/bin/python" - "$1" <<'PY'
+import sys, glob, os, pyarrow.ipc as ipc
+n = 0
+for f in glob.glob(os.path.join(sys.argv[1], "**", "*.arrow"), recursive=True):
+    if not os.path.basename(f).startswith("."):
+        with ipc.open_file(f) as r:
+            n += sum(r.get_batch(i).num_rows for i in range(r.num_record_batches))
+print(n)
+PY
+}
