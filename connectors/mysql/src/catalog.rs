@@ -81,11 +81,9 @@ pub async fn table_schema(
     conn: &mut Conn,
     id: &TableId,
 ) -> Result<Option<(TableSchema, Vec<SnapColumn>)>, SourceError> {
-    type ColRow = (String, String, String, String, String, Option<u64>, Option<u64>, Option<String>);
-    let rows: Vec<ColRow> = conn
+    let rows: Vec<ColFields> = conn
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY, NUMERIC_PRECISION, NUMERIC_SCALE, \
-             CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            format!("SELECT {COLUMNS} FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"),
             (&id.schema, &id.name),
         )
         .await
@@ -102,6 +100,73 @@ pub async fn table_schema(
         )
         .await
         .unwrap_or_default();
+    Ok(Some(schema_from_rows(id, rows, &checks)))
+}
+
+/// Tables of one database from which [`table_schemas`] reads the whole
+/// database's catalog at once instead of table by table.
+const WHOLE_DATABASE_FROM: usize = 16;
+
+/// The schemas of `ids`, in that order (None: the table does not exist).
+/// Where many tables of one database are asked for, its columns and checks
+/// are read in two queries (a pipeline may hold thousands of tables).
+pub async fn table_schemas(
+    conn: &mut Conn,
+    ids: &[TableId],
+) -> Result<Vec<Option<(TableSchema, Vec<SnapColumn>)>>, SourceError> {
+    let mut per_db: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for id in ids {
+        *per_db.entry(id.schema.as_str()).or_default() += 1;
+    }
+    let mut whole: std::collections::HashMap<(String, String), (Vec<ColFields>, Vec<String>)> = Default::default();
+    for (db, n) in &per_db {
+        if *n < WHOLE_DATABASE_FROM {
+            continue;
+        }
+        type TableColFields =
+            (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<String>);
+        let rows: Vec<TableColFields> = conn
+            .exec(
+                format!("SELECT TABLE_NAME, {COLUMNS} FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION"),
+                (db,),
+            )
+            .await
+            .map_err(|e| sql_error(&format!("reading the columns of the tables of {db}"), e))?;
+        for (table, a, b, c, d, e, f, g, h) in rows {
+            whole.entry((db.to_string(), table)).or_default().0.push((a, b, c, d, e, f, g, h));
+        }
+        let checks: Vec<(String, String)> = conn
+            .exec(
+                "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ?",
+                (db,),
+            )
+            .await
+            .unwrap_or_default();
+        for (table, clause) in checks {
+            whole.entry((db.to_string(), table)).or_default().1.push(clause);
+        }
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if per_db[id.schema.as_str()] < WHOLE_DATABASE_FROM {
+            out.push(table_schema(conn, id).await?);
+            continue;
+        }
+        out.push(match whole.remove(&(id.schema.clone(), id.name.clone())) {
+            Some((rows, checks)) if !rows.is_empty() => Some(schema_from_rows(id, rows, &checks)),
+            _ => None,
+        });
+    }
+    Ok(out)
+}
+
+/// The columns read from `information_schema.COLUMNS`, in [`ColFields`] order.
+const COLUMNS: &str =
+    "COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY, NUMERIC_PRECISION, NUMERIC_SCALE, CHARACTER_SET_NAME";
+type ColFields = (String, String, String, String, String, Option<u64>, Option<u64>, Option<String>);
+
+/// One table's columns (in order) and check clauses as its schema.
+fn schema_from_rows(id: &TableId, rows: Vec<ColFields>, checks: &[String]) -> (TableSchema, Vec<SnapColumn>) {
     let has_pk = rows.iter().any(|r| r.4 == "PRI");
     let mut columns = Vec::with_capacity(rows.len());
     let mut snap = Vec::with_capacity(rows.len());
@@ -124,7 +189,7 @@ pub async fn table_schema(
             nullable: nullable == "YES",
         });
     }
-    Ok(Some((
+    (
         TableSchema {
             database: id.schema.clone(),
             id: id.clone(),
@@ -133,7 +198,7 @@ pub async fn table_schema(
             version: 0,
         },
         snap,
-    )))
+    )
 }
 
 /// The character set of a text column whose bytes Sluice decodes itself

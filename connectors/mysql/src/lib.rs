@@ -109,7 +109,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let mut schemas: HashMap<TableId, Arc<sluice_core::TableSchema>> = HashMap::new();
     let mut admit_from: HashMap<TableId, (u64, u64)> = HashMap::new();
     let mut lowest: Option<(Coord, Option<String>)> = None;
-    let mut jobs = Vec::new();
+    let mut to_copy = Vec::new();
     for t in &tables {
         let state = cp.tables.get(&t.id.to_string());
         match state {
@@ -121,13 +121,16 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
                 }
             }
             _ if cfg.snapshot.mode == SnapshotMode::Never => {}
-            _ => {
-                let Some((schema, snap)) = catalog::table_schema(&mut conn, &t.id).await? else { continue };
-                let schema = Arc::new(schema);
-                schemas.insert(t.id.clone(), schema.clone());
-                jobs.push(snapshot::SnapshotJob { schema, snap, estimated_rows: t.estimated_rows });
-            }
+            _ => to_copy.push(t),
         }
+    }
+    let ids: Vec<TableId> = to_copy.iter().map(|t| t.id.clone()).collect();
+    let mut jobs = Vec::new();
+    for (t, found) in to_copy.iter().zip(catalog::table_schemas(&mut conn, &ids).await?) {
+        let Some((schema, snap)) = found else { continue };
+        let schema = Arc::new(schema);
+        schemas.insert(t.id.clone(), schema.clone());
+        jobs.push(snapshot::SnapshotJob { schema, snap, estimated_rows: t.estimated_rows });
     }
     if !jobs.is_empty() {
         tracing::info!(tables = jobs.len(), "snapshot: starting");
