@@ -39,7 +39,8 @@ pub struct SnapshotJob {
 
 const BATCH: usize = 1024;
 /// Tables read in one transaction before a worker starts another in the
-/// same snapshot (each holds a lock until its transaction ends).
+/// same snapshot (each holds a lock until its transaction ends; a table
+/// read through a query also locks its indexes).
 const TABLES_PER_TX: usize = 32;
 /// Bytes of raw rows per message.
 const RAW_CHUNK: usize = 256 << 10;
@@ -89,7 +90,16 @@ pub async fn copy_tables(
                 let job = queue.lock().unwrap().pop_front();
                 let Some(job) = job else { break };
                 if in_tx >= TABLES_PER_TX {
-                    client.simple_query(&renew).await?;
+                    // The exporting session must still be there: if it was
+                    // ended (e.g. idle_in_transaction_session_timeout), the
+                    // run restarts; copied tables are kept, the others are
+                    // copied in a new snapshot.
+                    client.simple_query(&renew).await.map_err(|e| {
+                        SourceError::transient(format!(
+                            "snapshot: importing the exported snapshot again: {}",
+                            e.message
+                        ))
+                    })?;
                     in_tx = 0;
                 }
                 copy_one(&mut client, &job, consistent_lsn, raw, &tx).await?;

@@ -214,7 +214,6 @@ impl BatchBuilder {
     }
 }
 
-/// Append `v`; returns false when the value could not be represented (stored as null).
 /// Approximate bytes a value takes in an Arrow builder.
 fn value_size(v: &Value) -> usize {
     match v {
@@ -225,6 +224,7 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
+/// Append `v`; returns false when the value could not be represented (stored as null).
 fn append_value(col: &mut Col, v: &Value, scratch: &mut Vec<u8>, text: &mut String) -> bool {
     macro_rules! null_or {
         ($b:expr, $some:expr) => {{

@@ -6,10 +6,11 @@
 //! in name order and rows in order are commit order.
 //!
 //! # Exactly once
-//! Files are written hidden (`.0000000042.jsonl`) and closed (fsync) when
-//! they roll (rows, bytes, schema change) or at a flush; a flush also fsyncs
-//! the directories holding them, so the checkpoint never names a file a
-//! machine crash could take back. A flush returns the
+//! Files are written hidden (`.0000000042.jsonl`) and closed when they roll
+//! (rows, bytes, schema change, the sink's descriptor or memory bounds) or
+//! at a flush; a flush makes them and the directories holding them durable
+//! (fsync, or one `syncfs` for many), so the checkpoint never names a file
+//! a machine crash could take back. A flush returns the
 //! list of closed hidden files with their final names as sink state; the
 //! runtime writes it into the checkpoint; only then are they renamed into
 //! place (`checkpointed`). On `open`, renames recorded in the checkpoint are
@@ -46,8 +47,8 @@ const COLUMNAR_BATCH_ROWS: usize = 8192;
 /// and grow to this: many tables may have a file open at once.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// JSONL bytes after which the kernel is asked to start writing a file's
-/// new pages to disk (without waiting): the fsync at the file's close then
-/// finds little left to do instead of the whole file. Measured with 600k
+/// new pages to disk (without waiting): the sync at the flush then finds
+/// little left to do instead of the whole file. Measured with 600k
 /// rows from MariaDB (~200 MB): see bench/README.md.
 const WRITEBACK_EVERY: u64 = 2 << 20;
 /// Descriptors held at once. Past it, JSONL files are parked (buffer
@@ -375,6 +376,8 @@ impl FilesSink {
                 *next = (*next).max(m + 1);
             }
         }
+        // Table directories an earlier run created may not be durable yet.
+        dirs.insert(base.clone());
         for d in dirs {
             sync_dir(&d).map_err(io(format!("syncing {}", d.display())))?;
         }
@@ -601,8 +604,8 @@ impl FilesSink {
 
 /// Ask the kernel to start writing `file`'s pages in `from..to` to disk,
 /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability
-/// still comes from the fsync at close; this only spreads its work out. A
-/// failure is ignored for the same reason (the fsync reports real errors).
+/// still comes from the sync at the flush; this only spreads its work out.
+/// A failure is ignored for the same reason (the sync reports real errors).
 fn start_writeback(file: &File, from: u64, to: u64) {
     #[cfg(target_os = "linux")]
     {
@@ -626,10 +629,11 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 /// otherwise cost an fsync, and a journal commit, each).
 const SYNC_EACH_UP_TO: usize = 16;
 
-/// Make `files` and `dirs` (under `base`) durable.
+/// Make `files` and `dirs` (under `base`) durable. `syncfs` reports
+/// writeback errors only since Linux 5.8: older kernels sync one by one.
 fn make_durable(base: &Path, files: &[&Path], dirs: &HashSet<&Path>) -> Result<(), SinkError> {
     #[cfg(target_os = "linux")]
-    if files.len() + dirs.len() > SYNC_EACH_UP_TO {
+    if files.len() + dirs.len() > SYNC_EACH_UP_TO && syncfs_reports_errors() {
         use std::os::fd::AsRawFd;
         let d = File::open(base).map_err(io(format!("opening {}", base.display())))?;
         // SAFETY: a plain syscall on a descriptor `d` keeps open.
@@ -649,6 +653,18 @@ fn make_durable(base: &Path, files: &[&Path], dirs: &HashSet<&Path>) -> Result<(
         sync_dir(d).map_err(io(format!("syncing {}", d.display())))?;
     }
     Ok(())
+}
+
+/// Whether the running kernel's `syncfs` returns writeback errors (5.8+).
+#[cfg(target_os = "linux")]
+fn syncfs_reports_errors() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (5, 8)
+    })
 }
 
 fn now_ms() -> i64 {
@@ -737,10 +753,11 @@ impl Sink for FilesSink {
             // crash could leave a checkpoint whose files do not exist.
             let files: Vec<&Path> = publish.iter().map(|(h, _)| h.as_path()).collect();
             let mut dirs: HashSet<&Path> = publish.iter().filter_map(|(h, _)| h.parent()).collect();
-            if std::mem::take(&mut self.new_dirs) {
+            if self.new_dirs {
                 dirs.insert(&base);
             }
             make_durable(&base, &files, &dirs)?;
+            self.new_dirs = false;
             self.state.pending = publish.iter().map(|(h, f)| (rel(&base, h), rel(&base, f))).collect();
             self.files_written += publish.len() as u64;
             self.to_publish = publish;
