@@ -818,23 +818,9 @@ mod tests {
             replica_identity: ReplicaIdentity::Default,
             version: 1,
         });
+        // Every 9,999th row is ~1.5 MB: bigger than the buffer (which then shrinks back).
         let events: Vec<ChangeEvent> = (0..40_000i64)
-            .map(|i| ChangeEvent {
-                op: Op::Create,
-                table: table.clone(),
-                before: None,
-                // Every 9,999th row is ~1.5 MB: bigger than the buffer (which then shrinks back).
-                after: Some(Row::new(vec![
-                    Value::Int(i),
-                    Value::Text("é\"x".repeat(if i % 9_999 == 5 { 300_000 } else { (i * 7919 % 200) as usize })),
-                ])),
-                commit_lsn: 100 + i as u64,
-                lsn: 100 + i as u64,
-                tx_id: Some(i as u64),
-                commit_ts_us: 1_700_000_000_000_000 + i,
-                snapshot: false,
-                mysql: None,
-            })
+            .map(|i| insert(&table, i, "é\"x".repeat(if i % 9_999 == 5 { 300_000 } else { (i * 7919 % 200) as usize })))
             .collect();
         for chunk in events.chunks(1000) {
             sink.write(chunk).await.expect("write");
