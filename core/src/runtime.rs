@@ -488,6 +488,16 @@ async fn drive<K: Sink>(
                 tables_done = false;
             }
             if caught_up || stopping {
+                // A sink may write more once a checkpoint is durable (the
+                // Kafka sink produces finished snapshot spools then): flush
+                // again so the run ends with that delivered too, not only
+                // recorded for the next run to replay.
+                for _ in 0..3 {
+                    if !f.sink.has_unflushed() {
+                        break;
+                    }
+                    f.flush(position.clone(), &held).await?;
+                }
                 f.confirm_durable(true).await?;
                 return Ok(Some(if caught_up { Ending::CaughtUp } else { Ending::Shutdown }));
             }

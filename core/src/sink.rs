@@ -49,6 +49,9 @@ pub trait Sink: Send {
     fn stored_checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, SinkError>> + Send {
         async { Ok(None) }
     }
+    /// The checkpoint of the last flush is stored. A sink may write more
+    /// now (what it staged until that checkpoint named it); it then reports
+    /// `has_unflushed`, and the runtime flushes again before a run ends.
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// How many of this sink's `flush` calls so far are durable. A target
     /// that acknowledges commits before making them durable (Postgres with

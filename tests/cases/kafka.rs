@@ -258,6 +258,31 @@ async fn postgres_to_kafka_avro_with_schema_registry() {
     );
 }
 
+/// A run that catches up right after its snapshot ends with the snapshot in
+/// the topics, not only staged: the spools are produced once the checkpoint
+/// naming them is durable, and the run flushes again before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_snapshot_delivered_before_a_caught_up_run_ends() {
+    let env = Env::new("kafkasnap");
+    let kafka = Tansu::start();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 300);",
+    )
+    .await
+    .unwrap();
+    let sink = format!("  type: kafka\n  brokers: {}\n  topic: \"ks.{{table}}\"\n  partitions: 3\n", kafka.brokers());
+    let p = env.pipeline("ks", &["public.*"], &sink, "snapshot:\n  parallelism: 2\n");
+    let r = catch_up(&p).await;
+    let msgs = read_topics(&kafka.brokers(), "ks.");
+    let out = decode(&msgs, None);
+    assert_eq!(out["public.big"].len(), 20000, "{}", r.stderr);
+    assert_eq!(out["public.small"].len(), 300, "{}", r.stderr);
+    catch_up(&p).await;
+    assert_eq!(read_topics(&kafka.brokers(), "ks.").len(), 20300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_bad_settings_fail_clearly() {
     let env = Env::new("kafkabad");
