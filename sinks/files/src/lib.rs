@@ -385,22 +385,19 @@ impl FilesSink {
         Ok(())
     }
 
-    fn table_mut(&mut self, id: &TableId) -> Result<&mut TableFiles, SinkError> {
-        if !self.tables.contains_key(id) {
-            let dname = table_dir_name(id);
-            let dir = self.cfg.path.join(&dname);
-            if !dir.exists() {
-                // Made durable by the flush before a checkpoint names a file in it.
-                fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-                self.new_dirs = true;
-            }
-            let seq = self.state.tables.get(&dname).copied().unwrap_or(0);
-            self.tables.insert(
-                id.clone(),
-                TableFiles { dir, next_seq: seq, committed_seq: seq, open: None, staged: Vec::new() },
-            );
+    /// Start keeping files for table `id` (its directory made when missing).
+    fn add_table(&mut self, id: &TableId) -> Result<(), SinkError> {
+        let dname = table_dir_name(id);
+        let dir = self.cfg.path.join(&dname);
+        if !dir.exists() {
+            // Made durable by the flush before a checkpoint names a file in it.
+            fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            self.new_dirs = true;
         }
-        Ok(self.tables.get_mut(id).expect("inserted"))
+        let seq = self.state.tables.get(&dname).copied().unwrap_or(0);
+        self.tables
+            .insert(id.clone(), TableFiles { dir, next_seq: seq, committed_seq: seq, open: None, staged: Vec::new() });
+        Ok(())
     }
 
     /// A new file for table `t` (created on disk at its first write out).
@@ -483,7 +480,15 @@ impl FilesSink {
         let roll_rows = self.cfg.roll.rows;
         let roll_bytes = self.cfg.roll.bytes;
         let id = &ev.table.id;
-        let t = self.table_mut(id)?;
+        // One map lookup per event on the common path (a known table, its
+        // file open, no schema change): it showed in profiles at ~6%.
+        let t = match self.tables.get_mut(id) {
+            Some(t) => t,
+            None => {
+                self.add_table(id)?;
+                self.tables.get_mut(id).expect("added above")
+            }
+        };
         // A schema change starts a new file for columnar formats.
         let mut reopen = false;
         if let Some(open) = &mut t.open {
@@ -496,10 +501,12 @@ impl FilesSink {
                 }
             }
         }
-        if reopen {
+        let t = if reopen {
             self.close_open(id)?;
-        }
-        let t = self.tables.get_mut(id).expect("table_mut added it");
+            self.tables.get_mut(id).expect("added above")
+        } else {
+            t
+        };
         if t.open.is_none() {
             let f = Self::open_file(format, t, &ev.table, ext);
             t.open = Some(f);
