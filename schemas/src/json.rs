@@ -9,7 +9,9 @@
 
 use base64::Engine;
 use sluice_core::value::{format_date, format_time, format_timestamp};
-use sluice_core::{ChangeEvent, Row, TableSchema, Value};
+use std::sync::Arc;
+
+use sluice_core::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Row, TableSchema, Value};
 
 /// Does any byte of `x` need escaping (`< 0x20`, `"` or `\\`)? Word at a time.
 #[inline]
@@ -177,45 +179,23 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
         Some(r) => write_row_opts(out, &ev.table, r, scratch, json_text),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"source\":{\"version\":\"");
-    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     if let Some(m) = &ev.mysql {
-        out.extend_from_slice(b"\",\"connector\":\"mysql\",\"db\":");
-        write_str(out, &ev.table.id.schema);
-        out.extend_from_slice(b",\"table\":");
-        write_str(out, &ev.table.id.name);
-        out.extend_from_slice(b",\"server_id\":");
-        write_int(out, m.server_id);
-        out.extend_from_slice(b",\"gtid\":");
-        match m.gtid {
-            sluice_core::EventGtid::None => out.extend_from_slice(b"null"),
-            sluice_core::EventGtid::MariaDb { domain, server, seq } => {
-                out.push(b'"');
-                write_int(out, domain);
-                out.push(b'-');
-                write_int(out, server);
-                out.push(b'-');
-                write_int(out, seq);
-                out.push(b'"');
+        // Everything of the source block up to the file name is the same for
+        // every row of a rows event (and usually of a transaction): encoded
+        // once, copied for each row.
+        MYSQL_SOURCE.with(|cache| {
+            let mut c = cache.borrow_mut();
+            let hit = c.key.as_ref().is_some_and(|(t, file, gtid, server)| {
+                Arc::ptr_eq(t, &ev.table) && *file == m.file && *gtid == m.gtid && *server == m.server_id
+            });
+            if !hit {
+                let MysqlSourceCache { key, bytes } = &mut *c;
+                bytes.clear();
+                write_mysql_source_head(bytes, ev, m, scratch);
+                *key = Some((ev.table.clone(), m.file, m.gtid, m.server_id));
             }
-            g => {
-                use std::fmt::Write;
-                scratch.clear();
-                let _ = write!(scratch, "{g}");
-                write_str(out, scratch);
-            }
-        }
-        out.extend_from_slice(b",\"file\":");
-        write_str(out, m.file.base);
-        out.pop();
-        out.push(b'.');
-        let mut b = itoa::Buffer::new();
-        let digits = b.format(m.file.seq);
-        for _ in digits.len()..m.file.width as usize {
-            out.push(b'0');
-        }
-        out.extend_from_slice(digits.as_bytes());
-        out.push(b'"');
+            out.extend_from_slice(&c.bytes);
+        });
         out.extend_from_slice(b",\"pos\":");
         write_int(out, m.pos);
         out.extend_from_slice(b",\"row\":");
@@ -229,6 +209,8 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
         out.push(b'}');
         return;
     }
+    out.extend_from_slice(b",\"source\":{\"version\":\"");
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"db\":");
     write_str(out, &ev.table.database);
     out.extend_from_slice(b",\"schema\":");
@@ -253,6 +235,60 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
     out.extend_from_slice(b"\\\"]\"},\"ts_ms\":");
     write_int(out, now_ms);
     out.push(b'}');
+}
+
+/// The encoded head of a MySQL event's source block, per table, binlog
+/// file, GTID and server (see [`write_mysql_source_head`]).
+#[derive(Default)]
+struct MysqlSourceCache {
+    key: Option<(Arc<TableSchema>, BinlogFile, EventGtid, u32)>,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static MYSQL_SOURCE: std::cell::RefCell<MysqlSourceCache> = std::cell::RefCell::default();
+}
+
+/// `,"source":{"version":…,"connector":"mysql","db":…,"table":…,"server_id":…,"gtid":…,"file":"…"`
+fn write_mysql_source_head(out: &mut Vec<u8>, ev: &ChangeEvent, m: &MysqlOrigin, scratch: &mut String) {
+    out.extend_from_slice(b",\"source\":{\"version\":\"");
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(b"\",\"connector\":\"mysql\",\"db\":");
+    write_str(out, &ev.table.id.schema);
+    out.extend_from_slice(b",\"table\":");
+    write_str(out, &ev.table.id.name);
+    out.extend_from_slice(b",\"server_id\":");
+    write_int(out, m.server_id);
+    out.extend_from_slice(b",\"gtid\":");
+    match m.gtid {
+        EventGtid::None => out.extend_from_slice(b"null"),
+        EventGtid::MariaDb { domain, server, seq } => {
+            out.push(b'"');
+            write_int(out, domain);
+            out.push(b'-');
+            write_int(out, server);
+            out.push(b'-');
+            write_int(out, seq);
+            out.push(b'"');
+        }
+        g => {
+            use std::fmt::Write;
+            scratch.clear();
+            let _ = write!(scratch, "{g}");
+            write_str(out, scratch);
+        }
+    }
+    out.extend_from_slice(b",\"file\":");
+    write_str(out, m.file.base);
+    out.pop();
+    out.push(b'.');
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(m.file.seq);
+    for _ in digits.len()..m.file.width as usize {
+        out.push(b'0');
+    }
+    out.extend_from_slice(digits.as_bytes());
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -341,5 +377,62 @@ mod tests {
         assert_eq!(v["source"]["ts_ms"], 1500);
         assert_eq!(v["source"]["snapshot"], "false");
         assert_eq!(v["source"]["sequence"], "[\"100\",\"90\"]");
+    }
+
+    /// The MySQL source block's head is cached: rows of one event share it,
+    /// and a change of table, file, GTID or server id is never written with
+    /// a stale one.
+    #[test]
+    fn mysql_source_blocks_follow_every_change() {
+        let table = |name: &str| {
+            Arc::new(TableSchema {
+                database: String::new(),
+                id: TableId::new("shop", name),
+                columns: vec![col("id", ColumnType::Int64)],
+                replica_identity: ReplicaIdentity::Default,
+                version: 0,
+            })
+        };
+        let (a, b) = (table("a"), table("b\"x"));
+        let ev = |t: &Arc<TableSchema>, file: &str, gtid: EventGtid, server_id: u32, pos: u64, row: u32| ChangeEvent {
+            op: sluice_core::Op::Create,
+            table: t.clone(),
+            before: None,
+            after: Some(Row::new(vec![Value::Int(row as i64)])),
+            commit_lsn: 1,
+            lsn: 1,
+            tx_id: None,
+            commit_ts_us: 2_000_000,
+            snapshot: false,
+            mysql: Some(MysqlOrigin { file: BinlogFile::parse(file), gtid, pos, server_id, row }),
+        };
+        let g1 = EventGtid::MariaDb { domain: 0, server: 1, seq: 7 };
+        let g2 = EventGtid::MariaDb { domain: 0, server: 1, seq: 8 };
+        let cases = [
+            (ev(&a, "binlog.000001", g1, 1, 100, 0), "shop", "a", "binlog.000001", "0-1-7", 1, 100, 0),
+            (ev(&a, "binlog.000001", g1, 1, 100, 1), "shop", "a", "binlog.000001", "0-1-7", 1, 100, 1),
+            (ev(&b, "binlog.000001", g1, 1, 200, 0), "shop", "b\"x", "binlog.000001", "0-1-7", 1, 200, 0),
+            (ev(&b, "binlog.000001", g2, 1, 300, 0), "shop", "b\"x", "binlog.000001", "0-1-8", 1, 300, 0),
+            (ev(&b, "binlog.000002", g2, 1, 4, 0), "shop", "b\"x", "binlog.000002", "0-1-8", 1, 4, 0),
+            (ev(&b, "binlog.000002", g2, 9, 4, 1), "shop", "b\"x", "binlog.000002", "0-1-8", 9, 4, 1),
+            (ev(&a, "binlog.000002", EventGtid::None, 9, 5, 0), "shop", "a", "binlog.000002", "", 9, 5, 0),
+        ];
+        for (e, db, t, file, gtid, server, pos, row) in cases {
+            let mut out = Vec::new();
+            write_event(&mut out, &e, 42, &mut String::new());
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let s = &v["source"];
+            assert_eq!(s["connector"], "mysql");
+            assert_eq!((s["db"].as_str(), s["table"].as_str(), s["file"].as_str()), (Some(db), Some(t), Some(file)));
+            assert_eq!(s["gtid"].as_str().unwrap_or(""), gtid);
+            assert_eq!(
+                (s["server_id"].as_u64(), s["pos"].as_u64(), s["row"].as_u64()),
+                (Some(server), Some(pos), Some(row as u64))
+            );
+            assert_eq!(
+                (s["ts_ms"].as_i64(), v["ts_ms"].as_i64(), v["after"]["id"].as_i64()),
+                (Some(2000), Some(42), Some(row as i64))
+            );
+        }
     }
 }
