@@ -109,8 +109,9 @@ verbose() {
 sluice_into() { # kind n
   local log="$WORK/$1$2.log"
   local wrap=()
-  # BENCH_PERF=js (bh, jm, pq): profile that consumer's second sample into /tmp/sluice-mysql.perf.
-  [ "${BENCH_PERF:-}" = "$1" ] && [ "$2" = 2 ] && wrap=(perf record -F 999 -g -o /tmp/sluice-mysql.perf --)
+  # BENCH_PERF=js (bh, jm, pq): profile that consumer's second sample into /tmp/sluice-mysql.perf
+  # (DWARF call graphs: release builds have no frame pointers).
+  [ "${BENCH_PERF:-}" = "$1" ] && [ "$2" = 2 ] && wrap=(perf record -F 1999 --call-graph dwarf,32768 -o /tmp/sluice-mysql.perf --)
   timed /usr/bin/time -f "%M" -o "$WORK/rss" "${wrap[@]}" "$SLUICE" run "$WORK/$1$2.yaml" --until-caught-up >/dev/null 2>"$log" \
     || failed "sluice $1" "$log"
   RSS=$(($(cat "$WORK/rss") / 1024))
