@@ -264,6 +264,9 @@ impl Sink for AnySink {
     async fn checkpointed(&mut self) -> Result<(), SinkError> {
         each_sink!(self, s => s.checkpointed().await)
     }
+    fn wrote_after_checkpoint(&self) -> bool {
+        each_sink!(self, s => s.wrote_after_checkpoint())
+    }
     async fn durable_flushes(&mut self, wait: bool) -> Result<u64, SinkError> {
         each_sink!(self, s => s.durable_flushes(wait).await)
     }

@@ -493,7 +493,7 @@ async fn drive<K: Sink>(
                 // again so the run ends with that delivered too, not only
                 // recorded for the next run to replay.
                 for _ in 0..3 {
-                    if !f.sink.has_unflushed() {
+                    if !f.sink.wrote_after_checkpoint() {
                         break;
                     }
                     f.flush(position.clone(), &held).await?;

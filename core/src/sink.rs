@@ -51,8 +51,15 @@ pub trait Sink: Send {
     }
     /// The checkpoint of the last flush is stored. A sink may write more
     /// now (what it staged until that checkpoint named it); it then reports
-    /// `has_unflushed`, and the runtime flushes again before a run ends.
+    /// [`Sink::wrote_after_checkpoint`].
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// True when `checkpointed` wrote data that no flush has covered yet.
+    /// Before a run ends the runtime flushes again while this holds (at
+    /// most three times; whatever is left, the next run replays from the
+    /// stored checkpoint).
+    fn wrote_after_checkpoint(&self) -> bool {
+        false
+    }
     /// How many of this sink's `flush` calls so far are durable. A target
     /// that acknowledges commits before making them durable (Postgres with
     /// `synchronous_commit = off`, InnoDB with `innodb_flush_log_at_trx_commit`

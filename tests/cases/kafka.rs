@@ -276,6 +276,7 @@ async fn kafka_snapshot_delivered_before_a_caught_up_run_ends() {
     let p = env.pipeline("ks", &["public.*"], &sink, "snapshot:\n  parallelism: 2\n");
     let r = catch_up(&p).await;
     let msgs = read_topics(&kafka.brokers(), "ks.");
+    assert_eq!(msgs.len(), 20300, "{}", r.stderr);
     let out = decode(&msgs, None);
     assert_eq!(out["public.big"].len(), 20000, "{}", r.stderr);
     assert_eq!(out["public.small"].len(), 300, "{}", r.stderr);

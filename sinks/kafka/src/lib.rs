@@ -674,6 +674,11 @@ impl Sink for KafkaSink {
         Duration::from_secs(1)
     }
 
+    /// Finished snapshot spools are produced in `checkpointed`.
+    fn wrote_after_checkpoint(&self) -> bool {
+        self.since_flush > 0
+    }
+
     async fn flush(&mut self, hold: &HashSet<TableId>, _next: &Checkpoint) -> Result<serde_json::Value, SinkError> {
         self.end_tx().await?;
         // Finish the spools of tables whose copy is complete.
