@@ -488,7 +488,7 @@ async fn drive<K: Sink>(
                 tables_done = false;
             }
             if caught_up || stopping {
-                // A sink may write more once a checkpoint is durable (the
+                // A sink may write more once a checkpoint is stored (the
                 // Kafka sink produces finished snapshot spools then): flush
                 // again so the run ends with that delivered too, not only
                 // recorded for the next run to replay.
