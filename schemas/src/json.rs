@@ -209,9 +209,7 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
         out.push(b'}');
         return;
     }
-    out.extend_from_slice(b",\"source\":{\"version\":\"");
-    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-    out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"db\":");
+    write_source_start(out, b"postgresql");
     write_str(out, &ev.table.database);
     out.extend_from_slice(b",\"schema\":");
     write_str(out, &ev.table.id.schema);
@@ -249,11 +247,19 @@ thread_local! {
     static MYSQL_SOURCE: std::cell::RefCell<MysqlSourceCache> = std::cell::RefCell::default();
 }
 
-/// `,"source":{"version":…,"connector":"mysql","db":…,"table":…,"server_id":…,"gtid":…,"file":"…"`
-fn write_mysql_source_head(out: &mut Vec<u8>, ev: &ChangeEvent, m: &MysqlOrigin, scratch: &mut String) {
+/// `,"source":{"version":"…","connector":"<connector>","db":` — the start of
+/// every event's source block.
+fn write_source_start(out: &mut Vec<u8>, connector: &[u8]) {
     out.extend_from_slice(b",\"source\":{\"version\":\"");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-    out.extend_from_slice(b"\",\"connector\":\"mysql\",\"db\":");
+    out.extend_from_slice(b"\",\"connector\":\"");
+    out.extend_from_slice(connector);
+    out.extend_from_slice(b"\",\"db\":");
+}
+
+/// `,"source":{"version":…,"connector":"mysql","db":…,"table":…,"server_id":…,"gtid":…,"file":"…"`
+fn write_mysql_source_head(out: &mut Vec<u8>, ev: &ChangeEvent, m: &MysqlOrigin, scratch: &mut String) {
+    write_source_start(out, b"mysql");
     write_str(out, &ev.table.id.schema);
     out.extend_from_slice(b",\"table\":");
     write_str(out, &ev.table.id.name);

@@ -284,6 +284,43 @@ async fn kafka_snapshot_delivered_before_a_caught_up_run_ends() {
     assert_eq!(read_topics(&kafka.brokers(), "ks.").len(), 20300);
 }
 
+/// SIGTERM while tables are still being copied (their spools held, never
+/// finished): the run stops cleanly, and the next run copies them again and
+/// delivers every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sigterm_mid_snapshot_then_resume() {
+    let env = Env::new("kafkaterm");
+    let kafka = Tansu::start();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g;
+         CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 300);",
+    )
+    .await
+    .unwrap();
+    let sink = format!("  type: kafka\n  brokers: {}\n  topic: \"kt.{{table}}\"\n  partitions: 3\n", kafka.brokers());
+    let p = env.pipeline("kt", &["public.*"], &sink, "snapshot:\n  parallelism: 2\n");
+    let spool = p.parent().unwrap().join("state-kt").join("kafka-spool");
+    let mut run = spawn_run(&p);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Stop while the big table's spool is being written.
+    while !std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "no snapshot spool appeared in {}", spool.display());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();
+    assert!(status.success(), "sluice run exited with {status:?} after SIGTERM");
+    let r = catch_up(&p).await;
+    let msgs = read_topics(&kafka.brokers(), "kt.");
+    assert_eq!(msgs.len(), 300_300, "{}", r.stderr);
+    let out = decode(&msgs, None);
+    assert_eq!(out["public.big"].len(), 300_000);
+    assert_eq!(out["public.small"].len(), 300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_bad_settings_fail_clearly() {
     let env = Env::new("kafkabad");
