@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Position;
+use crate::schema::TableId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,9 +55,9 @@ pub struct Checkpoint {
     /// Stream resume point (None before the first checkpoint of a stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
-    /// Per-table snapshot state, keyed by `schema.table`.
-    #[serde(default)]
-    pub tables: BTreeMap<String, TableState>,
+    /// Per-table snapshot state (keys in files: see [`table_keys`]).
+    #[serde(default, with = "table_keys")]
+    pub tables: BTreeMap<TableId, TableState>,
     /// Source-specific state (e.g. the slot and publication it created).
     #[serde(default)]
     pub source: serde_json::Value,
@@ -169,9 +170,128 @@ impl CheckpointStore for FileCheckpointStore {
     }
 }
 
+/// How tables are named in checkpoint files: `schema.table`, as every
+/// earlier version wrote them, when neither name holds a `.` or a `"`;
+/// otherwise both names quoted like SQL identifiers (`"my.schema"."t"`),
+/// so that no key is ambiguous. Keys of files written before (always
+/// unquoted) load as they always did: split at the first `.`.
+pub mod table_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Deserializer;
+    use serde::ser::{SerializeMap, Serializer};
+    use serde::Deserialize;
+
+    use super::TableState;
+    use crate::schema::{quote_ident, TableId};
+
+    /// The key of `id`.
+    pub fn key(id: &TableId) -> String {
+        let plain = |s: &str| !s.contains('.') && !s.contains('"');
+        if plain(&id.schema) && plain(&id.name) {
+            format!("{}.{}", id.schema, id.name)
+        } else {
+            format!("{}.{}", quote_ident(&id.schema), quote_ident(&id.name))
+        }
+    }
+
+    /// The table a key names.
+    pub fn parse(key: &str) -> TableId {
+        if let Some((schema, rest)) = quoted(key) {
+            if let Some((name, "")) = rest.strip_prefix('.').and_then(quoted) {
+                return TableId::new(schema, name);
+            }
+        }
+        match key.split_once('.') {
+            Some((s, n)) => TableId::new(s, n),
+            None => TableId::new("", key),
+        }
+    }
+
+    /// A leading `"..."` identifier (`""` inside is one `"`), and the rest.
+    fn quoted(s: &str) -> Option<(String, &str)> {
+        let mut chars = s.strip_prefix('"')?.char_indices().peekable();
+        let mut out = String::new();
+        while let Some((i, c)) = chars.next() {
+            if c != '"' {
+                out.push(c);
+            } else if chars.peek().is_some_and(|&(_, n)| n == '"') {
+                out.push('"');
+                chars.next();
+            } else {
+                return Some((out, &s[i + 2..]));
+            }
+        }
+        None
+    }
+
+    pub fn serialize<S: Serializer>(tables: &BTreeMap<TableId, TableState>, ser: S) -> Result<S::Ok, S::Error> {
+        let mut map = ser.serialize_map(Some(tables.len()))?;
+        for (id, state) in tables {
+            map.serialize_entry(&key(id), state)?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<BTreeMap<TableId, TableState>, D::Error> {
+        let raw = BTreeMap::<String, TableState>::deserialize(de)?;
+        Ok(raw.into_iter().map(|(k, v)| (parse(&k), v)).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_keys_are_unambiguous_and_compatible() {
+        for (schema, name, key) in [
+            ("public", "acct", "public.acct"),
+            ("my.schema", "t", "\"my.schema\".\"t\""),
+            ("s", "a.b", "\"s\".\"a.b\""),
+            ("we\"ird", "x.\"y", "\"we\"\"ird\".\"x.\"\"y\""),
+            ("", "t", ".t"),
+        ] {
+            let id = TableId::new(schema, name);
+            assert_eq!(table_keys::key(&id), key);
+            assert_eq!(table_keys::parse(key), id, "{key}");
+        }
+        // Keys of earlier files: unquoted, split at the first dot.
+        assert_eq!(table_keys::parse("shop.acct"), TableId::new("shop", "acct"));
+        assert_eq!(table_keys::parse("s.a.b"), TableId::new("s", "a.b"));
+        assert_eq!(table_keys::parse("\"broken"), TableId::new("", "\"broken"));
+    }
+
+    /// A checkpoint file as Sluice wrote it before tables were keyed by
+    /// `TableId` (the format of every release so far) still loads, and is
+    /// written back the same.
+    #[test]
+    fn a_checkpoint_file_of_the_earlier_format_loads() {
+        let old = r#"{
+  "version": 1,
+  "pipeline": "orders",
+  "position": { "type": "postgres", "lsn": 23456789 },
+  "tables": {
+    "public.acct": { "snapshot": "done", "snapshot_position": { "type": "postgres", "lsn": 1234 }, "snapshot_rows": 300 },
+    "shop.orders": { "snapshot": "copying", "snapshot_rows": 0, "transforms": "f1" },
+    "public.bad": { "snapshot": "done", "snapshot_rows": 1, "stopped": "bad bytes" }
+  },
+  "source": { "slot": "sluice_orders" },
+  "sink": { "files": 3 },
+  "updated_ms": 1700000000000
+}"#;
+        let cp: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(cp.pipeline, "orders");
+        assert_eq!(cp.position, Some(Position::Postgres { lsn: 23456789 }));
+        let acct = &cp.tables[&TableId::new("public", "acct")];
+        assert_eq!((acct.snapshot, acct.snapshot_rows), (SnapshotState::Done, 300));
+        assert_eq!(acct.snapshot_position, Some(Position::Postgres { lsn: 1234 }));
+        assert_eq!(cp.tables[&TableId::new("shop", "orders")].snapshot, SnapshotState::Copying);
+        assert_eq!(cp.tables[&TableId::new("public", "bad")].stopped.as_deref(), Some("bad bytes"));
+        let again: serde_json::Value = serde_json::to_value(&cp).unwrap();
+        let before: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(again["tables"], before["tables"]);
+    }
 
     #[test]
     fn save_load_round_trip() {
@@ -181,7 +301,7 @@ mod tests {
         let mut cp = Checkpoint::new("p");
         cp.position = Some(Position::Postgres { lsn: u64::MAX - 1 });
         cp.tables.insert(
-            "a.b".into(),
+            TableId::new("a.x", "b"),
             TableState {
                 snapshot: SnapshotState::Done,
                 snapshot_position: None,

@@ -43,6 +43,48 @@ impl SourceError {
     }
 }
 
+/// An error of a database client (`clients/*`), classified once for sources
+/// and sinks alike; it converts into either.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct ClientError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ClientError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ClientError { kind, message: message.into(), source: None }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fatal, message)
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+}
+
+impl From<ClientError> for SourceError {
+    fn from(e: ClientError) -> Self {
+        SourceError { kind: e.kind, message: e.message, source: e.source }
+    }
+}
+
+impl From<ClientError> for SinkError {
+    fn from(e: ClientError) -> Self {
+        SinkError { kind: e.kind, message: e.message, source: e.source, table: None }
+    }
+}
+
 #[derive(Debug, Error)]
 #[error("{message}")]
 pub struct SinkError {

@@ -68,6 +68,36 @@ impl Position {
     }
 }
 
+/// Positions of one source are totally ordered: Postgres by LSN; MySQL and
+/// MariaDB by binlog file number (the digits after the last `.`, so
+/// `binlog.1000000` follows `binlog.999999`), then offset, then GTID state
+/// (an equal coordinate reported without one sorts first). Positions of
+/// different engines never meet in one pipeline; Postgres sorts first.
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (Position::Postgres { lsn: a }, Position::Postgres { lsn: b }) => a.cmp(b),
+            (Position::Mysql { file: fa, pos: pa, gtid: ga }, Position::Mysql { file: fb, pos: pb, gtid: gb }) => {
+                (binlog_number(fa), fa, pa, ga).cmp(&(binlog_number(fb), fb, pb, gb))
+            }
+            (Position::Postgres { .. }, Position::Mysql { .. }) => Ordering::Less,
+            (Position::Mysql { .. }, Position::Postgres { .. }) => Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The number of a binlog file name (`mysql-bin.000042` → 42; 0 without one).
+fn binlog_number(file: &str) -> u64 {
+    file.rsplit_once('.').and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
+}
+
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

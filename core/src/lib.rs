@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod preflight;
+pub mod pushdown;
 pub mod runtime;
 pub mod schema;
 pub mod sink;
@@ -29,7 +30,7 @@ pub mod value;
 pub mod whole_rows;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
-pub use error::{ErrorKind, SinkError, SourceError};
+pub use error::{ClientError, ErrorKind, SinkError, SourceError};
 pub use event::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;

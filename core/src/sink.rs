@@ -18,10 +18,16 @@ use crate::schema::{TableId, TableSchema};
 ///   to exactly that state: whatever was written after the checkpoint is
 ///   discarded or ignored, because the source will send it again.
 /// - `write` may buffer. Nothing written is durable until `flush`.
-/// - `flush` makes every event written so far durable — except events of the
-///   tables in `hold`, which stay pending (their snapshot is still being
-///   copied) — and returns the state to record in the checkpoint. The runtime
-///   calls it only at transaction boundaries.
+/// - `flush` makes every event written so far durable and returns the state
+///   to record in the checkpoint. The runtime calls it only at transaction
+///   boundaries. Tables in `hold` are still being copied (the checkpoint
+///   records their copy as in progress): a sink may keep their rows pending
+///   (the files sink does, so a file never shows part of a copy) or make
+///   them durable with the rest (the replica sinks do, in the same target
+///   transaction as the checkpoint). Either way a copy interrupted by a
+///   crash is done again from scratch, so rows made durable early must be
+///   replaced when it starts again (`snapshot_started`: the replicas empty
+///   the table in the transaction that holds the new rows).
 /// - `checkpointed` is called after that checkpoint is durable; a sink may
 ///   only now publish what it staged (e.g. rename files into place). A crash
 ///   before it is called must be repaired by the next `open`.

@@ -62,6 +62,15 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
             GOOD.replace("  type: blackhole\n", "  type: kafka\n  brokers: 127.0.0.1:1\n  format: avro\n"),
             vec!["sink.schema_registry: required for format: avro"],
         ),
+        // The documented limits.
+        ("parallelism_0.yaml", format!("{GOOD}snapshot:\n  parallelism: 0\n"), vec!["snapshot.parallelism: 0 must be between 1 and 64"]),
+        ("parallelism_65.yaml", format!("{GOOD}snapshot:\n  parallelism: 65\n"), vec!["snapshot.parallelism: 65 must be between 1 and 64"]),
+        ("long_name.yaml", GOOD.replace("name: t\n", &format!("name: {}\n", "n".repeat(51))), vec!["name: must be 1 to 50 characters"]),
+        (
+            "roll_zero.yaml",
+            GOOD.replace("  type: blackhole\n", "  type: files\n  path: o\n  roll:\n    bytes: 0\n"),
+            vec!["sink.roll: rows, bytes and seconds must be positive"],
+        ),
         (
             "many.yaml",
             GOOD.replace("version: 1", "version: 9").replace("[\"public.*\"]", "[]"),

@@ -84,27 +84,9 @@ async fn sigkill_at_random_points_is_exactly_once() {
     );
 
     let work = tokio::spawn(workload(env.url(), seed, 250));
-    let mut kills = 0;
     // The first kill lands early, inside the snapshot.
-    let mut first = true;
-    while !work.is_finished() || kills < 8 {
-        let mut a = spawn_run(&pj);
-        let mut b = spawn_run(&pp);
-        let ms = if first { rng.gen_range(150..700) } else { rng.gen_range(300..2500) };
-        first = false;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        a.start_kill().unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
-        b.start_kill().unwrap();
-        let _ = a.wait().await;
-        let _ = b.wait().await;
-        kills += 1;
-        if kills > 40 {
-            break;
-        }
-    }
-    work.await.unwrap();
-    eprintln!("killed each pipeline {kills} times");
+    let plan = KillPlan { first_ms: 150..700, later_ms: 300..2500, min: 8, max: 41 };
+    let kills = kill_all_repeatedly(&[&pj, &pp], work, &mut rng, plan).await;
     // The kills must have hit the stream too, not only the snapshot.
     for name in ["cj", "cp"] {
         let cp: serde_json::Value = serde_json::from_str(
@@ -116,6 +98,7 @@ async fn sigkill_at_random_points_is_exactly_once() {
     }
     catch_up(&pj).await;
     catch_up(&pp).await;
+    kills.assert_mid_work();
 
     let out = read_jsonl(&env.out("cj"));
     check_versions(&out["public.acct"]);
@@ -213,22 +196,19 @@ async fn server_restart_mid_stream() {
     let end: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     let end = sluice_core::event::parse_lsn(&end).unwrap();
     let cp_file = env.dir.join("state-rs").join("checkpoint.json");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    wait_until(Duration::from_secs(120), Duration::from_millis(200), "pipeline resumes after the restart", || async {
         let pos = std::fs::read_to_string(&cp_file)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["position"]["lsn"].as_u64())
             .unwrap_or(0);
         if pos >= end {
-            break;
+            Ok(())
+        } else {
+            Err(format!("checkpoint {pos}, end {end}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pipeline did not resume after the restart (checkpoint {pos}, end {end})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
     let status = tokio::time::timeout(Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();

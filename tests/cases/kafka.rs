@@ -137,8 +137,9 @@ async fn postgres_to_kafka_exactly_once_across_sigkills() {
     eprintln!("kafka crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(super::pg_sink::replica_workload(env.url(), seed));
-    super::pg_sink::kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     let r = catch_up(&p).await;
+    kills.assert_mid_work();
     eprintln!("{}", r.stderr.lines().last().unwrap_or_default());
 
     let msgs = read_topics(&kafka.brokers(), "pk.");
@@ -183,8 +184,9 @@ async fn mysql_to_kafka_json_schema_exactly_once() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let url = env.url();
     let work = tokio::spawn(async move { super::mysql_stream::workload(url, seed, 120).await });
-    super::pg_sink::kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
+    kills.assert_mid_work();
     let msgs = read_topics(&kafka.brokers(), "mk.");
     // The Connect schema travels with every message.
     let first: serde_json::Value = serde_json::from_str(msgs[0].value.as_ref().unwrap()).unwrap();
@@ -216,12 +218,13 @@ async fn postgres_to_kafka_avro_with_schema_registry() {
     eprintln!("avro crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(super::crash::workload(env.url(), seed, 60));
-    super::pg_sink::kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     // A column added mid-stream registers a new version of the value schema.
     c.batch_execute("ALTER TABLE hist ADD COLUMN extra int; INSERT INTO hist (acct, note, extra) VALUES (1, 'x', 7)")
         .await
         .unwrap();
     catch_up(&p).await;
+    kills.assert_mid_work();
     {
         let s = reg.state.lock().unwrap();
         assert_eq!(s.subjects["pa.public.hist-value"].len(), 2, "{:?}", s.subjects);
@@ -302,12 +305,16 @@ async fn kafka_sigterm_mid_snapshot_then_resume() {
     let p = env.pipeline("kt", &["public.*"], &sink, "snapshot:\n  parallelism: 2\n");
     let spool = p.parent().unwrap().join("state-kt").join("kafka-spool");
     let mut run = spawn_run(&p);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Stop while the big table's spool is being written.
-    while !std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some()) {
-        assert!(std::time::Instant::now() < deadline, "no snapshot spool appeared in {}", spool.display());
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let ms = std::time::Duration::from_millis(1);
+    wait_until(60_000 * ms, 5 * ms, "a snapshot spool appears", || async {
+        if std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{} is empty", spool.display()))
+        }
+    })
+    .await;
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
     let status =
@@ -360,8 +367,9 @@ async fn mysql_to_kafka_avro_exactly_once() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let url = env.url();
     let work = tokio::spawn(async move { super::mysql_stream::workload(url, seed, 60).await });
-    super::pg_sink::kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
+    kills.assert_mid_work();
     // Changes after the copy, so the stream path is always covered.
     env.sql("INSERT INTO shop.acct (id, v, n) VALUES (-1, 'new', 1.5); UPDATE shop.acct SET v = 'u', ver = ver + 1 WHERE id = 1; DELETE FROM shop.acct WHERE id = 3");
     catch_up(&p).await;

@@ -1,3 +1,4 @@
+mod architecture;
 mod big_tx;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod mysql_tls;
 pub(crate) mod mysql_types;
 pub(crate) mod pg_sink;
 mod pipelines;
+mod promises;
 mod stream;
 mod streaming;
 pub(crate) mod tls;

@@ -5,7 +5,6 @@
 
 use rand::SeedableRng;
 
-use super::pg_sink::kill_repeatedly;
 use crate::harness::*;
 
 fn seed() -> u64 {
@@ -74,8 +73,9 @@ async fn postgres_to_mysql_exactly_once() {
     eprintln!("pg->mysql crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(super::pg_sink::replica_workload(env.url(), seed));
-    kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
+    kills.assert_mid_work();
     assert_pg_my(&c, &target).await;
     let v = sluice(&["verify", p.to_str().unwrap()]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
@@ -317,7 +317,7 @@ async fn mysql_to_mysql_exactly_once() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let url = env.url();
     let work = tokio::spawn(super::mysql_stream::workload(url, seed, 120));
-    kill_repeatedly(&p, work, &mut rng, 100..400).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 100..400).await;
     super::mysql_types::insert_rows(&env, 100);
     env.sql(
         "UPDATE shop.types SET vc = 'changed', u64 = 7, tm6 = '-01:00:00.25', bits = b'101' WHERE id IN (101, 3); \
@@ -326,6 +326,7 @@ async fn mysql_to_mysql_exactly_once() {
          DELETE FROM shop.`odd ``name``` WHERE `select` = 2;",
     );
     catch_up(&p).await;
+    kills.assert_mid_work();
     let b64 = |c: &str| format!("REPLACE(TO_BASE64({c}), '\\n', '')");
     let types_sql = format!(
         "SELECT JSON_OBJECT('id', id, 'i8', i8, 'u8', u8, 'i16', i16, 'u16', u16, 'i24', i24, 'u24', u24, 'i32', i32, \

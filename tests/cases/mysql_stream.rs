@@ -174,26 +174,9 @@ async fn mysql_sigkill_at_random_points_is_exactly_once() {
         "snapshot:\n  parallelism: 2\n",
     );
     let work = tokio::spawn(workload(env.url(), seed, 200));
-    let mut kills = 0;
-    let mut first = true;
-    while !work.is_finished() || kills < 8 {
-        let mut a = spawn_run(&pj);
-        let mut b = spawn_run(&pp);
-        let ms = if first { rng.gen_range(100..500) } else { rng.gen_range(300..2500) };
-        first = false;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        a.start_kill().unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
-        b.start_kill().unwrap();
-        let _ = a.wait().await;
-        let _ = b.wait().await;
-        kills += 1;
-        if kills > 40 {
-            break;
-        }
-    }
-    work.await.unwrap();
-    eprintln!("killed each pipeline {kills} times");
+    // The first kill lands early, inside the snapshot.
+    let plan = KillPlan { first_ms: 100..500, later_ms: 300..2500, min: 8, max: 41 };
+    let kills = kill_all_repeatedly(&[&pj, &pp], work, &mut rng, plan).await;
     for name in ["mcj", "mcp"] {
         let cp: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(env.dir.join(format!("state-{name}/checkpoint.json"))).unwrap(),
@@ -204,6 +187,7 @@ async fn mysql_sigkill_at_random_points_is_exactly_once() {
     }
     catch_up(&pj).await;
     catch_up(&pp).await;
+    kills.assert_mid_work();
 
     let out = read_jsonl(&env.out("mcj"));
     check_versions(&out["shop.acct"]);
@@ -265,15 +249,15 @@ async fn mysql_server_restart_mid_stream() {
     workload(env.url(), 8, 40).await;
     let end = master_pos(&env);
     let cp_file = env.dir.join("state-mrs").join("checkpoint.json");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    wait_until(Duration::from_secs(120), Duration::from_millis(200), "pipeline resumes after the restart", || async {
         let pos = checkpoint_pos(&cp_file).unwrap_or((0, 0));
         if pos >= end {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{pos:?} < {end:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "pipeline did not resume after the restart ({pos:?} < {end:?})");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
     let status = tokio::time::timeout(Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();
@@ -303,15 +287,16 @@ async fn mysql_purged_binlog_is_a_clear_error() {
     let last = last.split('\t').next().unwrap().to_string();
     // A dump thread of the finished run may hold the old binlog open for a
     // moment (until its next heartbeat fails): retry the purge.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), Duration::from_millis(300), "the server purges binlog.000001", || async {
         env.sql(&format!("PURGE BINARY LOGS TO '{last}'"));
-        if !env.sql("SHOW BINARY LOGS").contains("binlog.000001") {
-            break;
+        let logs = env.sql("SHOW BINARY LOGS");
+        if logs.contains("binlog.000001") {
+            Err(logs)
+        } else {
+            Ok(())
         }
-        assert!(std::time::Instant::now() < deadline, "the server does not purge binlog.000001");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
     let r = sluice(&["run", p.to_str().unwrap(), "--until-caught-up"]).await;
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("no longer on the server") && r.stderr.contains("teardown"), "{}", r.stderr);

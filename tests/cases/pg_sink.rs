@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::harness::*;
 
@@ -59,30 +59,6 @@ pub(crate) async fn replica_workload(url: String, seed: u64) {
     }
 }
 
-/// SIGKILL runs of `p` at random moments (the first within `first_ms`) until
-/// the workload is done and at least five kills happened.
-pub(crate) async fn kill_repeatedly(
-    p: &std::path::Path,
-    work: tokio::task::JoinHandle<()>,
-    rng: &mut rand::rngs::StdRng,
-    first_ms: std::ops::Range<u64>,
-) {
-    let mut kills = 0;
-    while !work.is_finished() || kills < 5 {
-        let mut a = spawn_run(p);
-        let ms = if kills == 0 { rng.gen_range(first_ms.clone()) } else { rng.gen_range(300..2000) };
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        a.start_kill().unwrap();
-        let _ = a.wait().await;
-        kills += 1;
-        if kills > 30 {
-            break;
-        }
-    }
-    work.await.unwrap();
-    eprintln!("killed the pipeline {kills} times");
-}
-
 async fn assert_replica(src: &tokio_postgres::Client, dst: &tokio_postgres::Client) {
     for (name, sql, key) in QUERIES {
         let want = source_rows(src, sql, key).await;
@@ -108,8 +84,9 @@ async fn postgres_to_postgres_exactly_once() {
     eprintln!("pg sink crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(replica_workload(env.url(), seed));
-    kill_repeatedly(&p, work, &mut rng, 200..800).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 200..800).await;
     catch_up(&p).await;
+    kills.assert_mid_work();
     let dst = target_client(&target).await;
     assert_replica(&c, &dst).await;
     // Primary keys dropped for the copies are back, whatever the kills interrupted.
@@ -272,8 +249,9 @@ async fn mysql_to_postgres_sigkill_exactly_once() {
     eprintln!("mysql->pg crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let work = tokio::spawn(super::mysql_stream::workload(env.url(), seed, 120));
-    kill_repeatedly(&p, work, &mut rng, 100..400).await;
+    let kills = kill_repeatedly(&p, work, &mut rng, 100..400).await;
     catch_up(&p).await;
+    kills.assert_mid_work();
     let dst = target_client(&target).await;
     let want =
         env.rows("SELECT JSON_OBJECT('id', id, 'v', v, 'n', CAST(n AS CHAR), 'ver', ver) FROM shop.acct", &["id"]);

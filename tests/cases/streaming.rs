@@ -51,19 +51,20 @@ async fn streamed_transactions_commit_abort_and_subtransactions() {
     assert!(r.stderr.contains("streaming=true") || r.stderr.contains("streaming: true"), "{}", r.stderr);
     // The server did stream (not spill) the large transactions to us. Its
     // statistics arrive asynchronously: wait for them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let sec = std::time::Duration::from_secs(1);
+    wait_until(30 * sec, sec / 5, "expected streamed transactions", || async {
         let streamed: i64 = c
             .query_one("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'sluice_streaming'", &[])
             .await
             .unwrap()
             .get(0);
         if streamed >= 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("server reports {streamed}"))
         }
-        assert!(std::time::Instant::now() < deadline, "expected streamed transactions, server reports {streamed}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let out = read_jsonl(&env.out("streaming"));
     let evs = &out["public.s"];
     let text: String = evs.iter().map(|e| e.raw.to_string()).collect();

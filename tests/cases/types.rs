@@ -144,4 +144,44 @@ async fn types_into_parquet_and_arrow() {
     assert_eq!(format!("{:?}", schema.field(2).data_type()), "Decimal256(50, 5)");
     let total: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(total, 2);
+    // Arrow's values, not only its schema: the same rows as Parquet.
+    let arrow = read_arrow(&env.out("arrow"));
+    assert_eq!(replay(&arrow["public.t"], &["id"]).unwrap(), rows);
+
+    // The stream into both formats: an update, a numeric NaN (no decimal
+    // can hold it: null, with a warning), a delete, then a column added
+    // mid-stream, which starts a new file.
+    c.batch_execute(
+        "UPDATE t SET n = 99.99, tx = 'changed' WHERE id = 1; INSERT INTO t (id, n, big) VALUES (3, 'NaN', 'NaN'); \
+         DELETE FROM t WHERE id = 2; ALTER TABLE t ADD COLUMN extra int; INSERT INTO t (id, extra) VALUES (4, 7);",
+    )
+    .await
+    .unwrap();
+    for format in ["parquet", "arrow"] {
+        let r = catch_up(&env.dir.join(format!("col{format}.yaml"))).await;
+        assert!(r.stderr.contains("NaN"), "{format}: no warning about the NaN:\n{}", r.stderr);
+    }
+    let pq = replay(&read_parquet(&env.out("parquet"))["public.t"], &["id"]).unwrap();
+    let ar = replay(&read_arrow(&env.out("arrow"))["public.t"], &["id"]).unwrap();
+    assert_eq!(pq, ar);
+    assert_eq!((pq["\"1\""]["n"].as_str(), pq["\"1\""]["tx"].as_str()), (Some("99.99"), Some("changed")));
+    assert_eq!((&pq["\"3\""]["n"], &pq["\"3\""]["big"]), (&Value::Null, &Value::Null));
+    assert!(!pq.contains_key("\"2\""), "{pq:?}");
+    assert_eq!(pq["\"4\""]["extra"], "7");
+    for format in ["parquet", "arrow"] {
+        let files = completed_files(&env.out(format).join("public.t"), format);
+        let columns: Vec<usize> = files.iter().map(|f| column_count(f, format)).collect();
+        assert!(columns.windows(2).all(|w| w[0] <= w[1]) && columns.last() > columns.first(), "{format}: {columns:?}");
+    }
+}
+
+/// The number of columns of a Parquet or Arrow IPC file.
+fn column_count(f: &std::path::Path, format: &str) -> usize {
+    let file = std::fs::File::open(f).unwrap();
+    if format == "arrow" {
+        arrow_ipc::reader::FileReader::try_new(file, None).unwrap().schema().fields().len()
+    } else {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().fields().len()
+    }
 }

@@ -4,64 +4,48 @@
 
 #![allow(dead_code)]
 
-#[path = "../../src/pgcluster.rs"]
-pub mod pgcluster;
-
-#[path = "../../src/mycluster.rs"]
-pub mod mycluster;
+pub use sluice_testkit::{mycluster, pgcluster};
 
 pub mod duckdb;
 pub mod kafka;
+pub mod kill;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+pub use kill::{kill_all_repeatedly, kill_repeatedly, KillPlan};
 pub use mycluster::MyCluster;
 pub use pgcluster::PgCluster;
 use serde_json::{Map, Value};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// A test's world: a Postgres cluster and a scratch directory, both removed on drop.
-pub struct Env {
-    pub pg: PgCluster,
+/// A test's scratch directory (removed on drop, kept when the test fails)
+/// and the pipeline files it writes, for a source of either engine.
+pub struct Scratch {
     pub dir: PathBuf,
+    /// `postgres` or `mysql`.
+    source_type: &'static str,
+    source_url: String,
 }
 
-impl Env {
-    pub fn new(name: &str) -> Env {
-        Self::with_settings(name, &[])
-    }
-
-    pub fn with_settings(name: &str, extra: &[(&str, &str)]) -> Env {
-        let pg = PgCluster::start(extra).unwrap_or_else(|e| panic!("cannot start Postgres: {e}"));
-        let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}-{}", std::process::id(), pg.port));
+impl Scratch {
+    fn new(name: &str, port: u16, source_type: &'static str, source_url: String) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Env { pg, dir }
-    }
-
-    pub fn url(&self) -> String {
-        self.pg.url("postgres")
-    }
-
-    pub async fn client(&self) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        c.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await.unwrap();
-        c
+        Scratch { dir, source_type, source_url }
     }
 
     /// Write a pipeline file; `sink` is the YAML body of the `sink:` mapping (indented by 2).
     pub fn pipeline(&self, name: &str, include: &[&str], sink: &str, extra: &str) -> PathBuf {
         let include = include.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
         let yaml = format!(
-            "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {}\ntables:\n  include: [{include}]\nsink:\n{sink}\ncheckpoint:\n  path: {}\n{extra}",
-            self.url(),
+            "version: 1\nname: {name}\nsource:\n  type: {}\n  url: {}\ntables:\n  include: [{include}]\nsink:\n{sink}\ncheckpoint:\n  path: {}\n{extra}",
+            self.source_type,
+            self.source_url,
             self.dir.join(format!("state-{name}")).display()
         );
         let p = self.dir.join(format!("{name}.yaml"));
@@ -79,7 +63,7 @@ impl Env {
     }
 }
 
-impl Drop for Env {
+impl Drop for Scratch {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -89,10 +73,56 @@ impl Drop for Env {
     }
 }
 
-/// A MySQL-source test's world: a throwaway MariaDB and a scratch directory.
+/// A Postgres-source test's world: a throwaway cluster and a [`Scratch`]
+/// directory (pipeline files, outputs: through `Deref`).
+pub struct Env {
+    pub pg: PgCluster,
+    scratch: Scratch,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.scratch
+    }
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        Self::with_settings(name, &[])
+    }
+
+    pub fn with_settings(name: &str, extra: &[(&str, &str)]) -> Env {
+        let pg = PgCluster::start(extra).unwrap_or_else(|e| panic!("cannot start Postgres: {e}"));
+        let scratch = Scratch::new(name, pg.port, "postgres", pg.url("postgres"));
+        Env { pg, scratch }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url("postgres")
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        c.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await.unwrap();
+        c
+    }
+}
+
+/// A MySQL-source test's world: a throwaway MariaDB and a [`Scratch`] directory.
 pub struct MyEnv {
     pub my: MyCluster,
-    pub dir: PathBuf,
+    scratch: Scratch,
+}
+
+impl std::ops::Deref for MyEnv {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.scratch
+    }
 }
 
 impl MyEnv {
@@ -102,10 +132,8 @@ impl MyEnv {
 
     pub fn with_args(name: &str, extra: &[&str]) -> MyEnv {
         let my = MyCluster::start(extra).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
-        let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}-{}", std::process::id(), my.port));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        MyEnv { my, dir }
+        let scratch = Scratch::new(name, my.port, "mysql", my.url());
+        MyEnv { my, scratch }
     }
 
     /// Run SQL (panics with the server's message on failure).
@@ -115,27 +143,6 @@ impl MyEnv {
 
     pub fn url(&self) -> String {
         self.my.url()
-    }
-
-    /// Write a pipeline file with a MySQL source.
-    pub fn pipeline(&self, name: &str, include: &[&str], sink: &str, extra: &str) -> PathBuf {
-        let include = include.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-        let yaml = format!(
-            "version: 1\nname: {name}\nsource:\n  type: mysql\n  url: {}\ntables:\n  include: [{include}]\nsink:\n{sink}\ncheckpoint:\n  path: {}\n{extra}",
-            self.url(),
-            self.dir.join(format!("state-{name}")).display()
-        );
-        let p = self.dir.join(format!("{name}.yaml"));
-        std::fs::write(&p, yaml).unwrap();
-        p
-    }
-
-    pub fn out(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("out-{name}"))
-    }
-
-    pub fn files_sink(&self, name: &str, format: &str) -> String {
-        format!("  type: files\n  format: {format}\n  path: {}\n", self.out(name).display())
     }
 
     /// Rows of a query returning one JSON object per row (in UTC).
@@ -167,16 +174,6 @@ fn by_key<'a>(rows: impl Iterator<Item = (&'a str, &'a str)>, key: &[&str]) -> B
         }
     }
     out
-}
-
-impl Drop for MyEnv {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("test files kept in {}", self.dir.display());
-        }
-    }
 }
 
 pub struct Run {
@@ -563,5 +560,22 @@ pub fn assert_same(
             want.len(),
             problems.join("\n")
         );
+    }
+}
+
+/// Poll `check` every `every` until it returns `Ok`; after `within`, fail
+/// with `what` and the last state `check` reported (its `Err`).
+pub async fn wait_until<T, F, Fut>(within: Duration, every: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(state) => assert!(std::time::Instant::now() < deadline, "{what} within {within:?}: {state}"),
+        }
+        tokio::time::sleep(every).await;
     }
 }

@@ -22,22 +22,30 @@
 
 use std::sync::Arc;
 
+use sluice_core::pushdown::{PushdownPlanner, TablePushdown};
 use sluice_core::{ReplicaIdentity, TableSchema};
 
 use crate::Chain;
 
-/// The publication clauses for one table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TablePushdown {
-    /// Columns to publish (`None`: all).
-    pub columns: Option<Vec<String>>,
-    /// Row filter in Postgres syntax (`None`: every row).
-    pub row_filter: Option<String>,
+/// The transform stage's [`PushdownPlanner`] for a Postgres source.
+pub struct PostgresPlanner(std::sync::Mutex<Chain>);
+
+impl PostgresPlanner {
+    /// `None` when the stage has no steps (nothing to push down) or does not
+    /// compile (the stage itself reports that).
+    pub fn for_transforms(transforms: &[sluice_core::config::TransformConfig]) -> Option<Arc<dyn PushdownPlanner>> {
+        if transforms.is_empty() {
+            return None;
+        }
+        let chain = Chain::new(transforms).ok()?;
+        Some(Arc::new(PostgresPlanner(std::sync::Mutex::new(chain))))
+    }
 }
 
-impl TablePushdown {
-    pub fn is_empty(&self) -> bool {
-        self.columns.is_none() && self.row_filter.is_none()
+impl PushdownPlanner for PostgresPlanner {
+    fn plan(&self, schema: &Arc<TableSchema>) -> TablePushdown {
+        let mut chain = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        postgres(&mut chain, schema)
     }
 }
 

@@ -4,7 +4,6 @@ use sluice_core::config::PipelineConfig;
 use sluice_core::error::SourceError;
 
 use crate::catalog;
-use crate::conn::ConnInfo;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SourceStatus {
@@ -19,7 +18,7 @@ pub struct SourceStatus {
 pub async fn status(cfg: &PipelineConfig) -> SourceStatus {
     let mut s = SourceStatus::default();
     let res: Result<(), SourceError> = async {
-        let info = ConnInfo::from_config(crate::my_config(cfg)?)?;
+        let info = crate::conn_info(crate::my_config(cfg)?)?;
         let mut c = info.connect().await?;
         s.reachable = true;
         let (file, pos, gtid) = catalog::master_status(&mut c).await?;

@@ -15,7 +15,7 @@ use sluice_core::error::SourceError;
 use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
 
 use crate::charset::{Charset, Collations};
-use crate::conn::sql_error;
+use sluice_client_mysql::sql_error;
 
 #[derive(Debug, Clone)]
 pub struct TableInfo {

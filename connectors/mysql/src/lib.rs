@@ -33,7 +33,6 @@
 pub mod admin;
 pub mod catalog;
 pub mod charset;
-pub mod conn;
 pub mod decoding;
 pub mod position;
 pub mod preflight;
@@ -50,12 +49,17 @@ use sluice_core::config::{PipelineConfig, SnapshotMode};
 use sluice_core::error::{ErrorKind, SourceError};
 use sluice_core::{Position, SnapshotState, Source, SourceContext, SourceMessage, TableId};
 
-use crate::conn::{ConnInfo, Flavor};
 use crate::position::{Coord, GtidState};
+use sluice_client_mysql::{self as conn, ConnInfo, Flavor};
 
 /// The MySQL settings of `cfg` (a configuration error for another engine).
 pub fn my_config(cfg: &PipelineConfig) -> Result<&sluice_core::config::MysqlSourceConfig, SourceError> {
     cfg.mysql().ok_or_else(|| SourceError::new(ErrorKind::Config, "source.type: not a MySQL source"))
+}
+
+/// The source's connection settings: `source.url` and `source.tls`.
+pub fn conn_info(my: &sluice_core::config::MysqlSourceConfig) -> Result<ConnInfo, SourceError> {
+    Ok(ConnInfo::from_url(&my.url, my.tls.as_ref(), "source")?)
 }
 
 pub struct MysqlSource {
@@ -75,7 +79,7 @@ impl Source for MysqlSource {
 }
 
 async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
-    let info = ConnInfo::from_config(my_config(cfg)?)?;
+    let info = conn_info(my_config(cfg)?)?;
     let mut conn = info.connect().await?;
     let (flavor, _) = conn::server_version(&mut conn).await?;
     preflight::require_settings(&mut conn).await?;
@@ -111,7 +115,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let mut lowest: Option<(Coord, Option<String>)> = None;
     let mut to_copy = Vec::new();
     for t in &tables {
-        let state = cp.tables.get(&t.id.to_string());
+        let state = cp.tables.get(&t.id);
         match state {
             Some(s) if s.snapshot == SnapshotState::Done => {
                 if let Some(Position::Mysql { file, pos, gtid }) = &s.snapshot_position {

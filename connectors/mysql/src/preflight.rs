@@ -10,7 +10,7 @@ use sluice_core::{CheckpointStore, FileCheckpointStore, Position};
 pub use sluice_core::preflight::{Finding, Report, Status};
 
 use crate::catalog;
-use crate::conn::{self, ConnInfo, Flavor};
+use sluice_client_mysql::{self as conn, Flavor};
 
 /// The server settings a run cannot do without (checked at start, too).
 const REQUIRED: [(&str, &str, &str); 4] = [
@@ -48,7 +48,7 @@ pub async fn require_settings(c: &mut Conn) -> Result<(), SourceError> {
 /// Run every check; a connection failure ends the report early.
 pub async fn check(cfg: &PipelineConfig) -> Report {
     let mut r = Report::default();
-    let info = match crate::my_config(cfg).and_then(ConnInfo::from_config) {
+    let info = match crate::my_config(cfg).and_then(crate::conn_info) {
         Ok(i) => i,
         Err(e) => {
             r.push(Status::Fail, "connection", e.message);

@@ -25,9 +25,9 @@ use sluice_core::{
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, SnapColumn};
-use crate::conn::{sql_error, ConnInfo, Flavor};
 use crate::decoding::{bit_string, refine, strip_srid, widen_f32};
 use crate::position::Coord;
+use sluice_client_mysql::{quote_ident, sql_error, ConnInfo, Flavor};
 
 pub struct SnapshotJob {
     pub schema: Arc<TableSchema>,
@@ -140,7 +140,7 @@ async fn start_snapshot(c: &mut Conn) -> Result<(), SourceError> {
         .map_err(|e| sql_error("setting the snapshot isolation level", e))?;
     c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
-        .map_err(|e| sql_error("START TRANSACTION WITH CONSISTENT SNAPSHOT", e))
+        .map_err(|e| sql_error("START TRANSACTION WITH CONSISTENT SNAPSHOT", e).into())
 }
 
 fn now_us() -> i64 {
@@ -151,18 +151,13 @@ async fn send(tx: &mpsc::Sender<Vec<SourceMessage>>, batch: Vec<SourceMessage>) 
     tx.send(batch).await.map_err(|_| SourceError::transient("pipeline stopped"))
 }
 
-/// Quote a MySQL identifier with backticks.
-pub fn quote_my(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
-}
-
 /// The select list that reads `schema`'s columns for [`convert`]: text in a
 /// character set other than UTF-8 as its stored bytes (decoded by Sluice
 /// like the stream does), everything else as is.
 pub fn select_list(schema: &sluice_core::TableSchema, snap: &[SnapColumn]) -> String {
     let mut cols = Vec::with_capacity(schema.columns.len());
     for (i, c) in schema.columns.iter().enumerate() {
-        let q = quote_my(&c.name);
+        let q = quote_ident(&c.name);
         cols.push(match snap.get(i).and_then(|s| s.charset.as_ref()) {
             Some(Ok(_)) => format!("CAST({q} AS BINARY)"),
             _ => q,
@@ -230,7 +225,7 @@ async fn copy_one(
         }
     }
     let cols = select_list(schema, &job.snap);
-    let sql = format!("SELECT {cols} FROM {}.{}", quote_my(&id.schema), quote_my(&id.name));
+    let sql = format!("SELECT {cols} FROM {}.{}", quote_ident(&id.schema), quote_ident(&id.name));
     let mut result = conn.exec_iter(sql, ()).await.map_err(|e| sql_error(&format!("snapshot of {id}"), e))?;
     let ts = now_us();
     let packed = point.coord.packed();

@@ -5,7 +5,7 @@ use sluice_core::error::{ErrorKind, SourceError};
 use sluice_core::schema::quote_ident;
 
 use crate::catalog;
-use crate::conn::{connect_sql, sql_error, ConnInfo};
+use sluice_client_postgres::{connect_sql, sql_error};
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SourceStatus {
@@ -22,7 +22,7 @@ pub struct SourceStatus {
 pub async fn status(cfg: &PipelineConfig) -> SourceStatus {
     let mut s = SourceStatus::default();
     let res: Result<(), SourceError> = async {
-        let info = crate::pg_config(cfg).and_then(ConnInfo::from_config)?;
+        let info = crate::pg_config(cfg).and_then(crate::conn_info)?;
         let client = connect_sql(&info).await?;
         s.reachable = true;
         let row = client
@@ -49,7 +49,7 @@ pub async fn status(cfg: &PipelineConfig) -> SourceStatus {
 
 /// Drop the slot and (if Sluice created it) the publication. Returns what was done.
 pub async fn teardown(cfg: &PipelineConfig) -> Result<Vec<String>, SourceError> {
-    let info = crate::pg_config(cfg).and_then(ConnInfo::from_config)?;
+    let info = crate::pg_config(cfg).and_then(crate::conn_info)?;
     let client = connect_sql(&info).await?;
     let mut done = Vec::new();
     let slot = cfg.slot_name();

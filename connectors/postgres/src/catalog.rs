@@ -9,7 +9,7 @@ use sluice_core::schema::quote_ident;
 use sluice_core::{Column, ReplicaIdentity, TableId, TableSchema};
 use tokio_postgres::Client;
 
-use crate::conn::sql_error;
+use sluice_client_postgres::sql_error;
 
 /// Marks publications Sluice created (and may alter or drop).
 pub const PUBLICATION_COMMENT_PREFIX: &str = "created by sluice for pipeline ";
@@ -272,7 +272,7 @@ fn publication_comment(pipeline: &str, fingerprint: &str) -> String {
 }
 
 /// Column lists and row filters to put in the publication, per table.
-pub type Pushdowns = std::collections::HashMap<TableId, sluice_transforms::pushdown::TablePushdown>;
+pub use sluice_core::pushdown::Pushdowns;
 
 /// One `FOR TABLE` entry: `"s"."t" ("a", "b") WHERE (...)`.
 fn table_entry(t: &TableId, pushdown: &Pushdowns) -> String {

@@ -33,14 +33,12 @@
 
 pub mod admin;
 pub mod catalog;
-pub mod conn;
 pub mod decoding;
 pub mod preflight;
 pub mod rows;
 pub mod snapshot;
 pub mod spool;
 pub mod stream;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,35 +46,49 @@ use std::sync::Arc;
 use sluice_core::config::{PipelineConfig, SnapshotMode};
 use sluice_core::error::{ErrorKind, SourceError};
 use sluice_core::event::format_lsn;
+use sluice_core::pushdown::{PushdownPlanner, Pushdowns};
 use sluice_core::schema::quote_ident;
 use sluice_core::{SnapshotState, Source, SourceContext, SourceMessage, TableId};
 
-use crate::conn::{connect_sql, ConnInfo, ReplicationConn};
 use crate::decoding::{Decoder, TableFilter};
+use sluice_client_postgres::{connect_sql, ConnInfo, ReplicationConn};
 
 /// The Postgres settings of `cfg` (a configuration error if the source is another engine).
 pub fn pg_config(cfg: &PipelineConfig) -> Result<&sluice_core::config::PostgresSourceConfig, SourceError> {
     cfg.postgres().ok_or_else(|| SourceError::new(ErrorKind::Config, "source.type: not a Postgres source"))
 }
 
+/// The source's connection settings: `source.url` and `source.tls`.
+pub fn conn_info(pg: &sluice_core::config::PostgresSourceConfig) -> Result<ConnInfo, SourceError> {
+    Ok(ConnInfo::from_url(&pg.url, pg.tls.as_ref(), "source")?)
+}
+
 pub struct PostgresSource {
     cfg: PipelineConfig,
+    planner: Option<Arc<dyn PushdownPlanner>>,
 }
 
 impl PostgresSource {
     pub fn new(cfg: PipelineConfig) -> Self {
-        PostgresSource { cfg }
+        PostgresSource { cfg, planner: None }
+    }
+
+    /// Push what `planner` plans into the publication (Postgres 15+,
+    /// unless `source.pushdown: false`).
+    pub fn with_pushdown(mut self, planner: Option<Arc<dyn PushdownPlanner>>) -> Self {
+        self.planner = planner;
+        self
     }
 }
 
 impl Source for PostgresSource {
     async fn run(self, mut ctx: SourceContext) -> Result<(), SourceError> {
-        run_source(&self.cfg, &mut ctx).await
+        run_source(&self.cfg, self.planner.as_deref(), &mut ctx).await
     }
 
     /// Updates leave unchanged TOASTed values out: rows are read back by key.
     fn row_reader(&self) -> Option<Arc<dyn sluice_core::RowReader>> {
-        let info = ConnInfo::from_config(pg_config(&self.cfg).ok()?).ok()?;
+        let info = conn_info(pg_config(&self.cfg).ok()?).ok()?;
         Some(Arc::new(rows::PgRowReader::new(info)))
     }
 }
@@ -121,31 +133,25 @@ pub async fn table_schemas(
     catalog::table_schemas(client, database, tables, domains).await?.into_iter().map(|s| s.map(Arc::new)).collect()
 }
 
-/// Column lists and row filters of the transform stage that the
-/// publication can apply (Postgres 15+, `source.pushdown` not false).
+/// Column lists and row filters of the transform stage (as `planner`
+/// plans them) that the publication can apply (Postgres 15+,
+/// `source.pushdown` not false).
 pub async fn plan_pushdown(
     client: &tokio_postgres::Client,
     cfg: &PipelineConfig,
+    planner: Option<&dyn PushdownPlanner>,
     database: &str,
     tables: &[TableId],
     domains: &catalog::Domains,
-) -> Result<catalog::Pushdowns, SourceError> {
-    let mut out = catalog::Pushdowns::new();
+) -> Result<Pushdowns, SourceError> {
+    let mut out = Pushdowns::new();
     let enabled = pg_config(cfg)?.pushdown.unwrap_or(true);
-    if !enabled || cfg.transforms.is_empty() {
+    let Some(planner) = planner.filter(|_| enabled) else { return Ok(out) };
+    if sluice_client_postgres::server_version_num(client).await? < 150000 {
         return Ok(out);
     }
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| conn::sql_error("reading server_version_num", e))?
-        .get(0);
-    if version < 150000 {
-        return Ok(out);
-    }
-    let Ok(mut chain) = sluice_transforms::Chain::new(&cfg.transforms) else { return Ok(out) };
     for schema in table_schemas(client, database, tables, domains).await? {
-        let p = sluice_transforms::pushdown::postgres(&mut chain, &schema);
+        let p = planner.plan(&schema);
         if !p.is_empty() {
             tracing::info!(table = %schema.id, columns = ?p.columns, row_filter = ?p.row_filter, "pushed down into the publication");
             out.insert(schema.id.clone(), p);
@@ -154,9 +160,13 @@ pub async fn plan_pushdown(
     Ok(out)
 }
 
-async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(), SourceError> {
+async fn run_source(
+    cfg: &PipelineConfig,
+    planner: Option<&dyn PushdownPlanner>,
+    ctx: &mut SourceContext,
+) -> Result<(), SourceError> {
     let pg = pg_config(cfg)?;
-    let info = ConnInfo::from_config(pg)?;
+    let info = conn_info(pg)?;
     let slot_name = cfg.slot_name();
     let pub_name = cfg.publication_name();
     let client = connect_sql(&info).await?;
@@ -167,7 +177,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     // Partitioned tables: Postgres checks a root's row filter against every
     // partition's own replica identity, which the root's does not tell.
     let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
-    let pushdown = plan_pushdown(&client, cfg, &info.dbname, &plain, &domains).await?;
+    let pushdown = plan_pushdown(&client, cfg, planner, &info.dbname, &plain, &domains).await?;
     if let Err(e) = catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await {
         if pushdown.is_empty() || e.kind != ErrorKind::Fatal {
             return Err(e);
@@ -175,7 +185,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
         // Postgres refused a pushed-down filter or column list: Sluice
         // applies every transform itself anyway, so go on without them.
         tracing::warn!(error = %e, "the publication's column lists and row filters were refused; filtering in Sluice only");
-        catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &catalog::Pushdowns::new()).await?;
+        catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &Pushdowns::new()).await?;
     }
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
 
@@ -255,7 +265,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
     let mut jobs = Vec::new();
     for t in &tables {
-        let state = cp.tables.get(&t.id.to_string());
+        let state = cp.tables.get(&t.id);
         match state {
             Some(s) if s.snapshot == SnapshotState::Done => {
                 snapshot_lsn.insert(t.id.clone(), s.snapshot_position.as_ref().map(|p| p.lsn()).unwrap_or(0));

@@ -1,12 +1,13 @@
 //! Preflight checks for `sluice check`: each function ensures one thing and
 //! says how to fix it when it does not hold.
 
-use sluice_core::config::PipelineConfig;
+use sluice_core::config::{PipelineConfig, PostgresSourceConfig};
+use sluice_core::error::SourceError;
 use sluice_core::{CheckpointStore, FileCheckpointStore, ReplicaIdentity};
 use tokio_postgres::Client;
 
 use crate::catalog;
-use crate::conn::{connect_sql, ConnInfo, ReplicationConn};
+use sluice_client_postgres::{connect_sql, ConnInfo, ReplicationConn};
 
 pub use sluice_core::preflight::{Finding, Report, Status};
 
@@ -14,10 +15,24 @@ async fn setting(client: &Client, name: &str) -> Option<String> {
     client.query_one("SELECT current_setting($1)", &[&name]).await.ok().map(|r| r.get(0))
 }
 
+/// The start-up check of `run`: the source is reachable and decodes
+/// logically (`check` lists every requirement).
+pub async fn require_settings(pg: &PostgresSourceConfig) -> Result<(), SourceError> {
+    let client = connect_sql(&crate::conn_info(pg)?).await?;
+    let wal_level = setting(&client, "wal_level").await.unwrap_or_default();
+    if wal_level != "logical" {
+        return Err(SourceError::fatal(format!(
+            "the source has wal_level = {wal_level}; set wal_level = logical and restart it (`sluice check` lists all \
+             requirements)"
+        )));
+    }
+    Ok(())
+}
+
 /// Run every check; connection failures end the report early.
 pub async fn check(cfg: &PipelineConfig) -> Report {
     let mut r = Report::default();
-    let info = match crate::pg_config(cfg).and_then(ConnInfo::from_config) {
+    let info = match crate::pg_config(cfg).and_then(crate::conn_info) {
         Ok(i) => i,
         Err(e) => {
             r.push(Status::Fail, "connection", e.message);

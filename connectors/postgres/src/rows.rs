@@ -30,7 +30,7 @@ use sluice_core::{ErrorKind, SourceError, TableId, TableSchema, Value};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::conn::{connect_sql, sql_error, ConnInfo};
+use sluice_client_postgres::{connect_sql, sql_error, ConnInfo};
 
 pub struct PgRowReader {
     info: ConnInfo,
@@ -92,7 +92,7 @@ impl PgRowReader {
                 let denied = e.as_db_error().is_some_and(|d| d.code().code() == "42501");
                 let err = sql_error(&format!("reading current rows of {} to complete key changes", table.id), e);
                 return Err(match err.kind {
-                    ErrorKind::Transient => err,
+                    ErrorKind::Transient => err.into(),
                     _ if denied => SourceError::fatal(format!(
                         "{}; the source user needs SELECT on the table (rows whose unchanged TOASTed values the \
                          stream did not send are read from it)",

@@ -28,7 +28,7 @@ use sluice_core::schema::quote_ident;
 use sluice_core::{ChangeEvent, Op, Position, RawFormat, RawRows, Row, SourceMessage, TableSchema, Value};
 use tokio::sync::mpsc;
 
-use crate::conn::{ConnInfo, ReplicationConn};
+use sluice_client_postgres::{ConnInfo, ReplicationConn};
 
 pub struct SnapshotJob {
     pub schema: Arc<TableSchema>,

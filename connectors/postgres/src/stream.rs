@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use sluice_core::error::SourceError;
 use sluice_core::{Position, SourceContext, SourceMessage};
 
-use crate::conn::{ReplMessage, ReplicationConn};
 use crate::decoding::{Decoder, StreamAction, TableFilter};
 use crate::spool::Spool;
+use sluice_client_postgres::{ReplMessage, ReplicationConn};
 
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 4096;
@@ -39,7 +39,7 @@ pub struct StreamState {
 
 async fn status(conn: &mut ReplicationConn, st: &mut StreamState) -> Result<(), SourceError> {
     st.last_status = Instant::now();
-    conn.send_status(st.confirmed, st.confirmed, false).await
+    Ok(conn.send_status(st.confirmed, st.confirmed, false).await?)
 }
 
 fn update_confirmed(ctx: &SourceContext, st: &mut StreamState) {

@@ -769,7 +769,7 @@ impl Sink for FilesSink {
             self.files_written += publish.len() as u64;
             self.to_publish = publish;
             self.unflushed = false;
-            Ok(())
+            Ok::<(), SinkError>(())
         })?;
         let v = serde_json::to_value(&self.state).expect("state serializes");
         Ok(v)

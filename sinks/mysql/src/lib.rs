@@ -45,13 +45,12 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value as MyValue};
+use sluice_client_mysql::{classify, quote_ident, ConnInfo, Flavor};
 use sluice_core::config::DbSinkConfig;
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::sink::{CommitWatermark, StoppedTables};
 use sluice_core::value::{civil_from_days, NEG_INFINITY_DATE, NEG_INFINITY_TS};
 use sluice_core::{ChangeEvent, Checkpoint, Op, ReplicaIdentity, Sink, TableId, TableSchema, Value};
-use sluice_mysql::conn::{classify, ConnInfo, Flavor};
-use sluice_mysql::snapshot::quote_my;
 use sluice_schemas::target::{my_type, MyColumn, MyConv};
 
 /// Most parameters in one statement (MySQL's limit is 65535).
@@ -124,7 +123,7 @@ fn not_connected() -> SinkError {
     SinkError::new(ErrorKind::Transient, "mysql sink: not connected")
 }
 
-fn conn_err(e: sluice_core::error::SourceError) -> SinkError {
+fn conn_err(e: sluice_core::error::ClientError) -> SinkError {
     SinkError::new(e.kind, format!("mysql sink: {}", e.message))
 }
 
@@ -304,7 +303,7 @@ impl MysqlSink {
     }
 
     fn checkpoint_table(&self) -> String {
-        format!("{}.sluice_checkpoints", quote_my(&checkpoint_db(&self.cfg)))
+        format!("{}.sluice_checkpoints", quote_ident(&checkpoint_db(&self.cfg)))
     }
 
     /// The binary, no-pad collation: keys differing in case or trailing spaces stay distinct.
@@ -363,7 +362,7 @@ impl MysqlSink {
         }
         self.flush_batch().await?;
         let db = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
-        let name = format!("{}.{}", quote_my(&db), quote_my(&schema.id.name));
+        let name = format!("{}.{}", quote_ident(&db), quote_ident(&schema.id.name));
         let mut cols = Vec::with_capacity(schema.columns.len());
         // Under REPLICA IDENTITY FULL every column is "identity" but none is
         // a key in the target (see below): type them as plain columns, or
@@ -393,7 +392,7 @@ impl MysqlSink {
             schema.key_columns().map(|(i, _)| i).collect()
         };
         let decl = |c: &sluice_core::Column, m: &MyColumn, key: bool| {
-            format!("{} {}{}", quote_my(&c.name), m.ty, if key { " NOT NULL" } else { " NULL" })
+            format!("{} {}{}", quote_ident(&c.name), m.ty, if key { " NOT NULL" } else { " NULL" })
         };
         let mut have = self.target_columns(&db, &schema.id.name).await?;
         if have.is_empty() {
@@ -407,11 +406,14 @@ impl MysqlSink {
             let mut defs: Vec<String> =
                 schema.columns.iter().enumerate().map(|(i, c)| decl(c, &cols[i], key.contains(&i))).collect();
             if !key.is_empty() {
-                let k: Vec<String> = key.iter().map(|&i| quote_my(&schema.columns[i].name)).collect();
+                let k: Vec<String> = key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
                 defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
             }
-            self.ddl(&format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {coll}", quote_my(&db)))
-                .await?;
+            self.ddl(&format!(
+                "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {coll}",
+                quote_ident(&db)
+            ))
+            .await?;
             self.ddl(&format!(
                 "CREATE TABLE IF NOT EXISTS {name} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}",
                 defs.join(", ")
@@ -475,7 +477,7 @@ impl MysqlSink {
             .collect();
         if !readded.is_empty() {
             self.drops.retain(|(n, c)| *n != name || !readded.contains(c));
-            let sets: Vec<String> = readded.iter().map(|c| format!("{} = NULL", quote_my(c))).collect();
+            let sets: Vec<String> = readded.iter().map(|c| format!("{} = NULL", quote_ident(c))).collect();
             let sql = format!("UPDATE {name} SET {}", sets.join(", "));
             self.begin().await?;
             self.touched.insert(schema.id.clone());
@@ -542,7 +544,7 @@ impl MysqlSink {
                      changes cannot be matched to its rows; add PRIMARY KEY ({}) to it",
                     schema.id.name,
                     names.join(", "),
-                    names.iter().map(|n| quote_my(n)).collect::<Vec<_>>().join(", ")
+                    names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
@@ -665,7 +667,7 @@ impl MysqlSink {
         self.begin().await?;
         let t = self.targets.get(&b.table).expect("target");
         let s = &t.schema;
-        let q = |i: usize| quote_my(&s.columns[i].name);
+        let q = |i: usize| quote_ident(&s.columns[i].name);
         let sql = match b.kind {
             Kind::Upsert => {
                 let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
@@ -733,10 +735,10 @@ impl MysqlSink {
         params.extend(Self::values(t, before, t.key.iter().copied())?);
         let sets: Vec<String> = set
             .iter()
-            .map(|&i| format!("{} = {}", quote_my(&t.schema.columns[i].name), placeholder(&t.cols[i])))
+            .map(|&i| format!("{} = {}", quote_ident(&t.schema.columns[i].name), placeholder(&t.cols[i])))
             .collect();
         let conds: Vec<String> =
-            t.key.iter().map(|&i| format!("{} = ?", quote_my(&t.schema.columns[i].name))).collect();
+            t.key.iter().map(|&i| format!("{} = ?", quote_ident(&t.schema.columns[i].name))).collect();
         let sql = format!("UPDATE {} SET {} WHERE {}", t.name, sets.join(", "), conds.join(" AND "));
         let what = format!("applying a key change to {}", t.schema.id);
         self.conn()?.exec_drop(sql, Params::Positional(params)).await.map_err(|e| sql_err(what, e))?;
@@ -757,7 +759,7 @@ impl MysqlSink {
         let mut conds = Vec::new();
         let mut cond_params = Vec::new();
         for (i, v) in before.values.iter().enumerate() {
-            let col = quote_my(&s.columns[i].name);
+            let col = quote_ident(&s.columns[i].name);
             match v {
                 Value::Unchanged => continue,
                 Value::Null => conds.push(format!("{col} IS NULL")),
@@ -784,7 +786,7 @@ impl MysqlSink {
                 let set: Vec<usize> = (0..after.len()).filter(|&i| !matches!(after[i], Value::Unchanged)).collect();
                 let sets: Vec<String> = set
                     .iter()
-                    .map(|&i| format!("{} = {}", quote_my(&s.columns[i].name), placeholder(&t.cols[i])))
+                    .map(|&i| format!("{} = {}", quote_ident(&s.columns[i].name), placeholder(&t.cols[i])))
                     .collect();
                 let mut params = Self::values(t, after, set.iter().copied())?;
                 params.extend(cond_params);
@@ -804,9 +806,11 @@ impl MysqlSink {
 pub async fn check(cfg: &DbSinkConfig) -> Result<(), SinkError> {
     let mut conn = connect(cfg).await?;
     let db = checkpoint_db(cfg);
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_my(&db))).await.map_err(
-        |e| sql_err(format!("creating the checkpoint database {db} (grant CREATE, or set sink.checkpoint_schema)"), e),
-    )?;
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_ident(&db)))
+        .await
+        .map_err(|e| {
+            sql_err(format!("creating the checkpoint database {db} (grant CREATE, or set sink.checkpoint_schema)"), e)
+        })?;
     let _ = conn.disconnect().await;
     Ok(())
 }
@@ -831,7 +835,7 @@ pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkEr
         )
         .await
         .map_err(|e| sql_err("looking up sluice_checkpoints", e))?;
-    let table = format!("{}.sluice_checkpoints", quote_my(&db));
+    let table = format!("{}.sluice_checkpoints", quote_ident(&db));
     if exists.is_none() {
         return Ok(format!("target: no {table} table"));
     }
@@ -845,13 +849,13 @@ pub async fn forget(cfg: &DbSinkConfig, pipeline: &str) -> Result<String, SinkEr
 impl Sink for MysqlSink {
     async fn open(&mut self, _state: Option<&serde_json::Value>) -> Result<(), SinkError> {
         let mut conn = connect(&self.cfg).await?;
-        let (flavor, ver) = sluice_mysql::conn::server_version(&mut conn).await.map_err(conn_err)?;
+        let (flavor, ver) = sluice_client_mysql::server_version(&mut conn).await.map_err(conn_err)?;
         self.flavor = flavor;
         self.uuid_type = flavor == Flavor::MariaDb && ver >= (10, 7, 0);
         let db = checkpoint_db(&self.cfg);
         let table = self.checkpoint_table();
         for sql in [
-            format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_my(&db)),
+            format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4", quote_ident(&db)),
             format!(
                 "CREATE TABLE IF NOT EXISTS {table} (pipeline VARCHAR(100) NOT NULL PRIMARY KEY, position TEXT NULL, \
                  checkpoint LONGTEXT NOT NULL, updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 \
@@ -964,7 +968,7 @@ impl Sink for MysqlSink {
         self.unflushed = false;
         // Columns the source dropped go once nothing uncommitted uses them.
         while let Some((table, column)) = self.drops.first().cloned() {
-            let sql = format!("ALTER TABLE {table} DROP COLUMN {}", quote_my(&column));
+            let sql = format!("ALTER TABLE {table} DROP COLUMN {}", quote_ident(&column));
             self.ddl(&sql).await?;
             self.drops.remove(0);
             tracing::info!("target table altered: {sql}");

@@ -18,10 +18,10 @@
 //!   (no speculative insertion: markedly cheaper) until one of them finds its
 //!   key already in the target, which a replica written only by this
 //!   pipeline never does. That unique violation aborts the target
-//!   transaction: the table is remembered for the rest of the process (see
-//!   `conflicted`), the error is transient, and the runtime replays from the
-//!   checkpoint, after which the table's inserts carry `ON CONFLICT (key) DO
-//!   UPDATE`. Nothing of the aborted transaction is committed, so nothing is
+//!   transaction: the table is remembered (`UpsertTables`: shared by the
+//!   sinks of one run, then kept in the checkpoint state), the error is
+//!   transient, and the runtime replays from the checkpoint, after which the
+//!   table's inserts carry `ON CONFLICT (key) DO UPDATE`. Nothing of the aborted transaction is committed, so nothing is
 //!   lost or applied twice. Updates set only the columns the source
 //!   sent (unchanged TOAST values are never overwritten with NULL) and may
 //!   change the key; tables without a key match rows by their full old image
@@ -39,12 +39,14 @@ mod copy;
 mod durable;
 mod indexes;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use sluice_core::config::{DbSinkConfig, PostgresSourceConfig};
+use sluice_client_postgres::error::ClassifiedExt;
+use sluice_client_postgres::{connect_sql, ConnInfo};
+use sluice_core::config::DbSinkConfig;
 use sluice_core::error::{ErrorKind, SinkError};
 use sluice_core::schema::quote_ident;
 use sluice_core::sink::{CommitWatermark, StoppedTables};
@@ -119,13 +121,13 @@ struct Batch {
     keys: HashSet<u64>,
 }
 
-/// Tables (per pipeline) whose plain inserts met a row already in the
-/// target: their inserts are upserts from then on. Process-wide, because the
-/// runtime makes a new sink for the replay that follows the conflict.
-fn conflicted() -> &'static std::sync::Mutex<HashSet<(String, TableId)>> {
-    static SET: std::sync::OnceLock<std::sync::Mutex<HashSet<(String, TableId)>>> = std::sync::OnceLock::new();
-    SET.get_or_init(Default::default)
-}
+/// Tables whose plain inserts met a row already in the target: their
+/// inserts are upserts from then on. Kept in the sink's checkpoint state
+/// (`upsert_tables`, stored in the target with the data), and shared by the
+/// sinks one run makes ([`PostgresSink::with_upsert_tables`]): the conflict
+/// aborts the target transaction, so the replay that follows, by a new sink,
+/// must learn it before any checkpoint could record it.
+pub type UpsertTables = Arc<std::sync::Mutex<BTreeSet<TableId>>>;
 
 /// A statement already sent, its answer not yet read.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
@@ -231,14 +233,16 @@ pub struct PostgresSink {
     /// The target's commits return before they are durable (see `durable`).
     asynchronous: bool,
     commits: CommitWatermark,
+    upserts: UpsertTables,
 }
 
+/// A target error, classified like every Postgres error
+/// ([`sluice_client_postgres::classify`]). A per-table (data) error is fatal
+/// here: it aborted the target transaction, which holds other tables'
+/// changes too (per-table errors are found before a statement is sent, see
+/// `absorb`).
 fn sql_err(what: impl std::fmt::Display, e: tokio_postgres::Error) -> SinkError {
-    // No answer from the server is a lost connection (transient), except a
-    // value this side could not encode or decode: retrying cannot help.
-    let local = e.to_string().starts_with("error serializing") || e.to_string().starts_with("error deserializing");
-    let kind =
-        if e.is_closed() || (e.as_db_error().is_none() && !local) { ErrorKind::Transient } else { ErrorKind::Fatal };
+    let kind = sluice_client_postgres::classify(&e).or_fatal_for_table();
     let detail = match e.as_db_error() {
         Some(db) => format!("{}{}", db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
         None => e.to_string(),
@@ -268,7 +272,19 @@ impl PostgresSink {
             total: 0,
             asynchronous: false,
             commits: CommitWatermark::default(),
+            upserts: UpsertTables::default(),
         }
+    }
+
+    /// Share the tables that take upserts with the other sinks of this run
+    /// (the runtime makes a new sink for every restart).
+    pub fn with_upsert_tables(mut self, upserts: UpsertTables) -> PostgresSink {
+        self.upserts = upserts;
+        self
+    }
+
+    fn takes_upserts(&self, table: &TableId) -> bool {
+        self.upserts.lock().unwrap_or_else(|p| p.into_inner()).contains(table)
     }
 
     fn checkpoint_table(&self) -> String {
@@ -300,7 +316,7 @@ impl PostgresSink {
         match plain {
             Some(table) if unique => {
                 let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_string();
-                conflicted().lock().unwrap_or_else(|p| p.into_inner()).insert((self.pipeline.clone(), table.clone()));
+                self.upserts.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone());
                 SinkError::new(
                     ErrorKind::Transient,
                     format!(
@@ -533,7 +549,8 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// The sink's checkpoint state: stopped tables and deferred index builds.
+    /// The sink's checkpoint state: stopped tables, deferred index builds
+    /// and the tables that take upserts.
     fn state(&self) -> serde_json::Value {
         let mut state = self.stopped.to_state();
         if !self.deferred.is_empty() {
@@ -541,6 +558,13 @@ impl PostgresSink {
                 state = serde_json::json!({});
             }
             state["deferred_indexes"] = serde_json::Value::Array(indexes::to_state(self.deferred.iter()));
+        }
+        let upserts = self.upserts.lock().unwrap_or_else(|p| p.into_inner());
+        if !upserts.is_empty() {
+            if state.is_null() {
+                state = serde_json::json!({});
+            }
+            state["upsert_tables"] = upserts.iter().map(|t| serde_json::json!([t.schema, t.name])).collect();
         }
         state
     }
@@ -825,13 +849,8 @@ impl PostgresSink {
             None => format!("${}::text[]", p + 1),
         };
         // Inserts of a table that never met a conflict go without ON CONFLICT.
-        let plain = (b.kind == Kind::Upsert
-            && !t.key.is_empty()
-            && !conflicted()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&(self.pipeline.clone(), b.table.clone())))
-        .then(|| b.table.clone());
+        let plain =
+            (b.kind == Kind::Upsert && !t.key.is_empty() && !self.takes_upserts(&b.table)).then(|| b.table.clone());
         let sql = match b.kind {
             Kind::Upsert => {
                 let cols: Vec<usize> = (0..s.columns.len()).filter(|&i| b.mask[i]).collect();
@@ -1012,19 +1031,8 @@ fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
 }
 
 async fn connect(cfg: &DbSinkConfig) -> Result<Client, SinkError> {
-    let src = PostgresSourceConfig {
-        url: cfg.url.clone(),
-        slot: None,
-        publication: None,
-        tls: cfg.tls.clone(),
-        streaming: None,
-        pushdown: None,
-    };
-    let info = sluice_postgres::conn::ConnInfo::from_config(&src)
-        .map_err(|e| SinkError::new(e.kind, format!("sink.url: {}", e.message)))?;
-    sluice_postgres::conn::connect_sql(&info)
-        .await
-        .map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))
+    let info = ConnInfo::from_url(&cfg.url, cfg.tls.as_ref(), "sink")?;
+    connect_sql(&info).await.map_err(|e| SinkError::new(e.kind, format!("postgres sink: {}", e.message)))
 }
 
 /// Start-up check: the target is reachable and the credentials work (later
@@ -1088,6 +1096,14 @@ impl Sink for PostgresSink {
             self.stopped = StoppedTables::from_state(&cp.sink);
             self.deferred =
                 cp.sink.get("deferred_indexes").map(indexes::from_state).unwrap_or_default().into_iter().collect();
+            let stored_upserts = cp.sink.get("upsert_tables").and_then(|v| v.as_array()).into_iter().flatten();
+            let mut upserts = self.upserts.lock().unwrap_or_else(|p| p.into_inner());
+            for t in stored_upserts {
+                if let (Some(schema), Some(name)) = (t[0].as_str(), t[1].as_str()) {
+                    upserts.insert(TableId::new(schema, name));
+                }
+            }
+            drop(upserts);
             self.stored = Some(cp);
         }
         self.asynchronous = durable::asynchronous(&client).await?;

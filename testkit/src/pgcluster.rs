@@ -3,8 +3,6 @@
 //! `sluice demo`, the integration tests and the benchmarks. Dropping a
 //! cluster stops it and removes its directory.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

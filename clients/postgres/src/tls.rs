@@ -17,10 +17,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sluice_core::config::{PostgresSourceConfig, TlsMode};
-use sluice_core::error::{ErrorKind, SourceError};
+use sluice_core::config::{TlsConfig, TlsMode};
+use sluice_core::error::{ClientError, ErrorKind};
 
-/// The effective TLS settings of a source.
+/// The effective TLS settings of a connection.
 #[derive(Clone)]
 pub struct Tls {
     pub mode: TlsMode,
@@ -42,13 +42,14 @@ impl Tls {
         Tls { mode: TlsMode::Disable, config: None }
     }
 
-    /// From the `tls` block, else the URL's `sslmode` (`url_mode`).
-    pub fn from_config(pg: &PostgresSourceConfig, url_mode: TlsMode) -> Result<Tls, SourceError> {
-        let (mode, ca_file) = match &pg.tls {
+    /// From the `tls` block found under `field` (`source`, `sink`), else
+    /// the URL's `sslmode` (`url_mode`).
+    pub fn from_config(tls: Option<&TlsConfig>, url_mode: TlsMode, field: &str) -> Result<Tls, ClientError> {
+        let (mode, ca_file) = match tls {
             Some(t) => (t.mode, t.ca_file.clone()),
             None => (url_mode, None),
         };
-        let cfg_err = |m: String| SourceError::new(ErrorKind::Config, m);
+        let cfg_err = |m: String| ClientError::new(ErrorKind::Config, m);
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| cfg_err(format!("TLS setup failed: {e}")))?;
@@ -60,18 +61,18 @@ impl Tls {
                 .with_no_client_auth(),
             TlsMode::VerifyCa | TlsMode::VerifyFull => {
                 let path = ca_file
-                    .ok_or_else(|| cfg_err("source.tls.ca_file: required for verify-ca and verify-full".into()))?;
+                    .ok_or_else(|| cfg_err(format!("{field}.tls.ca_file: required for verify-ca and verify-full")))?;
                 let mut roots = RootCertStore::empty();
                 let certs = CertificateDer::pem_file_iter(&path)
-                    .map_err(|e| cfg_err(format!("source.tls.ca_file: cannot read {}: {e}", path.display())))?;
+                    .map_err(|e| cfg_err(format!("{field}.tls.ca_file: cannot read {}: {e}", path.display())))?;
                 for c in certs {
-                    let c = c.map_err(|e| cfg_err(format!("source.tls.ca_file: {}: {e}", path.display())))?;
+                    let c = c.map_err(|e| cfg_err(format!("{field}.tls.ca_file: {}: {e}", path.display())))?;
                     roots.add(c).map_err(|e| {
-                        cfg_err(format!("source.tls.ca_file: {}: bad certificate: {e}", path.display()))
+                        cfg_err(format!("{field}.tls.ca_file: {}: bad certificate: {e}", path.display()))
                     })?;
                 }
                 if roots.is_empty() {
-                    return Err(cfg_err(format!("source.tls.ca_file: {} holds no PEM certificate", path.display())));
+                    return Err(cfg_err(format!("{field}.tls.ca_file: {} holds no PEM certificate", path.display())));
                 }
                 let roots = Arc::new(roots);
                 if mode == TlsMode::VerifyFull {
@@ -90,9 +91,9 @@ impl Tls {
         Ok(Tls { mode, config: Some(Arc::new(config)) })
     }
 
-    pub fn server_name(host: &str) -> Result<ServerName<'static>, SourceError> {
+    pub fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
         ServerName::try_from(host.to_string())
-            .map_err(|e| SourceError::new(ErrorKind::Config, format!("invalid host name {host:?} for TLS: {e}")))
+            .map_err(|e| ClientError::new(ErrorKind::Config, format!("invalid host name {host:?} for TLS: {e}")))
     }
 }
 
@@ -193,9 +194,9 @@ where
 {
     type Stream = RustlsStream<S>;
     type TlsConnect = RustlsConnect;
-    type Error = SourceError;
+    type Error = ClientError;
 
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, SourceError> {
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, ClientError> {
         Ok(RustlsConnect { config: self.config.clone(), name: Tls::server_name(domain)? })
     }
 }

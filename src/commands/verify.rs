@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use anyhow::{anyhow, Context};
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
-use sluice_core::config::{DbSinkConfig, PipelineConfig, PostgresSourceConfig, SinkConfig, SourceConfig};
+use sluice_core::config::{DbSinkConfig, PipelineConfig, SinkConfig, SourceConfig};
 use sluice_core::schema::quote_ident;
 use sluice_core::{ColumnType, TableSchema, Value};
 use sluice_schemas::target::{pg_type, Conv};
@@ -197,7 +197,10 @@ fn target_value(ty: &ColumnType, conv: Conv, mysql: bool, s: &str) -> Result<Val
         return parse_interval_time(s).ok_or_else(|| format!("bad interval {s:?}"));
     }
     if *ty == ColumnType::Float32 {
-        return s.parse::<f32>().map(|f| Value::Float(sluice_mysql::decoding::widen_f32(f))).map_err(|e| e.to_string());
+        return s
+            .parse::<f32>()
+            .map(|f| Value::Float(sluice_source_mysql::decoding::widen_f32(f)))
+            .map_err(|e| e.to_string());
     }
     sluice_schemas::postgres::parse_text(ty, s).map_err(|e| e.to_string())
 }
@@ -226,19 +229,20 @@ fn parse_interval_time(s: &str) -> Option<Value> {
 async fn read_my_source(
     conn: &mut mysql_async::Conn,
     schema: &TableSchema,
-    snap: &[sluice_mysql::catalog::SnapColumn],
+    snap: &[sluice_source_mysql::catalog::SnapColumn],
     range: &KeyRange,
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
-    let q = sluice_mysql::snapshot::quote_my;
+    let q = sluice_client_mysql::quote_ident;
     // Text in legacy character sets is read as bytes and decoded as the snapshot does.
-    let cols = sluice_mysql::snapshot::select_list(schema, snap);
+    let cols = sluice_source_mysql::snapshot::select_list(schema, snap);
     let sql = format!("SELECT {cols} FROM {}.{}{}", q(&schema.id.schema), q(&schema.id.name), range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {}", schema.id))?;
     while let Some(row) = result.next().await.with_context(|| format!("reading {}", schema.id))? {
         let mut values = Vec::with_capacity(schema.columns.len());
         for ((v, c), s) in row.unwrap().into_iter().zip(&schema.columns).zip(snap) {
-            values.push(sluice_mysql::snapshot::convert(v, &c.ty, s).map_err(|e| anyhow!("{}: {e}", schema.id))?);
+            values
+                .push(sluice_source_mysql::snapshot::convert(v, &c.ty, s).map_err(|e| anyhow!("{}: {e}", schema.id))?);
         }
         acc.add(values);
     }
@@ -246,7 +250,7 @@ async fn read_my_source(
 }
 
 enum SourceConn {
-    Pg(Box<(tokio_postgres::Client, String, sluice_postgres::catalog::Domains)>),
+    Pg(Box<(tokio_postgres::Client, String, sluice_source_postgres::catalog::Domains)>),
     My(mysql_async::Conn),
 }
 
@@ -256,7 +260,7 @@ struct Table {
     /// The replica's table: `schema` through the pipeline's transforms.
     out: TableSchema,
     plan: Option<std::sync::Arc<sluice_transforms::Plan>>,
-    snap: Vec<sluice_mysql::catalog::SnapColumn>,
+    snap: Vec<sluice_source_mysql::catalog::SnapColumn>,
     estimate: u64,
 }
 
@@ -276,15 +280,15 @@ async fn source_tables(cfg: &PipelineConfig, src: &mut SourceConn) -> anyhow::Re
     match src {
         SourceConn::Pg(pg) => {
             let (client, db, domains) = &**pg;
-            for t in sluice_postgres::catalog::included_tables(client, &cfg.tables).await? {
-                let schema = sluice_postgres::catalog::table_schema(client, db, &t.id, domains).await?;
+            for t in sluice_source_postgres::catalog::included_tables(client, &cfg.tables).await? {
+                let schema = sluice_source_postgres::catalog::table_schema(client, db, &t.id, domains).await?;
                 let (schema, o, p) = plan(schema)?;
                 out.push(Table { schema, out: o, plan: p, snap: Vec::new(), estimate: t.estimated_rows });
             }
         }
         SourceConn::My(conn) => {
-            for t in sluice_mysql::catalog::included_tables(conn, &cfg.tables).await? {
-                if let Some((schema, snap)) = sluice_mysql::catalog::table_schema(conn, &t.id).await? {
+            for t in sluice_source_mysql::catalog::included_tables(conn, &cfg.tables).await? {
+                if let Some((schema, snap)) = sluice_source_mysql::catalog::table_schema(conn, &t.id).await? {
                     let (schema, o, p) = plan(schema)?;
                     out.push(Table { schema, out: o, plan: p, snap, estimate: t.estimated_rows });
                 }
@@ -361,28 +365,28 @@ async fn read_my_target(
     range: &KeyRange,
     acc: &mut Accum,
 ) -> anyhow::Result<()> {
-    let q = sluice_mysql::snapshot::quote_my;
+    let q = sluice_client_mysql::quote_ident;
     let schema = &t.out;
     let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
     let sql = format!("SELECT {cols} FROM {target}{}", range.filter(&q));
     let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {target}"))?;
     // Per-column read facts of the source column of the same name (once per
     // table); the target's text is read as the server converts it.
-    let snaps: Vec<sluice_mysql::catalog::SnapColumn> = schema
+    let snaps: Vec<sluice_source_mysql::catalog::SnapColumn> = schema
         .columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let j = if t.plan.is_none() { Some(i) } else { t.schema.column_index(&c.name) };
             let snap = j.and_then(|j| t.snap.get(j)).cloned().unwrap_or_default();
-            sluice_mysql::catalog::SnapColumn { charset: None, ..snap }
+            sluice_source_mysql::catalog::SnapColumn { charset: None, ..snap }
         })
         .collect();
     while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
         let mut values = Vec::with_capacity(schema.columns.len());
         for ((v, c), snap) in row.unwrap().into_iter().zip(&schema.columns).zip(&snaps) {
             values.push(
-                sluice_mysql::snapshot::convert(v, &c.ty, snap)
+                sluice_source_mysql::snapshot::convert(v, &c.ty, snap)
                     .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
             );
         }
@@ -396,7 +400,7 @@ fn target_name(target: &TargetConn, db: &str, t: &Table) -> String {
     match target {
         TargetConn::Pg(_) => format!("{}.{}", quote_ident(db), quote_ident(&t.out.id.name)),
         TargetConn::My(_) => {
-            let q = sluice_mysql::snapshot::quote_my;
+            let q = sluice_client_mysql::quote_ident;
             format!("{}.{}", q(db), q(&t.out.id.name))
         }
     }
@@ -441,14 +445,14 @@ async fn summarize_target(
 async fn connect_source(cfg: &PipelineConfig) -> anyhow::Result<SourceConn> {
     Ok(match &cfg.source {
         SourceConfig::Postgres(pg) => {
-            let info = sluice_postgres::conn::ConnInfo::from_config(pg)?;
-            let client = sluice_postgres::conn::connect_sql(&info).await.context("connecting to the source")?;
+            let info = sluice_source_postgres::conn_info(pg)?;
+            let client = sluice_client_postgres::connect_sql(&info).await.context("connecting to the source")?;
             client.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await?;
-            let domains = sluice_postgres::catalog::domains(&client).await?;
+            let domains = sluice_source_postgres::catalog::domains(&client).await?;
             SourceConn::Pg(Box::new((client, info.dbname.clone(), domains)))
         }
         SourceConfig::Mysql(my) => {
-            let info = sluice_mysql::conn::ConnInfo::from_config(my)?;
+            let info = sluice_source_mysql::conn_info(my)?;
             SourceConn::My(info.connect().await.context("connecting to the source")?)
         }
     })
@@ -456,18 +460,11 @@ async fn connect_source(cfg: &PipelineConfig) -> anyhow::Result<SourceConn> {
 
 async fn connect_target(sink: &DbSinkConfig, mysql: bool) -> anyhow::Result<TargetConn> {
     Ok(if mysql {
-        let info = sluice_mysql::conn::ConnInfo::from_url(&sink.url, sink.tls.as_ref(), "sink")?;
+        let info = sluice_client_mysql::ConnInfo::from_url(&sink.url, sink.tls.as_ref(), "sink")?;
         TargetConn::My(info.connect().await.context("connecting to the target")?)
     } else {
-        let tinfo = sluice_postgres::conn::ConnInfo::from_config(&PostgresSourceConfig {
-            url: sink.url.clone(),
-            slot: None,
-            publication: None,
-            tls: sink.tls.clone(),
-            streaming: None,
-            pushdown: None,
-        })?;
-        let client = sluice_postgres::conn::connect_sql(&tinfo).await.context("connecting to the target")?;
+        let tinfo = sluice_client_postgres::ConnInfo::from_url(&sink.url, sink.tls.as_ref(), "sink")?;
+        let client = sluice_client_postgres::connect_sql(&tinfo).await.context("connecting to the target")?;
         client
             .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET IntervalStyle = 'postgres'")
             .await?;
@@ -507,7 +504,7 @@ async fn plan_ranges(src: &mut SourceConn, t: &Table, chunk_rows: u64) -> anyhow
             row.get::<_, Option<String>>(0).zip(row.get::<_, Option<String>>(1)).map(|(a, b)| (a, b, row.get(2)))
         }
         SourceConn::My(conn) => {
-            let q = sluice_mysql::snapshot::quote_my;
+            let q = sluice_client_mysql::quote_ident;
             let k = q(&col);
             let sql = format!(
                 "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR), COUNT(*) FROM {}.{}",

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
-use sluice_core::config::{MysqlSourceConfig, TlsConfig, TlsMode};
-use sluice_core::error::{ErrorKind, SourceError};
+use sluice_core::config::{TlsConfig, TlsMode};
+use sluice_core::error::{ClientError, ErrorKind};
 
 /// Which server we talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,19 +36,15 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn from_config(cfg: &MysqlSourceConfig) -> Result<ConnInfo, SourceError> {
-        Self::from_url(&cfg.url, cfg.tls.as_ref(), "source")
-    }
-
     /// Settings from a URL and TLS block found under `field` (`source`, `sink`).
-    pub fn from_url(url: &str, tls_cfg: Option<&TlsConfig>, field: &'static str) -> Result<ConnInfo, SourceError> {
+    pub fn from_url(url: &str, tls_cfg: Option<&TlsConfig>, field: &'static str) -> Result<ConnInfo, ClientError> {
         let url = url.trim();
         let url = match url.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_string(),
         };
         let opts = Opts::from_url(&url).map_err(|e| {
-            SourceError::new(
+            ClientError::new(
                 ErrorKind::Config,
                 format!(
                     "{field}.url: {e} in {:?} (expected mysql://user:password@host:port)",
@@ -77,7 +73,7 @@ impl ConnInfo {
                     // mysql_async's rustls verifier cannot skip only the name
                     // check with current rustls (it matches an error string
                     // that changed), so verify-ca would silently be verify-full.
-                    return Err(SourceError::new(
+                    return Err(ClientError::new(
                         ErrorKind::Config,
                         format!(
                             "{field}.tls.mode: verify-ca is not supported for MySQL; use verify-full (the \
@@ -87,10 +83,10 @@ impl ConnInfo {
                 }
                 TlsMode::VerifyFull => {
                     let ca = t.ca_file.clone().ok_or_else(|| {
-                        SourceError::new(ErrorKind::Config, format!("{field}.tls.ca_file: required for verify-full"))
+                        ClientError::new(ErrorKind::Config, format!("{field}.tls.ca_file: required for verify-full"))
                     })?;
                     if !ca.exists() {
-                        return Err(SourceError::new(
+                        return Err(ClientError::new(
                             ErrorKind::Config,
                             format!("{field}.tls.ca_file: {} does not exist", ca.display()),
                         ));
@@ -105,7 +101,7 @@ impl ConnInfo {
 
     /// Open a session (UTC, utf8mb4). `prefer` falls back to plain text when
     /// the server offers no TLS.
-    pub async fn connect(&self) -> Result<Conn, SourceError> {
+    pub async fn connect(&self) -> Result<Conn, ClientError> {
         match Conn::new(self.opts.clone()).await {
             Ok(c) => Ok(c),
             Err(e) if self.tls == Some(TlsMode::Prefer) && is_tls_unsupported(&e) => {
@@ -116,7 +112,7 @@ impl ConnInfo {
         }
     }
 
-    fn connect_error(&self, e: mysql_async::Error) -> SourceError {
+    fn connect_error(&self, e: mysql_async::Error) -> ClientError {
         let msg = match &e {
             mysql_async::Error::Server(s) if s.code == 1045 => format!(
                 "cannot log in to MySQL at {} as {}: {} (check the user and password in {}.url)",
@@ -129,7 +125,7 @@ impl ConnInfo {
             _ => format!("cannot connect to MySQL at {}: {e}", self.addr),
         };
         let kind = classify(&e);
-        SourceError::new(kind, msg).with_source(e)
+        ClientError::new(kind, msg).with_source(e)
     }
 }
 
@@ -155,13 +151,18 @@ pub fn classify(e: &mysql_async::Error) -> ErrorKind {
     }
 }
 
+/// Quote an identifier (`name` → `` `name` ``).
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
 /// Wrap a query error with what was being done.
-pub fn sql_error(what: &str, e: mysql_async::Error) -> SourceError {
-    SourceError::new(classify(&e), format!("{what}: {e}")).with_source(e)
+pub fn sql_error(what: &str, e: mysql_async::Error) -> ClientError {
+    ClientError::new(classify(&e), format!("{what}: {e}")).with_source(e)
 }
 
 /// Server flavor and version (`10.11.19-MariaDB-log` → MariaDB, (10, 11, 19)).
-pub async fn server_version(conn: &mut Conn) -> Result<(Flavor, (u16, u16, u16)), SourceError> {
+pub async fn server_version(conn: &mut Conn) -> Result<(Flavor, (u16, u16, u16)), ClientError> {
     let v: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(|e| sql_error("SELECT VERSION()", e))?;
     let v = v.unwrap_or_default();
     let flavor = if v.to_ascii_lowercase().contains("mariadb") { Flavor::MariaDb } else { Flavor::Mysql };
@@ -171,10 +172,50 @@ pub async fn server_version(conn: &mut Conn) -> Result<(Flavor, (u16, u16, u16))
 }
 
 /// A global variable's value (`None` if the server does not know it).
-pub async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, SourceError> {
+pub async fn variable(conn: &mut Conn, name: &str) -> Result<Option<String>, ClientError> {
     let row: Option<(String, Option<String>)> = conn
         .exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,))
         .await
         .map_err(|e| sql_error(&format!("reading {name}"), e))?;
     Ok(row.and_then(|r| r.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError { code, message: String::new(), state: String::new() })
+    }
+
+    #[test]
+    fn server_errors_by_code() {
+        for code in [1040, 1053, 1077, 1152, 1159, 1161, 1205, 1213, 1317, 2006, 2013] {
+            assert_eq!(classify(&server(code)), ErrorKind::Transient, "{code}");
+        }
+        for code in [1044, 1045, 1049, 1142, 1143, 1227, 1370, 1064, 1146, 1236] {
+            assert_eq!(classify(&server(code)), ErrorKind::Fatal, "{code}");
+        }
+        let io =
+            mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(classify(&io), ErrorKind::Transient);
+        let closed = mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed);
+        assert_eq!(classify(&closed), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("plain"), "`plain`");
+        assert_eq!(quote_ident("we`ird"), "`we``ird`");
+    }
+
+    #[test]
+    fn settings_errors_name_the_field() {
+        let e = ConnInfo::from_url("http://x", None, "sink").err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.starts_with("sink.url: "), "{}", e.message);
+        let tls = TlsConfig { mode: TlsMode::VerifyCa, ca_file: None };
+        let e = ConnInfo::from_url("mysql://root@127.0.0.1:1/x", Some(&tls), "source").err().unwrap();
+        assert!(e.message.starts_with("source.tls.mode: verify-ca"), "{}", e.message);
+    }
 }

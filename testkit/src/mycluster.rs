@@ -3,8 +3,6 @@
 //! integration tests and the benchmarks. Dropping a server stops it and
 //! removes its directory.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -330,13 +330,13 @@ impl<K: Sink> Flusher<'_, K> {
     }
 }
 
-/// The later of a known position and a newly reported one. Postgres LSNs are
-/// compared (keepalives may report an older LSN than the last commit); other
-/// sources report positions in order, so the new one wins.
+/// The later of a known position and a newly reported one (keepalives may
+/// report an older position than the last commit; positions of one source
+/// are ordered, see [`Position`]'s `Ord`).
 fn later(old: Option<Position>, new: Position) -> Position {
-    match (old, new) {
-        (Some(Position::Postgres { lsn: a }), Position::Postgres { lsn: b }) => Position::Postgres { lsn: a.max(b) },
-        (_, new) => new,
+    match old {
+        Some(old) if old > new => old,
+        _ => new,
     }
 }
 
@@ -360,16 +360,10 @@ async fn run_once<S: Source, K: Sink>(
     }
     // Tables whose copy was interrupted are copied again from scratch, and
     // so are tables copied through other transforms than configured now.
-    for (name, t) in cp.tables.iter_mut() {
-        let changed = t.snapshot == SnapshotState::Done && {
-            let id = match name.split_once('.') {
-                Some((s, n)) => TableId::new(s, n),
-                None => TableId::new("", name.as_str()),
-            };
-            t.transforms != transforms.fingerprint(&id)
-        };
+    for (id, t) in cp.tables.iter_mut() {
+        let changed = t.snapshot == SnapshotState::Done && t.transforms != transforms.fingerprint(id);
         if changed {
-            tracing::info!(table = %name, "the table's transforms changed since it was copied: copying it again");
+            tracing::info!(table = %id, "the table's transforms changed since it was copied: copying it again");
         }
         if t.snapshot == SnapshotState::Copying || changed {
             t.snapshot = SnapshotState::Pending;
@@ -434,9 +428,9 @@ async fn run_once<S: Source, K: Sink>(
     let caught_up = matches!(ending, Ending::CaughtUp);
     stats.caught_up.store(caught_up, Ordering::Relaxed);
     let mut stopped = f.sink.stopped_tables();
-    for (name, t) in &f.cp.tables {
-        if let (Some(error), Some((schema, table))) = (&t.stopped, name.split_once('.')) {
-            stopped.push((TableId::new(schema, table), error.clone()));
+    for (id, t) in &f.cp.tables {
+        if let Some(error) = &t.stopped {
+            stopped.push((id.clone(), error.clone()));
         }
     }
     Ok(RunSummary { position: f.cp.position, caught_up, sink: f.sink.describe(), stopped })
@@ -465,11 +459,7 @@ async fn drive<K: Sink>(
     let identity = transforms.is_identity();
     // Tables the source could not decode: their changes are skipped.
     let mut source_stopped: HashSet<TableId> =
-        f.cp.tables
-            .iter()
-            .filter(|(_, t)| t.stopped.is_some())
-            .filter_map(|(k, _)| k.split_once('.').map(|(s, n)| TableId::new(s, n)))
-            .collect();
+        f.cp.tables.iter().filter(|(_, t)| t.stopped.is_some()).map(|(id, _)| id.clone()).collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -604,7 +594,7 @@ async fn drive<K: Sink>(
                                     let table = schema.id.clone();
                                     source_stopped.remove(&table);
                                     f.cp.tables.insert(
-                                        table.to_string(),
+                                        table.clone(),
                                         TableState {
                                             snapshot: SnapshotState::Copying,
                                             snapshot_position: Some(p),
@@ -616,7 +606,7 @@ async fn drive<K: Sink>(
                                     stats.snapshot_progress(&table, 0, false, Some(estimated_rows));
                                 }
                                 SourceMessage::TableSnapshotDone { table, rows } => {
-                                    if let Some(t) = f.cp.tables.get_mut(&table.to_string()) {
+                                    if let Some(t) = f.cp.tables.get_mut(&table) {
                                         t.snapshot = SnapshotState::Done;
                                         t.snapshot_rows = rows;
                                     }
@@ -628,9 +618,9 @@ async fn drive<K: Sink>(
                                 SourceMessage::Tables { included } => {
                                     let renamed: Vec<TableId> = included.iter().map(|t| transforms.table_id(t)).collect();
                                     f.sink.tables_included(&renamed);
-                                    let names: HashSet<String> = included.iter().map(|t| t.to_string()).collect();
-                                    f.cp.tables.retain(|name, _| names.contains(name));
-                                    source_stopped.retain(|t| names.contains(&t.to_string()));
+                                    let names: HashSet<&TableId> = included.iter().collect();
+                                    f.cp.tables.retain(|id, _| names.contains(id));
+                                    source_stopped.retain(|t| names.contains(t));
                                 }
                                 SourceMessage::TableFailed { table, error } => {
                                     if source_stopped.insert(table.clone()) {
@@ -641,7 +631,7 @@ async fn drive<K: Sink>(
                                              one run and add it back"
                                         );
                                     }
-                                    let state = f.cp.tables.entry(table.to_string()).or_insert_with(|| TableState {
+                                    let state = f.cp.tables.entry(table.clone()).or_insert_with(|| TableState {
                                         snapshot: SnapshotState::Done,
                                         snapshot_position: None,
                                         snapshot_rows: 0,
@@ -668,3 +658,6 @@ async fn drive<K: Sink>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

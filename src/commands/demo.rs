@@ -12,8 +12,9 @@ use sluice_core::config::parse_pipeline_text;
 use sluice_core::runtime::Stats;
 use tokio::sync::watch;
 
-use crate::pgcluster::PgCluster;
-use crate::{progress, run_config, Failure};
+use crate::commands::run::run_config;
+use crate::{progress, Failure};
+use sluice_testkit::PgCluster;
 
 const SETUP: &str = r#"
 CREATE SCHEMA shop;

@@ -1,0 +1,131 @@
+//! SIGKILL at random points, the one way every crash test does it, with a
+//! record of what each kill interrupted: a kill only tests recovery when
+//! it lands while the pipeline is doing work that is not finished yet.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::spawn_run;
+
+/// When to kill.
+pub struct KillPlan {
+    /// The first kill (usually early, inside the snapshot).
+    pub first_ms: Range<u64>,
+    /// Every later one.
+    pub later_ms: Range<u64>,
+    /// At least this many kills, even when the workload ends sooner.
+    pub min: usize,
+    /// At most this many.
+    pub max: usize,
+}
+
+impl KillPlan {
+    pub fn new(first_ms: Range<u64>) -> KillPlan {
+        KillPlan { first_ms, later_ms: 300..2000, min: 5, max: 30 }
+    }
+}
+
+/// What one pipeline's checkpoint said around one kill.
+struct Round {
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+}
+
+/// The kills of a crash test, per pipeline.
+pub struct Kills {
+    pipelines: Vec<PathBuf>,
+    rounds: Vec<Vec<Round>>,
+}
+
+/// Start `pipeline` again and again while `work` runs, killing it at a
+/// random point each time (see [`kill_all_repeatedly`]).
+pub async fn kill_repeatedly(
+    pipeline: &Path,
+    work: tokio::task::JoinHandle<()>,
+    rng: &mut rand::rngs::StdRng,
+    first_ms: Range<u64>,
+) -> Kills {
+    kill_all_repeatedly(&[pipeline], work, rng, KillPlan::new(first_ms)).await
+}
+
+/// Start every pipeline, wait a random time, SIGKILL them one after the
+/// other (a random 0–300 ms apart), and again, until `work` has finished
+/// and at least `plan.min` rounds ran.
+pub async fn kill_all_repeatedly(
+    pipelines: &[&Path],
+    work: tokio::task::JoinHandle<()>,
+    rng: &mut rand::rngs::StdRng,
+    plan: KillPlan,
+) -> Kills {
+    let mut kills = Kills { pipelines: pipelines.iter().map(|p| p.to_path_buf()).collect(), rounds: Vec::new() };
+    while !work.is_finished() || kills.rounds.len() < plan.min {
+        let before: Vec<_> = pipelines.iter().map(|p| progress(p)).collect();
+        let mut runs: Vec<_> = pipelines.iter().map(|p| spawn_run(p)).collect();
+        let range = if kills.rounds.is_empty() { plan.first_ms.clone() } else { plan.later_ms.clone() };
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(range))).await;
+        for (i, run) in runs.iter_mut().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+            }
+            run.start_kill().unwrap();
+        }
+        for run in &mut runs {
+            let _ = run.wait().await;
+        }
+        let after = pipelines.iter().map(|p| progress(p));
+        kills.rounds.push(before.into_iter().zip(after).map(|(before, after)| Round { before, after }).collect());
+        if kills.rounds.len() >= plan.max {
+            break;
+        }
+    }
+    work.await.unwrap();
+    eprintln!("killed each of {} pipeline(s) {} times", pipelines.len(), kills.rounds.len());
+    kills
+}
+
+impl Kills {
+    /// Call after the final catch-up: most kills must have landed mid-work,
+    /// i.e. the killed run had moved its checkpoint on (it was working)
+    /// and that checkpoint is not yet the final one (work was left).
+    /// A kill that always lands before the first change, or only after
+    /// everything is done, would otherwise pass unnoticed.
+    pub fn assert_mid_work(&self) {
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let last = progress(p);
+            let mid = self.rounds.iter().filter(|r| r[i].before != r[i].after && r[i].after != last).count();
+            eprintln!("{}: {mid} of {} kills landed mid-work", p.display(), self.rounds.len());
+            assert!(
+                mid * 2 >= self.rounds.len(),
+                "{}: only {mid} of {} kills landed while the pipeline was working with work left",
+                p.display(),
+                self.rounds.len()
+            );
+        }
+    }
+}
+
+/// The checkpoint directory of a pipeline file (`checkpoint: path:`).
+pub fn checkpoint_file(pipeline: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(pipeline).unwrap();
+    let mut in_checkpoint = false;
+    for line in text.lines() {
+        if line.starts_with("checkpoint:") {
+            in_checkpoint = true;
+        } else if in_checkpoint && line.trim_start().starts_with("path:") {
+            return Path::new(line.trim_start().trim_start_matches("path:").trim()).join("checkpoint.json");
+        } else if !line.starts_with(' ') {
+            in_checkpoint = false;
+        }
+    }
+    panic!("{}: no checkpoint.path", pipeline.display())
+}
+
+/// The checkpoint's position and per-table state (None before the first).
+fn progress(pipeline: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(checkpoint_file(pipeline)).ok()?;
+    let cp: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(serde_json::json!({ "position": cp["position"], "tables": cp["tables"] }))
+}
