@@ -70,6 +70,32 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The state of `table`. A file of the earlier format named a table in a
+    /// schema with a dot in its name ambiguously (`my.schema.t` loads as
+    /// schema `my`, table `schema.t`): such a key is found by its text.
+    pub fn table_state(&self, table: &TableId) -> Option<&TableState> {
+        self.tables.get(table).or_else(|| {
+            let text = table.to_string();
+            self.tables.iter().find(|(k, _)| k.to_string() == text).map(|(_, v)| v)
+        })
+    }
+
+    /// Give the tables of `included` their own keys where the checkpoint
+    /// holds them under an ambiguous key of the earlier format (see
+    /// [`Self::table_state`]).
+    pub fn rekey_legacy(&mut self, included: &[TableId]) {
+        for id in included {
+            if self.tables.contains_key(id) {
+                continue;
+            }
+            let text = id.to_string();
+            if let Some(k) = self.tables.keys().find(|k| k.to_string() == text).cloned() {
+                let state = self.tables.remove(&k).expect("found above");
+                self.tables.insert(id.clone(), state);
+            }
+        }
+    }
+
     pub fn new(pipeline: &str) -> Self {
         Checkpoint {
             version: 1,
@@ -288,6 +314,14 @@ mod tests {
         assert_eq!(acct.snapshot_position, Some(Position::Postgres { lsn: 1234 }));
         assert_eq!(cp.tables[&TableId::new("shop", "orders")].snapshot, SnapshotState::Copying);
         assert_eq!(cp.tables[&TableId::new("public", "bad")].stopped.as_deref(), Some("bad bytes"));
+        // A schema with a dot in its name was keyed ambiguously: found by its text, then re-keyed.
+        let mut cp = cp;
+        let dotted = TableId::new("my.schema", "t");
+        cp.tables.insert(TableId::new("my", "schema.t"), cp.tables[&TableId::new("public", "bad")].clone());
+        assert_eq!(cp.table_state(&dotted).and_then(|t| t.stopped.as_deref()), Some("bad bytes"));
+        cp.rekey_legacy(std::slice::from_ref(&dotted));
+        assert!(cp.tables.contains_key(&dotted) && !cp.tables.contains_key(&TableId::new("my", "schema.t")));
+        cp.tables.remove(&dotted);
         let again: serde_json::Value = serde_json::to_value(&cp).unwrap();
         let before: serde_json::Value = serde_json::from_str(old).unwrap();
         assert_eq!(again["tables"], before["tables"]);

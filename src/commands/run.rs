@@ -115,13 +115,15 @@ pub(crate) async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Fa
     Ok(0)
 }
 
-/// Peak resident set size of this process, in MiB.
+/// Peak resident set size of this process, in MiB: `VmHWM`, the high-water
+/// mark of this program's own memory. (`getrusage`'s `ru_maxrss` is not: on
+/// Linux it keeps the maximum of the process that spawned it, folded in at
+/// `exec` — a run started by a large parent reported that parent's size.)
 fn peak_rss_mb() -> u64 {
-    // SAFETY: getrusage fills the struct we pass; no other preconditions.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
-        (ru.ru_maxrss as u64) / 1024
-    } else {
-        0
-    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }

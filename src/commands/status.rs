@@ -47,7 +47,7 @@ pub(crate) async fn cmd_status(path: &Path, json: bool) -> Result<u8, Failure> {
                 store.describe()
             );
             for (t, s) in &c.tables {
-                println!("    {t:<40} snapshot {:?} ({} rows)", s.snapshot, s.snapshot_rows);
+                println!("    {:<40} snapshot {:?} ({} rows)", t.to_string(), s.snapshot, s.snapshot_rows);
             }
         }
     }

@@ -68,7 +68,7 @@ async fn malformed_pipelines_exit_2_with_pointed_messages() {
         ("long_name.yaml", GOOD.replace("name: t\n", &format!("name: {}\n", "n".repeat(51))), vec!["name: must be 1 to 50 characters"]),
         (
             "roll_zero.yaml",
-            GOOD.replace("  type: blackhole\n", "  type: files\n  path: o\n  roll:\n    bytes: 0\n"),
+            GOOD.replace("  type: blackhole\n", "  type: files\n  format: jsonl\n  path: o\n  roll:\n    bytes: 0\n"),
             vec!["sink.roll: rows, bytes and seconds must be positive"],
         ),
         (

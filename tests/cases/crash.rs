@@ -15,6 +15,9 @@ INSERT INTO acct SELECT g, 'v' || g, g * 1.25 FROM generate_series(1, 40000) g;
 ";
 
 /// Random transactions: inserts, updates, deletes, a few large ones.
+/// A workload lasts about this long, whatever its number of rounds.
+const PACE_MS: u64 = 8_000;
+
 pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
     let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -54,7 +57,8 @@ pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
             sql.push_str("COMMIT;");
         }
         c.batch_execute(&sql).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
+        // Paced over ~8 s, so a crash test's kills land while it runs.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=2 * PACE_MS / rounds as u64))).await;
     }
 }
 

@@ -107,6 +107,9 @@ async fn mysql_stream_semantics_and_ddl() {
 
 /// Random transactions through mysql_async: inserts (a few large), updates
 /// that bump `ver`, deletes, rollbacks.
+/// A workload lasts about this long, whatever its number of rounds.
+const PACE_MS: u64 = 8_000;
+
 pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
     let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap()).await.unwrap();
     c.query_drop("USE shop").await.unwrap();
@@ -143,7 +146,8 @@ pub(crate) async fn workload(url: String, seed: u64, rounds: usize) {
         sql.push_str(&format!("INSERT INTO shop.hist (acct, note) VALUES ({round}, 'round {round}');"));
         sql.push_str(if rng.gen_bool(0.1) { "ROLLBACK;" } else { "COMMIT;" });
         c.query_drop(sql).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
+        // Paced over ~8 s, so a crash test's kills land while it runs.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=2 * PACE_MS / rounds as u64))).await;
     }
     let _ = c.disconnect().await;
 }

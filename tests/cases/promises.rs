@@ -78,6 +78,7 @@ async fn a_slot_dropped_or_moved_past_the_checkpoint_is_fatal() {
     c.batch_execute(SETUP).await.unwrap();
     let p = env.pipeline("gone", &["public.*"], "  type: blackhole\n", "");
     catch_up(&p).await;
+    slot_released(&c).await;
     c.batch_execute("SELECT pg_drop_replication_slot('sluice_gone')").await.unwrap();
     let r = run(&p).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -87,15 +88,30 @@ async fn a_slot_dropped_or_moved_past_the_checkpoint_is_fatal() {
     let t = sluice(&["teardown", p.to_str().unwrap(), "--yes"]).await;
     assert_eq!(t.code, 0, "{}", t.stderr);
     catch_up(&p).await;
-    c.batch_execute(
-        "INSERT INTO t1 VALUES (1000, 'later'); \
-         SELECT pg_replication_slot_advance('sluice_gone', pg_current_wal_lsn())",
-    )
-    .await
-    .unwrap();
+    slot_released(&c).await;
+    // Committed (and flushed) first: a slot advances only over flushed WAL.
+    c.batch_execute("INSERT INTO t1 VALUES (1000, 'later')").await.unwrap();
+    c.batch_execute("SELECT pg_replication_slot_advance('sluice_gone', pg_current_wal_lsn())").await.unwrap();
     let r = run(&p).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("has been advanced") && r.stderr.contains("past the checkpoint"), "{}", r.stderr);
+}
+
+/// The walsender of a finished run lets go of the slot a moment later.
+async fn slot_released(c: &tokio_postgres::Client) {
+    wait_until(Duration::from_secs(30), Duration::from_millis(50), "the slot is released", || async {
+        let active: bool = c
+            .query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice_gone'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if active {
+            Err("still active".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

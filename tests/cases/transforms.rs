@@ -118,6 +118,8 @@ async fn pg_workload(url: String, rounds: i64) {
         ))
         .await
         .unwrap();
+        // Paced over ~8 s, so the crash tests' kills land while it runs.
+        tokio::time::sleep(std::time::Duration::from_millis(8_000 / rounds as u64)).await;
     }
 }
 

@@ -17,6 +17,8 @@ use sluice_core::error::{ClientError, ErrorKind};
 /// What to do about a server error with this SQLSTATE.
 pub fn classify_sqlstate(code: &str) -> ErrorKind {
     match code {
+        // Protocol violation: a bug on one side, which a retry repeats.
+        "08P01" => ErrorKind::Fatal,
         // Connection exceptions: the session is gone or never opened.
         c if c.starts_with("08") => ErrorKind::Transient,
         // Administrator/crash shutdown, cannot connect now (recovery, start-up).
@@ -115,7 +117,7 @@ mod tests {
         let cases = [
             ("08000", ErrorKind::Transient),
             ("08006", ErrorKind::Transient),
-            ("08P01", ErrorKind::Transient),
+            ("08P01", ErrorKind::Fatal),
             ("57P01", ErrorKind::Transient),
             ("57P02", ErrorKind::Transient),
             ("57P03", ErrorKind::Transient),

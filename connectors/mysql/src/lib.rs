@@ -115,7 +115,7 @@ async fn run_source(cfg: &PipelineConfig, ctx: &mut SourceContext) -> Result<(),
     let mut lowest: Option<(Coord, Option<String>)> = None;
     let mut to_copy = Vec::new();
     for t in &tables {
-        let state = cp.tables.get(&t.id);
+        let state = cp.table_state(&t.id);
         match state {
             Some(s) if s.snapshot == SnapshotState::Done => {
                 if let Some(Position::Mysql { file, pos, gtid }) = &s.snapshot_position {

@@ -179,7 +179,7 @@ async fn run_source(
     let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
     let pushdown = plan_pushdown(&client, cfg, planner, &info.dbname, &plain, &domains).await?;
     if let Err(e) = catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await {
-        if pushdown.is_empty() || e.kind != ErrorKind::Fatal {
+        if pushdown.is_empty() || !matches!(e.kind, ErrorKind::Fatal | ErrorKind::Table) {
             return Err(e);
         }
         // Postgres refused a pushed-down filter or column list: Sluice
@@ -197,13 +197,22 @@ async fn run_source(
     let slot = catalog::slot_info(&client, &slot_name).await?;
     let mut base;
     let mut created: Option<(u64, String)> = None;
+    // Where the stream must resume: the checkpoint, or before its first
+    // stream checkpoint, the consistent point of the tables already copied.
+    let resume_at = cp.position.as_ref().map(|p| p.lsn()).or_else(|| {
+        cp.tables
+            .values()
+            .filter(|t| t.snapshot == SnapshotState::Done)
+            .filter_map(|t| t.snapshot_position.as_ref().map(|p| p.lsn()))
+            .min()
+    });
     match &slot {
         None => {
-            if let Some(p) = &cp.position {
+            if let Some(at) = resume_at {
                 return Err(SourceError::fatal(format!(
                     "replication slot {slot_name} no longer exists, but the checkpoint is at {}: changes since then are lost. \
                      Run `sluice teardown` and start again (the snapshot is taken anew)",
-                    format_lsn(p.lsn())
+                    format_lsn(at)
                 )));
             }
             tracing::info!(slot = %slot_name, "creating replication slot (waits for transactions running now to finish)");
@@ -242,13 +251,13 @@ async fn run_source(
                 )));
             }
             let confirmed = s.confirmed_flush.unwrap_or(0);
-            if let Some(p) = &cp.position {
-                if confirmed > p.lsn() {
+            if let Some(at) = resume_at {
+                if confirmed > at {
                     return Err(SourceError::fatal(format!(
                         "replication slot {slot_name} has been advanced to {} past the checkpoint at {} by another consumer: \
                          changes in between are lost. Run `sluice teardown` and start again",
                         format_lsn(confirmed),
-                        format_lsn(p.lsn())
+                        format_lsn(at)
                     )));
                 }
             }
@@ -265,7 +274,7 @@ async fn run_source(
     let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
     let mut jobs = Vec::new();
     for t in &tables {
-        let state = cp.tables.get(&t.id);
+        let state = cp.table_state(&t.id);
         match state {
             Some(s) if s.snapshot == SnapshotState::Done => {
                 snapshot_lsn.insert(t.id.clone(), s.snapshot_position.as_ref().map(|p| p.lsn()).unwrap_or(0));

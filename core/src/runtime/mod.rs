@@ -330,9 +330,21 @@ impl<K: Sink> Flusher<'_, K> {
     }
 }
 
-/// The later of a known position and a newly reported one (keepalives may
-/// report an older position than the last commit; positions of one source
-/// are ordered, see [`Position`]'s `Ord`).
+/// The position after a commit. Commits arrive in commit order, so the new
+/// one is it; a Postgres LSN never goes back (a keepalive may have moved the
+/// position past a commit the server had already sent), while a MySQL
+/// source that resumed on another server (by GTID) may number its binlogs
+/// lower than the checkpoint, and its commits must still move it.
+fn committed(old: Option<Position>, new: Position) -> Position {
+    match old {
+        Some(old @ Position::Postgres { .. }) if old > new => old,
+        _ => new,
+    }
+}
+
+/// The later of a known position and one reported by idle progress
+/// (keepalives may report an older position than the last commit; positions
+/// of one source are ordered, see [`Position`]'s `Ord`).
 fn later(old: Option<Position>, new: Position) -> Position {
     match old {
         Some(old) if old > new => old,
@@ -578,7 +590,7 @@ async fn drive<K: Sink>(
                                 SourceMessage::Commit { position: p } => {
                                     in_tx = false;
                                     stats.transactions.fetch_add(1, Ordering::Relaxed);
-                                    position = Some(later(position.take(), p));
+                                    position = Some(committed(position.take(), p));
                                 }
                                 SourceMessage::Progress { position: p } => {
                                     if !in_tx {
@@ -616,6 +628,7 @@ async fn drive<K: Sink>(
                                 }
                                 SourceMessage::CaughtUp => caught_up = true,
                                 SourceMessage::Tables { included } => {
+                                    f.cp.rekey_legacy(&included);
                                     let renamed: Vec<TableId> = included.iter().map(|t| transforms.table_id(t)).collect();
                                     f.sink.tables_included(&renamed);
                                     let names: HashSet<&TableId> = included.iter().collect();

@@ -68,6 +68,16 @@ enum Step {
     Progress(u64),
 }
 
+impl Step {
+    /// The stream position this step reaches (snapshots reach none).
+    fn lsn(&self) -> Option<u64> {
+        match self {
+            Step::Tx(_, lsn, _) | Step::Progress(lsn) => Some(*lsn),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct SourceLog {
     /// The checkpoint position each run started from.
@@ -117,10 +127,16 @@ impl Source for ScriptedSource {
             }
         }
         let _ = ctx.tx.send(vec![SourceMessage::CaughtUp]).await;
-        // Record what the runtime confirms until it lets go of the source.
+        // Record what the runtime confirms until the last scripted position
+        // (or until the runtime lets go of the source).
+        let last = self.script.iter().filter_map(Step::lsn).max().unwrap_or(0).max(from);
         while ctx.confirmed.changed().await.is_ok() {
             if let Some(p) = ctx.confirmed.borrow_and_update().clone() {
+                let done = p.lsn() >= last;
                 self.log.lock().unwrap().confirmed.push(p);
+                if done {
+                    break;
+                }
             }
         }
         Ok(())
@@ -269,8 +285,6 @@ impl Harness {
             self.stats.clone(),
         )
         .await;
-        // The source records confirmations until the runtime lets it go.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         result
     }
 
@@ -405,4 +419,31 @@ async fn an_older_keepalive_never_moves_the_position_back() {
     assert_eq!(h.checkpoint().position, Some(pg(500)));
     let confirmed = h.source.lock().unwrap().confirmed.clone();
     assert!(confirmed.iter().all(|p| p.lsn() <= 500) && confirmed.last() == Some(&pg(500)), "{confirmed:?}");
+}
+
+fn my(file: &str, pos: u64) -> Position {
+    Position::Mysql { file: file.into(), pos, gtid: None }
+}
+
+#[test]
+fn positions_of_one_source_are_ordered() {
+    assert!(pg(10) < pg(11));
+    assert!(my("binlog.000009", 900) < my("binlog.000010", 4));
+    assert!(my("binlog.999999", 10) < my("binlog.1000000", 4), "numbers, not text");
+    assert!(my("binlog.000002", 4) < my("binlog.000002", 5));
+    let with_gtid = Position::Mysql { file: "binlog.000002".into(), pos: 4, gtid: Some("0-1-5".into()) };
+    assert!(my("binlog.000002", 4) < with_gtid);
+    assert_ne!(my("binlog.000002", 4), with_gtid);
+}
+
+#[test]
+fn idle_progress_never_moves_back_and_commits_always_move() {
+    assert_eq!(later(Some(pg(500)), pg(400)), pg(500));
+    assert_eq!(later(Some(pg(500)), pg(600)), pg(600));
+    assert_eq!(later(Some(my("binlog.000003", 100)), my("binlog.000002", 900)), my("binlog.000003", 100));
+    assert_eq!(later(None, my("binlog.000002", 900)), my("binlog.000002", 900));
+    // A Postgres commit never goes behind a keepalive that passed it.
+    assert_eq!(committed(Some(pg(500)), pg(450)), pg(500));
+    // A MySQL source resumed by GTID on another server numbers its files anew.
+    assert_eq!(committed(Some(my("binlog.000090", 100)), my("binlog.000001", 900)), my("binlog.000001", 900));
 }

@@ -527,8 +527,10 @@ impl FilesSink {
             }
             Writer::Parquet(_, b) | Writer::Arrow(_, b) => {
                 rows = b.append(ev);
+                // Counted per event, not per written batch: a table's last
+                // batch is written when its file closes, and must warn too.
+                lossy = std::mem::take(&mut b.lossy);
                 if b.rows() >= COLUMNAR_BATCH_ROWS {
-                    lossy = std::mem::take(&mut b.lossy);
                     f.write_batch()?;
                 }
             }
