@@ -57,7 +57,7 @@ pub async fn kill_repeatedly(
 /// 0–300 ms apart), again and again, until `work` has finished and at least
 /// `plan.min` rounds ran. The first kill lands at a random point within
 /// `plan.first_ms` (usually inside the snapshot); every later one only once
-/// each run has moved its checkpoint on (or after 10 s), then at a random
+/// each run has moved its checkpoint on (or after 30 s), then at a random
 /// point within the length of `plan.later_ms`: a kill before a run's first
 /// checkpoint tests little.
 pub async fn kill_all_repeatedly(
@@ -74,12 +74,12 @@ pub async fn kill_all_repeatedly(
         if kills.rounds.is_empty() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(plan.first_ms.clone()))).await;
         } else {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while std::time::Instant::now() < deadline && pipelines.iter().zip(&before).any(|(p, b)| progress(p) == *b)
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let spread = (plan.later_ms.end - plan.later_ms.start) / 2;
+            let spread = plan.later_ms.end - plan.later_ms.start;
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..spread))).await;
         }
         for (i, run) in runs.iter_mut().enumerate() {
