@@ -114,9 +114,11 @@ impl Kills {
     /// mid-work. A kill is judged when its run started with work left (the
     /// checkpoint was not yet the final one; the first, early kill aside);
     /// it landed mid-work when the killed run had moved its checkpoint on
-    /// and that was still not the final one. One judged kill may miss (the
-    /// run that happened to finish the work). A kill that always lands
-    /// before the first change, or only after everything is done, fails.
+    /// and that was still not the final one. At least one must have, and at
+    /// least half of the judged ones but one (`2 * mid + 1 >= judged`: the
+    /// run that happened to finish the work misses by design). Kills that
+    /// always land before the first change, or only after everything is
+    /// done, fail this.
     pub fn assert_mid_work(&self) {
         for (i, p) in self.pipelines.iter().enumerate() {
             let last = progress(p);
