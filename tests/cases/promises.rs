@@ -12,10 +12,21 @@ const SETUP: &str = "CREATE TABLE t1 (id int PRIMARY KEY, v text); CREATE TABLE 
 
 /// A pipeline file with extra lines in the `source:` block.
 fn pipeline_with_source(env: &Env, name: &str, source_extra: &str, include: &str, sink: &str) -> std::path::PathBuf {
+    pipeline_with_url(env, &env.url(), name, source_extra, include, sink)
+}
+
+/// The same, with another source URL.
+fn pipeline_with_url(
+    env: &Env,
+    url: &str,
+    name: &str,
+    source_extra: &str,
+    include: &str,
+    sink: &str,
+) -> std::path::PathBuf {
     let yaml = format!(
-        "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {}\n{source_extra}tables:\n  include: [{include}]\n\
+        "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {url}\n{source_extra}tables:\n  include: [{include}]\n\
          sink:\n{sink}checkpoint:\n  path: {}\n",
-        env.url(),
         env.dir.join(format!("state-{name}")).display()
     );
     let p = env.dir.join(format!("{name}.yaml"));
@@ -176,16 +187,7 @@ async fn sslmode_in_the_url_and_the_tls_block_that_overrides_it() {
     let c = env.client().await;
     c.batch_execute(SETUP).await.unwrap();
     let url = format!("{}?sslmode=require", env.url());
-    let write = |name: &str, tls: &str| {
-        let yaml = format!(
-            "version: 1\nname: {name}\nsource:\n  type: postgres\n  url: {url}\n{tls}tables:\n  include: [\"public.*\"]\n\
-             sink:\n  type: blackhole\ncheckpoint:\n  path: {}\n",
-            env.dir.join(format!("state-{name}")).display()
-        );
-        let p = env.dir.join(format!("{name}.yaml"));
-        std::fs::write(&p, yaml).unwrap();
-        p
-    };
+    let write = |name: &str, tls: &str| pipeline_with_url(&env, &url, name, tls, "\"public.*\"", "  type: blackhole\n");
     let r = run(&write("req", "")).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.to_lowercase().contains("tls") || r.stderr.contains("SSL"), "{}", r.stderr);
