@@ -108,6 +108,72 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// Where an event sits in its source's change stream: the coordinate part
+/// of a [`Position`], without the GTID state, so that every event can carry
+/// it by value (it is `Copy`, 24 bytes, no heap).
+///
+/// Events and `Begin` carry one for their transaction's commit (Postgres:
+/// the commit record's LSN; MySQL/MariaDB: the binlog coordinate of the
+/// transaction's start, which is where a resume re-reads it) and one for the
+/// change itself. Positions of one source are totally ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventPosition {
+    /// A Postgres WAL LSN.
+    Lsn(u64),
+    /// A binlog coordinate: the file's number (`binlog.000042` → 42) and the
+    /// byte offset in it. Ordered by file, then offset.
+    Binlog { file: u64, offset: u64 },
+}
+
+impl Default for EventPosition {
+    fn default() -> Self {
+        EventPosition::Lsn(0)
+    }
+}
+
+impl EventPosition {
+    /// The Postgres LSN (0 for other engines).
+    pub fn lsn(&self) -> u64 {
+        match self {
+            EventPosition::Lsn(l) => *l,
+            EventPosition::Binlog { .. } => 0,
+        }
+    }
+
+    /// The position as one `u64`, for output formats that have one integer
+    /// column for it (Parquet/Arrow `__position`): the LSN, or for a binlog
+    /// coordinate the file number in the high 24 bits and the offset in the
+    /// low 40. `None` when a binlog coordinate does not fit (file number of
+    /// 2^24 or more, offset of 1 TiB or more); it is never masked.
+    pub fn packed(&self) -> Option<u64> {
+        match *self {
+            EventPosition::Lsn(l) => Some(l),
+            EventPosition::Binlog { file, offset } if file < 1 << 24 && offset < 1 << 40 => Some((file << 40) | offset),
+            EventPosition::Binlog { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EventPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventPosition::Lsn(l) => f.write_str(&format_lsn(*l)),
+            EventPosition::Binlog { file, offset } => write!(f, "{file}:{offset}"),
+        }
+    }
+}
+
+impl Position {
+    /// The coordinate part of a checkpoint position (MySQL: without the
+    /// GTID state), comparable with the positions events carry.
+    pub fn coordinate(&self) -> EventPosition {
+        match self {
+            Position::Postgres { lsn } => EventPosition::Lsn(*lsn),
+            Position::Mysql { file, pos, .. } => EventPosition::Binlog { file: binlog_number(file), offset: *pos },
+        }
+    }
+}
+
 /// Where a MySQL/MariaDB change came from (the `source` block of its event).
 /// Plain data, no heap and no reference counts: it is copied into every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,10 +284,11 @@ pub struct ChangeEvent {
     /// New row image. Unchanged TOASTed columns are [`crate::Value::Unchanged`].
     pub after: Option<Row>,
     /// Commit position of the transaction holding this change (for snapshot
-    /// rows: the snapshot's consistent point).
-    pub commit_lsn: u64,
-    /// The change's own position (Postgres: the WAL record's LSN).
-    pub lsn: u64,
+    /// rows: the snapshot's consistent point). See [`EventPosition`].
+    pub commit_position: EventPosition,
+    /// The change's own position (Postgres: the WAL record's LSN; MySQL: the
+    /// rows event's coordinate).
+    pub position: EventPosition,
     /// Transaction id, when the source has one.
     pub tx_id: Option<u64>,
     /// Commit time, microseconds since the Unix epoch.
@@ -243,5 +310,41 @@ impl ChangeEvent {
                 && !matches!(a, None | Some(crate::Value::Unchanged))
                 && b != a
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn my(file: &str, pos: u64) -> Position {
+        Position::Mysql { file: file.into(), pos, gtid: None }
+    }
+
+    #[test]
+    fn event_positions_order_as_checkpoint_positions_do() {
+        let ps = [my("binlog.000009", 900), my("binlog.000010", 4), my("binlog.999999", 10), my("binlog.1000000", 4)];
+        for w in ps.windows(2) {
+            assert!(w[0] < w[1]);
+            assert!(w[0].coordinate() < w[1].coordinate(), "{} < {}", w[0], w[1]);
+        }
+        let pg = |lsn| Position::Postgres { lsn };
+        assert!(pg(10).coordinate() < pg(11).coordinate());
+        assert_eq!(pg(0x16_0000_0028).coordinate().to_string(), "16/28");
+        assert_eq!(my("binlog.000042", 1234).coordinate(), EventPosition::Binlog { file: 42, offset: 1234 });
+    }
+
+    #[test]
+    fn packed_positions_never_mask() {
+        assert_eq!(EventPosition::Lsn(u64::MAX).packed(), Some(u64::MAX));
+        assert_eq!(EventPosition::Binlog { file: 3, offset: 7 }.packed(), Some((3 << 40) | 7));
+        let last = EventPosition::Binlog { file: (1 << 24) - 1, offset: (1 << 40) - 1 };
+        assert_eq!(last.packed(), Some(u64::MAX));
+        // Packing keeps the order of the positions that fit.
+        let a = EventPosition::Binlog { file: 9, offset: (1 << 40) - 1 };
+        let b = EventPosition::Binlog { file: 10, offset: 0 };
+        assert!(a < b && a.packed() < b.packed());
+        assert_eq!(EventPosition::Binlog { file: 1 << 24, offset: 4 }.packed(), None);
+        assert_eq!(EventPosition::Binlog { file: 1, offset: 1 << 40 }.packed(), None);
     }
 }

@@ -31,7 +31,7 @@ pub mod whole_rows;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
 pub use error::{ClientError, ErrorKind, SinkError, SourceError};
-pub use event::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position};
+pub use event::{BinlogFile, ChangeEvent, EventGtid, EventPosition, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
 pub use sink::Sink;
 pub use source::{RawFormat, RawRows, Source, SourceContext, SourceMessage};

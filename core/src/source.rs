@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::SourceError;
-use crate::event::{ChangeEvent, Position};
+use crate::event::{ChangeEvent, EventPosition, Position};
 use crate::schema::{TableId, TableSchema};
 
 /// What a source sends to the runtime, in order, in batches.
@@ -16,7 +16,7 @@ pub enum SourceMessage {
     /// A change. Stream changes arrive between `Begin` and `Commit`.
     Event(ChangeEvent),
     /// A stream transaction starts; no checkpoint may be taken until its `Commit`.
-    Begin { commit_lsn: u64 },
+    Begin { commit_position: EventPosition },
     /// The transaction is complete. Everything before `position` has now been sent.
     Commit { position: Position },
     /// Outside any transaction: everything before `position` has been sent
@@ -69,7 +69,7 @@ pub struct RawRows {
     pub rows: u64,
     /// What the decoded events carry: the snapshot's consistent point and
     /// the time the copy started.
-    pub commit_lsn: u64,
+    pub commit_position: EventPosition,
     pub commit_ts_us: i64,
     /// Decode every row into an event, appended to `out`.
     pub decode: fn(&RawRows, &mut Vec<ChangeEvent>) -> Result<(), SourceError>,

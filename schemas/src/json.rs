@@ -216,7 +216,7 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
     out.extend_from_slice(b",\"table\":");
     write_str(out, &ev.table.id.name);
     out.extend_from_slice(b",\"lsn\":");
-    write_int(out, ev.lsn);
+    write_int(out, ev.position.lsn());
     out.extend_from_slice(b",\"txId\":");
     match ev.tx_id {
         Some(x) => write_int(out, x),
@@ -227,9 +227,9 @@ pub fn write_event_opts(out: &mut Vec<u8>, ev: &ChangeEvent, now_ms: i64, scratc
     out.extend_from_slice(b",\"snapshot\":");
     out.extend_from_slice(if ev.snapshot { b"\"true\"" } else { b"\"false\"" });
     out.extend_from_slice(b",\"sequence\":\"[\\\"");
-    write_int(out, ev.commit_lsn);
+    write_int(out, ev.commit_position.lsn());
     out.extend_from_slice(b"\\\",\\\"");
-    write_int(out, ev.lsn);
+    write_int(out, ev.position.lsn());
     out.extend_from_slice(b"\\\"]\"},\"ts_ms\":");
     write_int(out, now_ms);
     out.push(b'}');
@@ -361,8 +361,8 @@ mod tests {
                 Value::Json("{\"k\": [1, 2]}".into()),
                 Value::Unchanged,
             ])),
-            commit_lsn: 100,
-            lsn: 90,
+            commit_position: sluice_core::EventPosition::Lsn(100),
+            position: sluice_core::EventPosition::Lsn(90),
             tx_id: Some(7),
             commit_ts_us: 1_500_000,
             snapshot: false,
@@ -405,8 +405,8 @@ mod tests {
             table: t.clone(),
             before: None,
             after: Some(Row::new(vec![Value::Int(row as i64)])),
-            commit_lsn: 1,
-            lsn: 1,
+            commit_position: sluice_core::EventPosition::Lsn(1),
+            position: sluice_core::EventPosition::Lsn(1),
             tx_id: None,
             commit_ts_us: 2_000_000,
             snapshot: false,

@@ -37,8 +37,10 @@ use sluice_core::{ChangeEvent, Op, ReplicaIdentity, Row, TableSchema, Value};
 
 use crate::expr::{Compiled, Tri};
 
-/// What a filter makes of one event.
+/// What a filter makes of one event. Returned by value and consumed at
+/// once, so the size of `Two` costs a move, not memory held.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Out {
     Drop,
     One(ChangeEvent),

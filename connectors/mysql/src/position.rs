@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use sluice_core::EventPosition;
+
 /// `binlog.000042` → 42.
 pub fn file_seq(file: &str) -> u64 {
     file.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -25,16 +27,10 @@ impl Coord {
     pub fn key(&self) -> (u64, u64) {
         (file_seq(&self.file), self.pos)
     }
-    /// Packed into one u64 for the event's `commit_lsn`/`lsn` fields and the
-    /// columnar `__position` column: file number in the high 24 bits, offset
-    /// in the low 40.
-    pub fn packed(&self) -> u64 {
-        pack(file_seq(&self.file), self.pos)
+    /// The coordinate as events carry it (file number and offset, unpacked).
+    pub fn event_position(&self) -> EventPosition {
+        EventPosition::Binlog { file: file_seq(&self.file), offset: self.pos }
     }
-}
-
-pub fn pack(seq: u64, pos: u64) -> u64 {
-    (seq << 40) | (pos & ((1 << 40) - 1))
 }
 
 /// GTID state of either flavor, as the server writes it.
@@ -193,6 +189,6 @@ mod tests {
         let a = Coord { file: "binlog.000009".into(), pos: 900 };
         let b = Coord { file: "binlog.000010".into(), pos: 4 };
         assert!(a.key() < b.key());
-        assert!(a.packed() < b.packed());
+        assert!(a.event_position() < b.event_position());
     }
 }

@@ -228,7 +228,7 @@ async fn copy_one(
     let sql = format!("SELECT {cols} FROM {}.{}", quote_ident(&id.schema), quote_ident(&id.name));
     let mut result = conn.exec_iter(sql, ()).await.map_err(|e| sql_error(&format!("snapshot of {id}"), e))?;
     let ts = now_us();
-    let packed = point.coord.packed();
+    let at = point.coord.event_position();
     let origin = MysqlOrigin {
         file: BinlogFile::parse(&point.coord.file),
         gtid: EventGtid::None,
@@ -270,8 +270,8 @@ async fn copy_one(
             table: schema.clone(),
             before: None,
             after: Some(Row::new(values)),
-            commit_lsn: packed,
-            lsn: packed,
+            commit_position: at,
+            position: at,
             tx_id: None,
             commit_ts_us: ts,
             snapshot: true,

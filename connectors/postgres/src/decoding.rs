@@ -23,7 +23,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use sluice_core::error::SourceError;
 use sluice_core::{
-    ChangeEvent, Column, ColumnType, Op, Position, ReplicaIdentity, Row, SourceMessage, TableId, TableSchema, Value,
+    ChangeEvent, Column, ColumnType, EventPosition, Op, Position, ReplicaIdentity, Row, SourceMessage, TableId,
+    TableSchema, Value,
 };
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
@@ -195,7 +196,7 @@ impl<F: TableFilter> Decoder<F> {
         let skip = commit_lsn < self.resume_lsn;
         self.tx = Some(TxState { commit_lsn, xid, ts_us, skip });
         if !skip {
-            out.push(SourceMessage::Begin { commit_lsn });
+            out.push(SourceMessage::Begin { commit_position: EventPosition::Lsn(commit_lsn) });
         }
     }
 
@@ -248,7 +249,7 @@ impl<F: TableFilter> Decoder<F> {
                 let skip = final_lsn < self.resume_lsn;
                 self.tx = Some(TxState { commit_lsn: final_lsn, xid, ts_us: ts + PG_EPOCH_OFFSET_US, skip });
                 if !skip {
-                    out.push(SourceMessage::Begin { commit_lsn: final_lsn });
+                    out.push(SourceMessage::Begin { commit_position: EventPosition::Lsn(final_lsn) });
                 }
             }
             b'C' => {
@@ -380,8 +381,8 @@ impl<F: TableFilter> Decoder<F> {
             table: rel.schema.clone(),
             before: None,
             after: None,
-            commit_lsn: tx.commit_lsn,
-            lsn,
+            commit_position: EventPosition::Lsn(tx.commit_lsn),
+            position: EventPosition::Lsn(lsn),
             tx_id: Some(tx.xid as u64),
             commit_ts_us: tx.ts_us,
             snapshot: false,

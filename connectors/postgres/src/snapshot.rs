@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 
 use sluice_core::error::SourceError;
 use sluice_core::schema::quote_ident;
-use sluice_core::{ChangeEvent, Op, Position, RawFormat, RawRows, Row, SourceMessage, TableSchema, Value};
+use sluice_core::{
+    ChangeEvent, EventPosition, Op, Position, RawFormat, RawRows, Row, SourceMessage, TableSchema, Value,
+};
 use tokio::sync::mpsc;
 
 use sluice_client_postgres::{ConnInfo, ReplicationConn};
@@ -178,7 +180,7 @@ async fn copy_one(
         format: RawFormat::PgBinaryCopy,
         data: Vec::new(),
         rows: 0,
-        commit_lsn: consistent_lsn,
+        commit_position: EventPosition::Lsn(consistent_lsn),
         commit_ts_us: ts,
         decode: decode_raw,
     };
@@ -207,7 +209,7 @@ async fn copy_one(
                 b = &b[len..];
             } else {
                 let values = decode_tuple(&mut b, schema, &binary).map_err(bad)?;
-                batch.push(SourceMessage::Event(read_event(schema, values, consistent_lsn, ts)));
+                batch.push(SourceMessage::Event(read_event(schema, values, EventPosition::Lsn(consistent_lsn), ts)));
             }
             rows += 1;
         }
@@ -230,14 +232,14 @@ async fn copy_one(
 }
 
 /// A snapshot row as an event.
-fn read_event(schema: &Arc<TableSchema>, values: Vec<Value>, lsn: u64, ts: i64) -> ChangeEvent {
+fn read_event(schema: &Arc<TableSchema>, values: Vec<Value>, at: EventPosition, ts: i64) -> ChangeEvent {
     ChangeEvent {
         op: Op::Read,
         table: schema.clone(),
         before: None,
         after: Some(Row::new(values)),
-        commit_lsn: lsn,
-        lsn,
+        commit_position: at,
+        position: at,
         tx_id: None,
         commit_ts_us: ts,
         snapshot: true,
@@ -303,7 +305,7 @@ pub fn decode_raw(raw: &RawRows, out: &mut Vec<ChangeEvent>) -> Result<(), Sourc
     while !b.is_empty() {
         let values = decode_tuple(&mut b, &raw.schema, &binary)
             .map_err(|e| SourceError::fatal(format!("COPY of {}: {e}", raw.schema.id)))?;
-        out.push(read_event(&raw.schema, values, raw.commit_lsn, raw.commit_ts_us));
+        out.push(read_event(&raw.schema, values, raw.commit_position, raw.commit_ts_us));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::event::EventPosition;
 use crate::schema::{Column, ColumnType, ReplicaIdentity, TableSchema};
 use crate::transform::NoTransforms;
 use crate::value::{Row, Value};
@@ -41,8 +42,8 @@ fn insert(t: &Arc<TableSchema>, id: i64, lsn: u64, snapshot: bool) -> SourceMess
         table: t.clone(),
         before: None,
         after: Some(Row::new(vec![Value::Int(id)])),
-        commit_lsn: lsn,
-        lsn,
+        commit_position: EventPosition::Lsn(lsn),
+        position: EventPosition::Lsn(lsn),
         tx_id: None,
         commit_ts_us: 0,
         snapshot,
@@ -99,7 +100,7 @@ impl Source for ScriptedSource {
         for step in &self.script {
             let batch = match step {
                 Step::Tx(t, lsn, ids) if *lsn > from => {
-                    let mut b = vec![SourceMessage::Begin { commit_lsn: *lsn }];
+                    let mut b = vec![SourceMessage::Begin { commit_position: EventPosition::Lsn(*lsn) }];
                     b.extend(ids.iter().map(|&id| insert(t, id, *lsn, false)));
                     b.push(SourceMessage::Commit { position: pg(*lsn) });
                     b
@@ -181,7 +182,7 @@ impl Sink for RecordingSink {
     async fn write(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
         for ev in events {
             let Some(Value::Int(id)) = ev.after.as_ref().map(|r| r.values[0].clone()) else { panic!("{ev:?}") };
-            self.pending.push((ev.table.id.name.clone(), id, ev.commit_lsn));
+            self.pending.push((ev.table.id.name.clone(), id, ev.commit_position.lsn()));
         }
         Ok(())
     }

@@ -147,23 +147,32 @@ impl BatchBuilder {
     /// Append the rows of one event: one row, or for an update that changes
     /// the key a `d` row of the old key and then a `c` row of the new one
     /// (a warehouse that upserts by key and deletes `d` rows by key applies
-    /// it as it is). Returns the number of rows appended.
-    pub fn append(&mut self, ev: &ChangeEvent) -> usize {
+    /// it as it is). Returns the number of rows appended, or an error when
+    /// the event's commit position does not fit `__position` (nothing is
+    /// appended then).
+    pub fn append(&mut self, ev: &ChangeEvent) -> Result<usize, String> {
+        let position = ev.commit_position.packed().ok_or_else(|| {
+            format!(
+                "commit position {} of a change to {} does not fit the 64-bit __position column \
+                 (binlog file numbers up to 16777215 and offsets below 1 TiB fit)",
+                ev.commit_position, ev.table.id
+            )
+        })?;
         if ev.key_changed() {
-            self.append_image(ev, Op::Delete, ev.before.as_ref());
-            self.append_image(ev, Op::Create, ev.after.as_ref());
-            return 2;
+            self.append_image(ev, position, Op::Delete, ev.before.as_ref());
+            self.append_image(ev, position, Op::Create, ev.after.as_ref());
+            return Ok(2);
         }
         let image = match ev.op {
             Op::Delete => ev.before.as_ref(),
             Op::Truncate => None,
             _ => ev.after.as_ref(),
         };
-        self.append_image(ev, ev.op, image);
-        1
+        self.append_image(ev, position, ev.op, image);
+        Ok(1)
     }
 
-    fn append_image(&mut self, ev: &ChangeEvent, op: Op, image: Option<&sluice_core::Row>) {
+    fn append_image(&mut self, ev: &ChangeEvent, position: u64, op: Op, image: Option<&sluice_core::Row>) {
         let names = &ev.table.columns;
         for (i, col) in self.cols.iter_mut().enumerate() {
             let v = image.and_then(|r| r.values.get(i)).unwrap_or(&Value::Null);
@@ -178,7 +187,7 @@ impl BatchBuilder {
         }
         self.unchanged.append(true);
         self.op.append_value(op.code());
-        self.position.append_value(ev.commit_lsn);
+        self.position.append_value(position);
         self.commit_ts.append_value(ev.commit_ts_us);
         self.rows += 1;
         self.bytes += 32;

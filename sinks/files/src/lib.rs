@@ -526,7 +526,7 @@ impl FilesSink {
                 }
             }
             Writer::Parquet(_, b) | Writer::Arrow(_, b) => {
-                rows = b.append(ev);
+                rows = b.append(ev).map_err(SinkError::fatal)?;
                 // Counted per event, not per written batch: a table's last
                 // batch is written when its file closes, and must warn too.
                 lossy = std::mem::take(&mut b.lossy);
@@ -875,8 +875,8 @@ mod tests {
             table: table.clone(),
             before: None,
             after: Some(Row::new(vec![Value::Int(id), Value::Text(text)])),
-            commit_lsn: 100 + id as u64,
-            lsn: 100 + id as u64,
+            commit_position: sluice_core::EventPosition::Lsn(100 + id as u64),
+            position: sluice_core::EventPosition::Lsn(100 + id as u64),
             tx_id: Some(id as u64),
             commit_ts_us: 1_700_000_000_000_000 + id,
             snapshot: false,

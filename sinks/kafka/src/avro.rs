@@ -321,7 +321,7 @@ pub fn value_datum(ev: &ChangeEvent, now_ms: i64, scratch: &mut String) -> Resul
             put_bytes(&mut out, t.id.schema.as_bytes());
             put_bytes(&mut out, t.id.name.as_bytes());
             zz(&mut out, 1);
-            zz(&mut out, ev.lsn as i64);
+            zz(&mut out, ev.position.lsn() as i64);
             match ev.tx_id {
                 Some(x) => {
                     zz(&mut out, 1);
@@ -331,7 +331,7 @@ pub fn value_datum(ev: &ChangeEvent, now_ms: i64, scratch: &mut String) -> Resul
             }
             zz(&mut out, ts);
             put_bytes(&mut out, snapshot);
-            put_bytes(&mut out, format!("[\"{}\",\"{}\"]", ev.commit_lsn, ev.lsn).as_bytes());
+            put_bytes(&mut out, format!("[\"{}\",\"{}\"]", ev.commit_position.lsn(), ev.position.lsn()).as_bytes());
         }
     }
     let op: &[u8] = match ev.op {
@@ -539,8 +539,8 @@ mod tests {
                 Value::Array(vec![Value::Int(1), Value::Null]),
                 Value::Unchanged,
             ])),
-            commit_lsn: 10,
-            lsn: 9,
+            commit_position: sluice_core::EventPosition::Lsn(10),
+            position: sluice_core::EventPosition::Lsn(9),
             tx_id: Some(5),
             commit_ts_us: 0,
             snapshot: false,

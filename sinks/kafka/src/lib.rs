@@ -39,7 +39,7 @@ use rdkafka::ClientContext;
 use serde_json::json;
 use sluice_core::config::{yaml_scalar_text, KafkaDelivery, KafkaKey, KafkaSinkConfig};
 use sluice_core::event::format_lsn;
-use sluice_core::{ChangeEvent, Checkpoint, ErrorKind, Sink, SinkError, TableId, TableSchema};
+use sluice_core::{ChangeEvent, Checkpoint, ErrorKind, EventPosition, Sink, SinkError, TableId, TableSchema};
 
 use encode::{partition_for, topic_for, Encoder, Msg};
 use spool::{SpoolReader, SpoolWriter};
@@ -142,7 +142,9 @@ struct SpoolRef {
 /// The open stream transaction, for transaction metadata.
 struct OpenTx {
     id: String,
-    commit_lsn: u64,
+    commit: EventPosition,
+    /// Header text of `commit` (`sluice.position` of BEGIN and END).
+    position: String,
     ts_ms: i64,
     counts: Vec<(TableId, u64)>,
 }
@@ -179,7 +181,7 @@ pub struct KafkaSink {
     /// `sluice.unchanged` for the next message (Avro values only).
     unchanged_header: String,
     /// The last transaction's id text, by commit position.
-    tx_text: (u64, String),
+    tx_text: (EventPosition, String),
 }
 
 impl KafkaSink {
@@ -212,7 +214,7 @@ impl KafkaSink {
             epoch_saved: false,
             registry: None,
             unchanged_header: String::new(),
-            tx_text: (0, String::new()),
+            tx_text: (EventPosition::default(), String::new()),
         }
     }
 
@@ -408,7 +410,7 @@ impl KafkaSink {
             tx.counts.iter().map(|(t, n)| json!({"data_collection": t.to_string(), "event_count": n})).collect();
         let value = json!({"status": "END", "id": tx.id, "event_count": total, "data_collections": collections, "ts_ms": tx.ts_ms});
         let key = json!({"id": tx.id});
-        let pos = format_lsn(tx.commit_lsn);
+        let pos = tx.position;
         self.send(&topic, 0, Some(key.to_string().as_bytes()), Some(value.to_string().as_bytes()), &pos, &tx.id).await
     }
 
@@ -416,7 +418,7 @@ impl KafkaSink {
         if self.cfg.transaction_topic.is_none() {
             return Ok(());
         }
-        if self.open_tx.as_ref().is_some_and(|t| t.commit_lsn == ev.commit_lsn) {
+        if self.open_tx.as_ref().is_some_and(|t| t.commit == ev.commit_position) {
             return Ok(());
         }
         self.end_tx().await?;
@@ -425,9 +427,10 @@ impl KafkaSink {
         let ts_ms = ev.commit_ts_us.div_euclid(1000);
         let value = json!({"status": "BEGIN", "id": tx, "event_count": null, "data_collections": null, "ts_ms": ts_ms});
         let key = json!({"id": tx});
-        let pos = format_lsn(ev.commit_lsn);
+        let pos = commit_position_text(ev);
         self.send(&topic, 0, Some(key.to_string().as_bytes()), Some(value.to_string().as_bytes()), &pos, tx).await?;
-        self.open_tx = Some(OpenTx { id: tx.to_string(), commit_lsn: ev.commit_lsn, ts_ms, counts: Vec::new() });
+        self.open_tx =
+            Some(OpenTx { id: tx.to_string(), commit: ev.commit_position, position: pos, ts_ms, counts: Vec::new() });
         Ok(())
     }
 
@@ -470,7 +473,25 @@ fn kafka_err(what: &str, e: KafkaError) -> SinkError {
 fn event_position(ev: &ChangeEvent) -> String {
     match &ev.mysql {
         Some(m) => format!("{}:{}:{}", m.file, m.pos, m.row),
-        None => format_lsn(ev.lsn),
+        None => format_lsn(ev.position.lsn()),
+    }
+}
+
+/// The commit position of an event's transaction, as header text of its
+/// BEGIN and END messages: the commit LSN, or MySQL `file:pos` of the
+/// transaction's start.
+fn commit_position_text(ev: &ChangeEvent) -> String {
+    match &ev.mysql {
+        Some(m) => format!("{}:{}", m.file, binlog_offset(ev.commit_position)),
+        None => format_lsn(ev.commit_position.lsn()),
+    }
+}
+
+/// The offset of a binlog coordinate (0 for an LSN).
+fn binlog_offset(p: EventPosition) -> u64 {
+    match p {
+        EventPosition::Binlog { offset, .. } => offset,
+        EventPosition::Lsn(_) => 0,
     }
 }
 
@@ -478,11 +499,11 @@ fn event_position(ev: &ChangeEvent) -> String {
 fn event_tx(ev: &ChangeEvent) -> String {
     match (&ev.mysql, ev.tx_id) {
         (Some(m), _) => match m.gtid {
-            sluice_core::EventGtid::None => format!("{}:{}", m.file, ev.commit_lsn & ((1 << 40) - 1)),
+            sluice_core::EventGtid::None => format!("{}:{}", m.file, binlog_offset(ev.commit_position)),
             g => g.to_string(),
         },
-        (None, Some(x)) => format!("{x}:{}", ev.commit_lsn),
-        (None, None) => ev.commit_lsn.to_string(),
+        (None, Some(x)) => format!("{x}:{}", ev.commit_position.lsn()),
+        (None, None) => ev.commit_position.lsn().to_string(),
     }
 }
 
@@ -601,8 +622,8 @@ impl Sink for KafkaSink {
             let topic = self.route(&ev.table).await?;
             let position = event_position(ev);
             // One transaction id text per transaction, not per event.
-            if self.tx_text.0 != ev.commit_lsn || self.tx_text.1.is_empty() {
-                self.tx_text = (ev.commit_lsn, event_tx(ev));
+            if self.tx_text.0 != ev.commit_position || self.tx_text.1.is_empty() {
+                self.tx_text = (ev.commit_position, event_tx(ev));
             }
             let tx = std::mem::take(&mut self.tx_text.1);
             let mut msgs = std::mem::take(&mut self.msgs);

@@ -54,8 +54,8 @@ fn insert(t: &Arc<TableSchema>, tx: u64, id: i64) -> ChangeEvent {
         table: t.clone(),
         before: None,
         after: Some(Row::new(vec![Value::Int(id), Value::Text(format!("v{id}"))])),
-        commit_lsn: 1000 + tx,
-        lsn: 1000 + tx,
+        commit_position: sluice_core::EventPosition::Lsn(1000 + tx),
+        position: sluice_core::EventPosition::Lsn(1000 + tx),
         tx_id: Some(tx),
         commit_ts_us: 0,
         snapshot: false,
@@ -64,7 +64,14 @@ fn insert(t: &Arc<TableSchema>, tx: u64, id: i64) -> ChangeEvent {
 }
 
 fn snapshot_row(t: &Arc<TableSchema>, id: i64) -> ChangeEvent {
-    ChangeEvent { op: Op::Read, snapshot: true, commit_lsn: 500, lsn: 500, tx_id: None, ..insert(t, 0, id) }
+    ChangeEvent {
+        op: Op::Read,
+        snapshot: true,
+        commit_position: sluice_core::EventPosition::Lsn(500),
+        position: sluice_core::EventPosition::Lsn(500),
+        tx_id: None,
+        ..insert(t, 0, id)
+    }
 }
 
 /// Every message of a topic: (partition, key, value, seq header).

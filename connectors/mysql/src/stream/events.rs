@@ -15,14 +15,16 @@ use mysql_async::Conn;
 use mysql_common::binlog::events::{Event, TableMapEvent};
 use sluice_client_mysql::Flavor;
 use sluice_core::error::{ErrorKind, SourceError};
-use sluice_core::{BinlogFile, ChangeEvent, EventGtid, MysqlOrigin, Op, Position, SourceMessage, TableId, TableSchema};
+use sluice_core::{
+    BinlogFile, ChangeEvent, EventGtid, EventPosition, MysqlOrigin, Op, Position, SourceMessage, TableId, TableSchema,
+};
 
 use super::{
     advance, begin, catalog_schema, commit, decode_change, fail_table, le, truncated_table, CachedMap, State,
     StreamSetup,
 };
 use crate::decoding;
-use crate::position::{file_seq, pack, Coord, Gtid, GtidState};
+use crate::position::{file_seq, Coord, Gtid, GtidState};
 
 /// Where an event sits: its header, payload and coordinates.
 struct At<'a> {
@@ -221,8 +223,8 @@ async fn query(
                             table: schema,
                             before: None,
                             after: None,
-                            commit_lsn: st.tx_start.packed(),
-                            lsn: pack(file_seq(&st.cur.file), start_pos),
+                            commit_position: st.tx_start.event_position(),
+                            position: EventPosition::Binlog { file: file_seq(&st.cur.file), offset: start_pos },
                             tx_id: None,
                             commit_ts_us: h.timestamp() as i64 * 1_000_000,
                             snapshot: false,
@@ -374,8 +376,8 @@ fn rows(
     let rows = data;
     let mut at = hdr.rows_at;
     let ts = h.timestamp() as i64 * 1_000_000;
-    let lsn = pack(file_seq(&st.cur.file), start_pos);
-    let commit_lsn = st.tx_start.packed();
+    let position = EventPosition::Binlog { file: file_seq(&st.cur.file), offset: start_pos };
+    let commit_position = st.tx_start.event_position();
     let mut row_i = 0u32;
     let first_of_event = out.len();
     while at < rows.len() {
@@ -396,8 +398,8 @@ fn rows(
             table: plan.schema.clone(),
             before,
             after,
-            commit_lsn,
-            lsn,
+            commit_position,
+            position,
             tx_id: None,
             commit_ts_us: ts,
             snapshot: false,

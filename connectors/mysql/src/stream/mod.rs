@@ -305,7 +305,7 @@ fn advance(st: &mut State, end: u64) {
 fn begin(st: &mut State, out: &mut Vec<SourceMessage>) {
     if !st.began {
         st.began = true;
-        out.push(SourceMessage::Begin { commit_lsn: st.tx_start.packed() });
+        out.push(SourceMessage::Begin { commit_position: st.tx_start.event_position() });
     }
 }
 
