@@ -109,6 +109,38 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoint row a replica sink keeps in its own target
+/// (`sluice_checkpoints`: pipeline, position text, checkpoint JSON). It is
+/// written in the target transaction that applies the changes it covers, so
+/// data and position commit together; both replica sinks use this one form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRow {
+    /// The stream position as text (for people reading the table).
+    pub position: Option<String>,
+    /// The whole checkpoint as JSON, as the runtime will store it.
+    pub body: String,
+}
+
+impl CheckpointRow {
+    /// The row for `next`, with the sink's `state` in place of `next.sink`.
+    pub fn new(next: &Checkpoint, state: &serde_json::Value) -> CheckpointRow {
+        let body = serde_json::to_string(&Checkpoint { sink: state.clone(), ..next.clone() })
+            .expect("a checkpoint always serializes");
+        CheckpointRow { position: next.position.as_ref().map(|p| p.to_string()), body }
+    }
+
+    /// Read a stored row's checkpoint; `place` says where it was read (`the
+    /// checkpoint of P in T`) for the error, which is fatal: a corrupt row
+    /// cannot be resumed from, and guessing would lose or repeat changes.
+    pub fn parse(body: &str, place: &str) -> Result<Checkpoint, crate::error::SinkError> {
+        serde_json::from_str(body).map_err(|e| {
+            crate::error::SinkError::fatal(format!(
+                "{place} is corrupt: {e}; remove the row (sluice teardown) to start over"
+            ))
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}")]
@@ -351,6 +383,22 @@ mod tests {
         store.clear().unwrap();
         assert!(store.load().unwrap().is_none());
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn checkpoint_rows_round_trip_with_the_sink_state() {
+        let mut next = Checkpoint::new("p");
+        next.position = Some(Position::Mysql { file: "binlog.000002".into(), pos: 77, gtid: Some("0-1-9".into()) });
+        next.sink = serde_json::json!({"stale": true});
+        let state = serde_json::json!({"upsert_tables": [["s", "t"]]});
+        let row = CheckpointRow::new(&next, &state);
+        assert_eq!(row.position.as_deref(), Some("binlog.000002:77 (gtid 0-1-9)"));
+        let back = CheckpointRow::parse(&row.body, "the checkpoint of p in x").unwrap();
+        assert_eq!(back.position, next.position);
+        assert_eq!(back.sink, state);
+        let e = CheckpointRow::parse("{not json", "the checkpoint of p in x").unwrap_err();
+        assert!(e.message.contains("the checkpoint of p in x is corrupt"), "{}", e.message);
+        assert_eq!(e.kind, crate::ErrorKind::Fatal);
     }
 }
 

@@ -29,7 +29,7 @@ pub mod transform;
 pub mod value;
 pub mod whole_rows;
 
-pub use checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
+pub use checkpoint::{Checkpoint, CheckpointRow, CheckpointStore, FileCheckpointStore, SnapshotState, TableState};
 pub use error::{ClientError, ErrorKind, SinkError, SourceError};
 pub use event::{BinlogFile, ChangeEvent, EventGtid, EventPosition, MysqlOrigin, Op, Position};
 pub use schema::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
