@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod datetime;
 pub mod error;
 pub mod event;
 pub mod preflight;

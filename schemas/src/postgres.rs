@@ -5,7 +5,8 @@
 //! `bytea_output=hex`, `IntervalStyle=postgres` (the connector sets them), so
 //! each type has exactly one text form to parse.
 
-use sluice_core::value::{days_from_civil, INFINITY_DATE, INFINITY_TS, NEG_INFINITY_DATE, NEG_INFINITY_TS};
+use sluice_core::datetime::{parse_date, parse_time, parse_timestamp};
+use sluice_core::value::{INFINITY_DATE, INFINITY_TS, NEG_INFINITY_DATE, NEG_INFINITY_TS};
 use sluice_core::{ColumnType, Value};
 
 /// Session settings that make text forms canonical (see module doc).
@@ -312,8 +313,8 @@ pub fn parse_text(ty: &ColumnType, s: &str) -> Result<Value, ParseError> {
         ColumnType::Bytes => Value::Bytes(parse_bytea(s).ok_or_else(|| bad("bytea", s))?),
         ColumnType::Date => Value::Date(parse_date(s).ok_or_else(|| bad("date", s))?),
         ColumnType::Time => Value::Time(parse_time(s).ok_or_else(|| bad("time", s))?),
-        ColumnType::Timestamp => Value::Timestamp(parse_timestamp(s, false).ok_or_else(|| bad("timestamp", s))?),
-        ColumnType::TimestampTz => Value::TimestampTz(parse_timestamp(s, true).ok_or_else(|| bad("timestamptz", s))?),
+        ColumnType::Timestamp => Value::Timestamp(parse_timestamp(s).ok_or_else(|| bad("timestamp", s))?),
+        ColumnType::TimestampTz => Value::TimestampTz(parse_timestamp(s).ok_or_else(|| bad("timestamptz", s))?),
         ColumnType::Uuid => Value::Uuid(s.to_ascii_lowercase()),
         ColumnType::Json => Value::Json(s.to_string()),
         ColumnType::Array(elem) => parse_array(elem, s)?,
@@ -368,104 +369,6 @@ pub fn parse_bytea(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-fn digits(s: &[u8]) -> Option<i64> {
-    if s.is_empty() || s.len() > 18 {
-        return None;
-    }
-    let mut v = 0i64;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + (c - b'0') as i64;
-    }
-    Some(v)
-}
-
-/// `YYYY-MM-DD[ BC]` → days since 1970-01-01.
-pub fn parse_date(s: &str) -> Option<i32> {
-    match s {
-        "infinity" => return Some(INFINITY_DATE),
-        "-infinity" => return Some(NEG_INFINITY_DATE),
-        _ => {}
-    }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
-    let days = parse_ymd(body.as_bytes(), bc)?;
-    i32::try_from(days).ok()
-}
-
-fn parse_ymd(b: &[u8], bc: bool) -> Option<i64> {
-    // Year may have more than 4 digits.
-    let dash = b.iter().position(|&c| c == b'-')?;
-    let mut y = digits(&b[..dash])?;
-    if bc {
-        y = 1 - y;
-    }
-    let rest = &b[dash + 1..];
-    if rest.len() != 5 || rest[2] != b'-' {
-        return None;
-    }
-    let m = digits(&rest[..2])? as u32;
-    let d = digits(&rest[3..])? as u32;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(days_from_civil(y, m, d))
-}
-
-/// `HH:MM:SS[.ffffff]` → microseconds.
-pub fn parse_time(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
-        return None;
-    }
-    let h = digits(&b[..2])?;
-    let m = digits(&b[3..5])?;
-    let sec = digits(&b[6..8])?;
-    let mut us = 0;
-    if b.len() > 8 {
-        if b[8] != b'.' || b.len() > 15 || b.len() == 9 {
-            return None;
-        }
-        let frac = &b[9..];
-        us = digits(frac)? * 10i64.pow(6 - frac.len() as u32);
-    }
-    Some(((h * 60 + m) * 60 + sec) * 1_000_000 + us)
-}
-
-/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since the epoch (UTC when `tz`).
-pub fn parse_timestamp(s: &str, tz: bool) -> Option<i64> {
-    match s {
-        "infinity" => return Some(INFINITY_TS),
-        "-infinity" => return Some(NEG_INFINITY_TS),
-        _ => {}
-    }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
-    let (date, time) = body.split_once(' ')?;
-    let days = parse_ymd(date.as_bytes(), bc)?;
-    let (time, offset_secs) = if tz {
-        let idx = time.rfind(['+', '-'])?;
-        let (t, off) = time.split_at(idx);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let mut secs = 0i64;
-        for (i, part) in off[1..].split(':').enumerate() {
-            let v = digits(part.as_bytes())?;
-            secs += v * [3600, 60, 1].get(i)?;
-        }
-        (t, sign * secs)
-    } else {
-        (time, 0)
-    };
-    let us = parse_time(time)?;
-    Some(days * 86_400_000_000 + us - offset_secs * 1_000_000)
 }
 
 /// Parse an array literal (`{1,2,NULL}`, `{{"a b",c},{d,e}}`, `[0:1]={1,2}`).
@@ -654,6 +557,7 @@ pub fn split_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<std::borrow::Cow
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::value::days_from_civil;
 
     #[test]
     fn scalars() {
@@ -661,15 +565,20 @@ mod tests {
         assert!(matches!(parse_text(&ColumnType::Float64, "NaN").unwrap(), Value::Float(f) if f.is_nan()));
         assert_eq!(parse_text(&ColumnType::Float64, "-Infinity").unwrap(), Value::Float(f64::NEG_INFINITY));
         assert_eq!(parse_text(&ColumnType::Bytes, "\\x00ff").unwrap(), Value::Bytes(vec![0, 255]));
-        assert_eq!(parse_date("2000-01-01"), Some(10_957));
-        assert_eq!(parse_date("0044-03-15 BC"), Some(days_from_civil(-43, 3, 15) as i32));
-        assert_eq!(parse_time("24:00:00"), Some(86_400_000_000));
-        assert_eq!(parse_time("01:02:03.5"), Some(3_723_500_000));
-        assert_eq!(parse_timestamp("1970-01-01 00:00:01+00", true), Some(1_000_000));
-        assert_eq!(parse_timestamp("1970-01-01 02:00:00+02", true), Some(0));
-        assert_eq!(parse_timestamp("1970-01-01 00:00:00-05:30", true), Some(19_800_000_000));
-        assert_eq!(parse_timestamp("infinity", false), Some(INFINITY_TS));
-        assert_eq!(parse_timestamp("12345-01-01 00:00:00", false).map(|v| v > 0), Some(true));
+        // Temporal text in Postgres's output forms (the grammar: sluice_core::datetime).
+        assert_eq!(parse_text(&ColumnType::Date, "2000-01-01").unwrap(), Value::Date(10_957));
+        assert_eq!(
+            parse_text(&ColumnType::Date, "0044-03-15 BC").unwrap(),
+            Value::Date(days_from_civil(-43, 3, 15) as i32)
+        );
+        assert_eq!(parse_text(&ColumnType::Time, "24:00:00").unwrap(), Value::Time(86_400_000_000));
+        assert_eq!(parse_text(&ColumnType::TimestampTz, "1970-01-01 02:00:00+02").unwrap(), Value::TimestampTz(0));
+        assert_eq!(
+            parse_text(&ColumnType::TimestampTz, "1970-01-01 00:00:00-05:30").unwrap(),
+            Value::TimestampTz(19_800_000_000)
+        );
+        assert_eq!(parse_text(&ColumnType::Timestamp, "infinity").unwrap(), Value::Timestamp(INFINITY_TS));
+        assert!(parse_text(&ColumnType::Date, "2024-02-30").is_err());
     }
 
     #[test]

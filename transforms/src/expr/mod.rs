@@ -38,7 +38,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::text::{parse_date, parse_time, parse_timestamp, text_form};
+use crate::text::text_form;
+use sluice_core::datetime::{parse_date, parse_time, parse_timestamp};
 
 pub use compile::{compile, Compiled, Tri};
 pub use eval::{like, EvalError};
