@@ -172,7 +172,8 @@ impl Encoder {
                     del.after = None;
                     let value = Some(self.value(&del, topic, now_ms)?);
                     out.push(Msg { key: old_key.clone(), value, unchanged: self.take_unchanged() });
-                    if self.tombstones {
+                    // A tombstone needs a key to delete (none with `key: none`).
+                    if self.tombstones && old_key.is_some() {
                         out.push(Msg { key: old_key, value: None, unchanged: String::new() });
                     }
                     let mut create = ev.clone();
@@ -430,6 +431,23 @@ mod tests {
         assert_eq!(out.len(), 1);
         let v: Json = serde_json::from_slice(out[0].value.as_ref().unwrap()).unwrap();
         assert_eq!(v["after"]["doc"], json!({"a": 1}));
+
+        // `key: none`: no keys, so no tombstones, also for a key change.
+        let mut unkeyed = Encoder::new(KafkaFormat::Json, false, true);
+        out.clear();
+        unkeyed
+            .encode(
+                &event(Op::Update, Some(vec![Value::Int(1), Value::Unchanged]), Some(vec![Value::Int(2), doc.clone()])),
+                "t",
+                5,
+                &mut out,
+            )
+            .unwrap();
+        unkeyed
+            .encode(&event(Op::Delete, Some(vec![Value::Int(2), Value::Unchanged]), None), "t", 5, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 3, "a delete and a create, then a delete: {out:?}");
+        assert!(out.iter().all(|m| m.key.is_none() && m.value.is_some()), "{out:?}");
 
         let mut enc = Encoder::new(KafkaFormat::JsonSchema, true, false);
         out.clear();
