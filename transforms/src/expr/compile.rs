@@ -75,11 +75,11 @@ pub(super) enum Read {
 #[derive(Debug, Clone)]
 pub(super) enum Node {
     Col(usize, Read),
-    Const(V<'static>),
+    Const(ExprValue<'static>),
     Not(Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
-    Cmp(CmpOp, Box<Node>, Box<Node>, Ty),
+    Cmp(CmpOp, Box<Node>, Box<Node>, ExprType),
     IsNull(Box<Node>, bool),
     /// `x IS [NOT] TRUE/FALSE`: (value, wanted, negated).
     IsBool(Box<Node>, bool, bool),
@@ -92,18 +92,18 @@ pub(super) enum Node {
         ci: bool,
         negated: bool,
     },
-    Arith(ArOp, Box<Node>, Box<Node>, Ty),
+    Arith(ArOp, Box<Node>, Box<Node>, ExprType),
     Neg(Box<Node>),
     Concat(Box<Node>, Box<Node>),
     Func(Func, Box<Node>),
     Coalesce(Vec<Node>),
-    Cast(Box<Node>, Ty, Ty),
+    Cast(Box<Node>, ExprType, ExprType),
 }
 
 /// A typed sub-expression during compilation.
 pub(super) struct Typed {
     pub(super) node: Node,
-    pub(super) ty: Ty,
+    pub(super) ty: ExprType,
     /// A string literal not yet given a type (SQL's "unknown" literals).
     pub(super) untyped: bool,
     /// Something Postgres may not accept in a publication row filter.
@@ -111,7 +111,7 @@ pub(super) struct Typed {
 }
 
 impl Typed {
-    pub(super) fn new(node: Node, ty: Ty) -> Typed {
+    pub(super) fn new(node: Node, ty: ExprType) -> Typed {
         Typed { node, ty, untyped: false, pushable: true }
     }
 }
@@ -175,15 +175,15 @@ pub fn compile(parsed: &Parsed, schema: &TableSchema) -> Result<Compiled, String
 impl Ctx<'_> {
     pub(super) fn to_bool(&self, t: Typed, at: &Ast) -> Result<Typed, String> {
         match t.ty {
-            Ty::Bool | Ty::Null => Ok(t),
+            ExprType::Bool | ExprType::Null => Ok(t),
             _ if t.untyped => {
                 let b = match &t.node {
-                    Node::Const(V::Text(s)) => {
+                    Node::Const(ExprValue::Text(s)) => {
                         parse_bool(s).ok_or_else(|| self.err(at, format!("{s:?} is not a boolean")))?
                     }
                     _ => return Err(self.err(at, "expected a boolean condition")),
                 };
-                Ok(Typed::new(Node::Const(V::Bool(b)), Ty::Bool))
+                Ok(Typed::new(Node::Const(ExprValue::Bool(b)), ExprType::Bool))
             }
             other => Err(self.err(at, format!("expected a boolean condition, found a value of type {}", other.name()))),
         }
@@ -233,7 +233,7 @@ impl Ctx<'_> {
             && c.type_id < 16384
             && read == Read::AsIs
             && !matches!(c.ty, ColumnType::Other | ColumnType::Array(_) | ColumnType::Json);
-        let ty = Ty::of(&c.ty);
+        let ty = ExprType::of(&c.ty);
         Ok(Typed { node: Node::Col(i, read), ty, untyped: false, pushable })
     }
 
@@ -251,8 +251,12 @@ impl Ctx<'_> {
                     return Err(self.err(e, "unsupported typed literal"));
                 };
                 let to = self.data_type(&ts.data_type, e)?;
-                let lit =
-                    Typed { node: Node::Const(V::Text(Cow::Owned(s))), ty: Ty::Text, untyped: true, pushable: true };
+                let lit = Typed {
+                    node: Node::Const(ExprValue::Text(Cow::Owned(s))),
+                    ty: ExprType::Text,
+                    untyped: true,
+                    pushable: true,
+                };
                 self.coerce(lit, to, e)
             }
             Ast::UnaryOp { op, expr } => {
@@ -262,22 +266,24 @@ impl Ctx<'_> {
                         let t = self.to_bool(t, expr)?;
                         Ok(Typed {
                             node: Node::Not(Box::new(t.node)),
-                            ty: Ty::Bool,
+                            ty: ExprType::Bool,
                             untyped: false,
                             pushable: t.pushable,
                         })
                     }
                     UnaryOperator::Minus | UnaryOperator::Plus => {
-                        if !t.ty.numeric() && t.ty != Ty::Null {
+                        if !t.ty.numeric() && t.ty != ExprType::Null {
                             return Err(self.err(e, format!("unary {op} needs a number, found {}", t.ty.name())));
                         }
                         if *op == UnaryOperator::Plus {
                             return Ok(t);
                         }
                         let (node, pushable) = match t.node {
-                            Node::Const(V::Int(i)) if i != i64::MIN => (Node::Const(V::Int(-i)), t.pushable),
-                            Node::Const(V::Num(n)) => (Node::Const(V::Num(-n)), t.pushable),
-                            Node::Const(V::Float(f)) => (Node::Const(V::Float(-f)), t.pushable),
+                            Node::Const(ExprValue::Int(i)) if i != i64::MIN => {
+                                (Node::Const(ExprValue::Int(-i)), t.pushable)
+                            }
+                            Node::Const(ExprValue::Num(n)) => (Node::Const(ExprValue::Num(-n)), t.pushable),
+                            Node::Const(ExprValue::Float(f)) => (Node::Const(ExprValue::Float(-f)), t.pushable),
                             n => (Node::Neg(Box::new(n)), false),
                         };
                         Ok(Typed { node, ty: t.ty, untyped: false, pushable })
@@ -291,7 +297,7 @@ impl Ctx<'_> {
                 let neg = matches!(e, Ast::IsNotNull(_));
                 Ok(Typed {
                     node: Node::IsNull(Box::new(t.node), neg),
-                    ty: Ty::Bool,
+                    ty: ExprType::Bool,
                     untyped: false,
                     pushable: t.pushable,
                 })
@@ -303,7 +309,7 @@ impl Ctx<'_> {
                 let neg = matches!(e, Ast::IsNotTrue(_) | Ast::IsNotFalse(_));
                 Ok(Typed {
                     node: Node::IsBool(Box::new(t.node), want, neg),
-                    ty: Ty::Bool,
+                    ty: ExprType::Bool,
                     untyped: false,
                     pushable: t.pushable,
                 })
@@ -313,7 +319,7 @@ impl Ctx<'_> {
                 let neg = matches!(e, Ast::IsNotDistinctFrom(..));
                 Ok(Typed {
                     node: Node::Distinct(Box::new(l), Box::new(r), neg),
-                    ty: Ty::Bool,
+                    ty: ExprType::Bool,
                     untyped: false,
                     pushable,
                 })
@@ -331,7 +337,7 @@ impl Ctx<'_> {
                     let it = self.expr(item)?;
                     ty = self.unify_types(ty, &it, item)?;
                 }
-                if x.untyped && ty != Ty::Text {
+                if x.untyped && ty != ExprType::Text {
                     x = self.coerce(x, ty, expr)?;
                 }
                 for item in list {
@@ -342,7 +348,12 @@ impl Ctx<'_> {
                 }
                 self.check_comparable(ty, e)?;
                 let x = self.coerce(x, ty, expr)?;
-                Ok(Typed { node: Node::In(Box::new(x.node), items, *negated), ty: Ty::Bool, untyped: false, pushable })
+                Ok(Typed {
+                    node: Node::In(Box::new(x.node), items, *negated),
+                    ty: ExprType::Bool,
+                    untyped: false,
+                    pushable,
+                })
             }
             Ast::Between { expr, negated, low, high } => {
                 let (x1, lo, ty1, p1) = self.comparable(e, expr, low)?;
@@ -351,7 +362,7 @@ impl Ctx<'_> {
                 let le = Node::Cmp(CmpOp::Le, Box::new(x2), Box::new(hi), ty2);
                 let both = Node::And(Box::new(ge), Box::new(le));
                 let node = if *negated { Node::Not(Box::new(both)) } else { both };
-                Ok(Typed { node, ty: Ty::Bool, untyped: false, pushable: p1 && p2 })
+                Ok(Typed { node, ty: ExprType::Bool, untyped: false, pushable: p1 && p2 })
             }
             Ast::Like { negated, any, expr, pattern, escape_char }
             | Ast::ILike { negated, any, expr, pattern, escape_char } => {
@@ -369,7 +380,7 @@ impl Ctx<'_> {
                     Some(other) => return Err(self.err(other, "ESCAPE takes a one-character string")),
                 };
                 let ci = matches!(e, Ast::ILike { .. });
-                if let (Node::Const(V::Text(pat)), Some(esc)) = (&p.node, escape) {
+                if let (Node::Const(ExprValue::Text(pat)), Some(esc)) = (&p.node, escape) {
                     let mut escaped = false;
                     for c in pat.chars() {
                         escaped = !escaped && c == esc;
@@ -390,7 +401,7 @@ impl Ctx<'_> {
                         ci,
                         negated: *negated,
                     },
-                    ty: Ty::Bool,
+                    ty: ExprType::Bool,
                     untyped: false,
                     pushable,
                 })
@@ -416,7 +427,7 @@ impl Ctx<'_> {
                 let x = self.text_operand(expr)?;
                 Ok(Typed {
                     node: Node::Func(Func::Trim(side), Box::new(x.node)),
-                    ty: Ty::Text,
+                    ty: ExprType::Text,
                     untyped: false,
                     pushable: x.pushable,
                 })
@@ -428,23 +439,26 @@ impl Ctx<'_> {
 
     pub(super) fn literal(&self, v: &ast::Value, at: &Ast) -> Result<Typed, String> {
         Ok(match v {
-            ast::Value::Null => Typed::new(Node::Const(V::Null), Ty::Null),
-            ast::Value::Boolean(b) => Typed::new(Node::Const(V::Bool(*b)), Ty::Bool),
+            ast::Value::Null => Typed::new(Node::Const(ExprValue::Null), ExprType::Null),
+            ast::Value::Boolean(b) => Typed::new(Node::Const(ExprValue::Bool(*b)), ExprType::Bool),
             ast::Value::Number(n, _) => {
                 let s = n.to_string();
                 if let Ok(i) = s.parse::<i64>() {
-                    Typed::new(Node::Const(V::Int(i)), Ty::Int)
+                    Typed::new(Node::Const(ExprValue::Int(i)), ExprType::Int)
                 } else if let Some(d) = parse_decimal(&s) {
-                    Typed::new(Node::Const(V::Num(d)), Ty::Num)
+                    Typed::new(Node::Const(ExprValue::Num(d)), ExprType::Num)
                 } else if let Ok(f) = s.parse::<f64>() {
-                    Typed::new(Node::Const(V::Float(f)), Ty::Float)
+                    Typed::new(Node::Const(ExprValue::Float(f)), ExprType::Float)
                 } else {
                     return Err(self.err(at, format!("{s} is not a number Sluice can represent")));
                 }
             }
-            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => {
-                Typed { node: Node::Const(V::Text(Cow::Owned(s.clone()))), ty: Ty::Text, untyped: true, pushable: true }
-            }
+            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) => Typed {
+                node: Node::Const(ExprValue::Text(Cow::Owned(s.clone()))),
+                ty: ExprType::Text,
+                untyped: true,
+                pushable: true,
+            },
             ast::Value::DoubleQuotedString(s) => {
                 return Err(
                     self.err(at, format!("\"{s}\" is an identifier in SQL; write string constants in single quotes"))
@@ -454,7 +468,7 @@ impl Ctx<'_> {
         })
     }
 
-    pub(super) fn data_type(&self, d: &DataType, at: &Ast) -> Result<Ty, String> {
+    pub(super) fn data_type(&self, d: &DataType, at: &Ast) -> Result<ExprType, String> {
         let name = d.to_string().to_ascii_lowercase();
         let base = name.split('(').next().unwrap_or("").trim();
         if name.contains('(') && !matches!(base, "timestamp" | "timestamptz" | "time") {
@@ -465,17 +479,17 @@ impl Ctx<'_> {
         }
         Ok(match base {
             // 64-bit integer arithmetic and range for every integer cast.
-            "int" | "integer" | "bigint" | "int4" | "int8" | "signed" => Ty::Int,
-            "numeric" | "decimal" | "dec" => Ty::Num,
-            "float" | "float8" | "double" | "double precision" => Ty::Float,
-            "text" | "varchar" | "character varying" | "char" | "character" | "string" => Ty::Text,
-            "boolean" | "bool" => Ty::Bool,
-            "date" => Ty::Date,
-            "time" | "time without time zone" => Ty::Time,
-            "timestamp" | "timestamp without time zone" | "datetime" => Ty::Ts,
-            "timestamptz" | "timestamp with time zone" => Ty::TsTz,
-            "uuid" => Ty::Uuid,
-            "bytea" => Ty::Bytes,
+            "int" | "integer" | "bigint" | "int4" | "int8" | "signed" => ExprType::Int,
+            "numeric" | "decimal" | "dec" => ExprType::Num,
+            "float" | "float8" | "double" | "double precision" => ExprType::Float,
+            "text" | "varchar" | "character varying" | "char" | "character" | "string" => ExprType::Text,
+            "boolean" | "bool" => ExprType::Bool,
+            "date" => ExprType::Date,
+            "time" | "time without time zone" => ExprType::Time,
+            "timestamp" | "timestamp without time zone" | "datetime" => ExprType::Ts,
+            "timestamptz" | "timestamp with time zone" => ExprType::TsTz,
+            "uuid" => ExprType::Uuid,
+            "bytea" => ExprType::Bytes,
             _ => return Err(self.err(at, format!("casts to {name} are not supported"))),
         })
     }
@@ -484,14 +498,14 @@ impl Ctx<'_> {
     pub(super) fn text_operand(&mut self, e: &Ast) -> Result<Typed, String> {
         let t = self.expr(e)?;
         match t.ty {
-            Ty::Text | Ty::Null => Ok(Typed { untyped: false, ..t }),
+            ExprType::Text | ExprType::Null => Ok(Typed { untyped: false, ..t }),
             other => Err(self.err(e, format!("expected text, found {} (cast it: CAST(x AS text))", other.name()))),
         }
     }
 
-    pub(super) fn check_comparable(&self, ty: Ty, at: &Ast) -> Result<(), String> {
+    pub(super) fn check_comparable(&self, ty: ExprType, at: &Ast) -> Result<(), String> {
         match ty {
-            Ty::Json | Ty::Opaque => Err(self.err(
+            ExprType::Json | ExprType::Opaque => Err(self.err(
                 at,
                 format!(
                     "values of type {} cannot be compared; test them with IS [NOT] NULL or cast them to text",
@@ -503,35 +517,37 @@ impl Ctx<'_> {
     }
 
     /// The common type of a comparison's operands.
-    pub(super) fn unify_types(&self, a: Ty, b: &Typed, at: &Ast) -> Result<Ty, String> {
+    pub(super) fn unify_types(&self, a: ExprType, b: &Typed, at: &Ast) -> Result<ExprType, String> {
         let bt = b.ty;
-        if a == bt || bt == Ty::Null || (b.untyped && a != Ty::Null) {
+        if a == bt || bt == ExprType::Null || (b.untyped && a != ExprType::Null) {
             return Ok(a);
         }
-        if a == Ty::Null {
+        if a == ExprType::Null {
             return Ok(bt);
         }
         Ok(match (a, bt) {
             (x, y) if x.numeric() && y.numeric() => {
-                if x == Ty::Float || y == Ty::Float {
-                    Ty::Float
+                if x == ExprType::Float || y == ExprType::Float {
+                    ExprType::Float
                 } else {
-                    Ty::Num
+                    ExprType::Num
                 }
             }
-            (Ty::Date, Ty::Ts) | (Ty::Ts, Ty::Date) => Ty::Ts,
-            (Ty::Date | Ty::Ts, Ty::TsTz) | (Ty::TsTz, Ty::Date | Ty::Ts) => Ty::TsTz,
-            (Ty::Text, Ty::Uuid) | (Ty::Uuid, Ty::Text) => Ty::Text,
+            (ExprType::Date, ExprType::Ts) | (ExprType::Ts, ExprType::Date) => ExprType::Ts,
+            (ExprType::Date | ExprType::Ts, ExprType::TsTz) | (ExprType::TsTz, ExprType::Date | ExprType::Ts) => {
+                ExprType::TsTz
+            }
+            (ExprType::Text, ExprType::Uuid) | (ExprType::Uuid, ExprType::Text) => ExprType::Text,
             _ => return Err(self.err(at, format!("cannot compare {} with {}", a.name(), bt.name()))),
         })
     }
 
-    pub(super) fn comparable(&mut self, at: &Ast, a: &Ast, b: &Ast) -> Result<(Node, Node, Ty, bool), String> {
+    pub(super) fn comparable(&mut self, at: &Ast, a: &Ast, b: &Ast) -> Result<(Node, Node, ExprType, bool), String> {
         let l = self.expr(a)?;
         let r = self.expr(b)?;
         let ty =
             if l.untyped && !r.untyped { self.unify_types(r.ty, &l, at)? } else { self.unify_types(l.ty, &r, at)? };
-        let ty = if ty == Ty::Null { Ty::Text } else { ty };
+        let ty = if ty == ExprType::Null { ExprType::Text } else { ty };
         self.check_comparable(ty, at)?;
         let l = self.coerce(l, ty, a)?;
         let r = self.coerce(r, ty, b)?;
@@ -539,8 +555,8 @@ impl Ctx<'_> {
     }
 
     /// Convert `t` to `to`: literals now, other values at run time.
-    pub(super) fn coerce(&self, t: Typed, to: Ty, at: &Ast) -> Result<Typed, String> {
-        if t.ty == to || t.ty == Ty::Null {
+    pub(super) fn coerce(&self, t: Typed, to: ExprType, at: &Ast) -> Result<Typed, String> {
+        if t.ty == to || t.ty == ExprType::Null {
             return Ok(Typed { untyped: false, ..t });
         }
         if let Node::Const(v) = &t.node {
@@ -554,13 +570,14 @@ impl Ctx<'_> {
         }
         let allowed = match (t.ty, to) {
             (x, y) if x.numeric() && y.numeric() => true,
-            (_, Ty::Text) => true,
-            (Ty::Text, _) => !matches!(to, Ty::Json | Ty::Opaque),
-            (Ty::Date, Ty::Ts | Ty::TsTz) | (Ty::Ts | Ty::TsTz, Ty::Date) | (Ty::Ts, Ty::TsTz) | (Ty::TsTz, Ty::Ts) => {
-                true
-            }
-            (Ty::Ts | Ty::TsTz, Ty::Time) => true,
-            (Ty::Bool, Ty::Int) | (Ty::Int, Ty::Bool) => true,
+            (_, ExprType::Text) => true,
+            (ExprType::Text, _) => !matches!(to, ExprType::Json | ExprType::Opaque),
+            (ExprType::Date, ExprType::Ts | ExprType::TsTz)
+            | (ExprType::Ts | ExprType::TsTz, ExprType::Date)
+            | (ExprType::Ts, ExprType::TsTz)
+            | (ExprType::TsTz, ExprType::Ts) => true,
+            (ExprType::Ts | ExprType::TsTz, ExprType::Time) => true,
+            (ExprType::Bool, ExprType::Int) | (ExprType::Int, ExprType::Bool) => true,
             _ => false,
         };
         if !allowed {
@@ -589,7 +606,7 @@ impl Ctx<'_> {
             let (l, r, ty, pushable) = self.comparable(e, left, right)?;
             return Ok(Typed {
                 node: Node::Cmp(c, Box::new(l), Box::new(r), ty),
-                ty: Ty::Bool,
+                ty: ExprType::Bool,
                 untyped: false,
                 pushable,
             });
@@ -603,20 +620,21 @@ impl Ctx<'_> {
                 let pushable = l.pushable && r.pushable;
                 let (a, b) = (Box::new(l.node), Box::new(r.node));
                 let node = if *op == BinaryOperator::And { Node::And(a, b) } else { Node::Or(a, b) };
-                Ok(Typed { node, ty: Ty::Bool, untyped: false, pushable })
+                Ok(Typed { node, ty: ExprType::Bool, untyped: false, pushable })
             }
             BinaryOperator::StringConcat => {
                 let l = self.expr(left)?;
                 let r = self.expr(right)?;
-                if l.ty != Ty::Text && r.ty != Ty::Text && l.ty != Ty::Null && r.ty != Ty::Null {
+                if l.ty != ExprType::Text && r.ty != ExprType::Text && l.ty != ExprType::Null && r.ty != ExprType::Null
+                {
                     return Err(self.err(e, "|| needs a text operand"));
                 }
-                let pushable = l.pushable && r.pushable && l.ty == Ty::Text && r.ty == Ty::Text;
-                let l = self.coerce(l, Ty::Text, left)?;
-                let r = self.coerce(r, Ty::Text, right)?;
+                let pushable = l.pushable && r.pushable && l.ty == ExprType::Text && r.ty == ExprType::Text;
+                let l = self.coerce(l, ExprType::Text, left)?;
+                let r = self.coerce(r, ExprType::Text, right)?;
                 Ok(Typed {
                     node: Node::Concat(Box::new(l.node), Box::new(r.node)),
-                    ty: Ty::Text,
+                    ty: ExprType::Text,
                     untyped: false,
                     pushable,
                 })
@@ -636,14 +654,14 @@ impl Ctx<'_> {
                 let l = self.expr(left)?;
                 let r = self.expr(right)?;
                 for (t, at) in [(&l, left), (&r, right)] {
-                    if !t.ty.numeric() && t.ty != Ty::Null && !t.untyped {
+                    if !t.ty.numeric() && t.ty != ExprType::Null && !t.untyped {
                         return Err(self.err(at, format!("arithmetic needs numbers, found {}", t.ty.name())));
                     }
                 }
                 let ty = match (l.ty, r.ty) {
-                    (Ty::Float, _) | (_, Ty::Float) => Ty::Float,
-                    (Ty::Num, _) | (_, Ty::Num) => Ty::Num,
-                    _ => Ty::Int,
+                    (ExprType::Float, _) | (_, ExprType::Float) => ExprType::Float,
+                    (ExprType::Num, _) | (_, ExprType::Num) => ExprType::Num,
+                    _ => ExprType::Int,
                 };
                 // Not pushed: overflow or division by zero in a publication
                 // filter stops the server's decoding for good.
@@ -692,12 +710,12 @@ impl Ctx<'_> {
                 // Case mapping: Rust's is Unicode's, Postgres's depends on the
                 // database's collation; only trimming is pushed.
                 let pushable = x.pushable && matches!(func, Func::Trim(_));
-                Ok(Typed { node: Node::Func(func, Box::new(x.node)), ty: Ty::Text, untyped: false, pushable })
+                Ok(Typed { node: Node::Func(func, Box::new(x.node)), ty: ExprType::Text, untyped: false, pushable })
             }
             "length" | "char_length" | "character_length" => {
                 let x = one(self)?;
                 let x = self.text_operand(x)?;
-                Ok(Typed { node: Node::Func(Func::Length, Box::new(x.node)), ty: Ty::Int, untyped: false, pushable: x.pushable })
+                Ok(Typed { node: Node::Func(Func::Length, Box::new(x.node)), ty: ExprType::Int, untyped: false, pushable: x.pushable })
             }
             "abs" => {
                 let x = one(self)?;
@@ -712,11 +730,11 @@ impl Ctx<'_> {
                 if args.is_empty() {
                     return Err(self.err(e, "coalesce needs arguments"));
                 }
-                let mut ty = Ty::Null;
+                let mut ty = ExprType::Null;
                 let mut typed = Vec::new();
                 for a in &args {
                     let t = self.expr(a)?;
-                    ty = if ty == Ty::Null && t.untyped { Ty::Text } else { self.unify_types(ty, &t, a)? };
+                    ty = if ty == ExprType::Null && t.untyped { ExprType::Text } else { self.unify_types(ty, &t, a)? };
                     typed.push(t);
                 }
                 let mut nodes = Vec::new();

@@ -7,7 +7,7 @@ use super::*;
 #[derive(Debug)]
 pub struct EvalError(pub String);
 
-pub(super) type R<'a> = Result<V<'a>, EvalError>;
+pub(super) type EvalResult<'a> = Result<ExprValue<'a>, EvalError>;
 
 impl Compiled {
     /// Test a row image (`values` in the schema's column order).
@@ -16,7 +16,7 @@ impl Compiled {
             return Ok(Tri::Unknown);
         }
         Ok(match eval(&self.root, values)? {
-            V::Bool(true) => Tri::True,
+            ExprValue::Bool(true) => Tri::True,
             _ => Tri::False,
         })
     }
@@ -25,33 +25,33 @@ impl Compiled {
     }
 }
 
-pub(super) fn truth(v: &V) -> Option<bool> {
+pub(super) fn truth(v: &ExprValue) -> Option<bool> {
     match v {
-        V::Bool(b) => Some(*b),
+        ExprValue::Bool(b) => Some(*b),
         _ => None,
     }
 }
 
-pub(super) fn tri(b: Option<bool>) -> V<'static> {
+pub(super) fn tri(b: Option<bool>) -> ExprValue<'static> {
     match b {
-        Some(b) => V::Bool(b),
-        None => V::Null,
+        Some(b) => ExprValue::Bool(b),
+        None => ExprValue::Null,
     }
 }
 
-pub(super) fn eval<'a>(n: &'a Node, row: &'a [Value]) -> R<'a> {
+pub(super) fn eval<'a>(n: &'a Node, row: &'a [Value]) -> EvalResult<'a> {
     Ok(match n {
-        Node::Col(i, read) => match (column_value(&row[*i]).unwrap_or(V::Null), read) {
-            (V::Text(t), Read::TrimBlanks) => V::Text(match t {
+        Node::Col(i, read) => match (column_value(&row[*i]).unwrap_or(ExprValue::Null), read) {
+            (ExprValue::Text(t), Read::TrimBlanks) => ExprValue::Text(match t {
                 Cow::Borrowed(b) => Cow::Borrowed(b.trim_end_matches(' ')),
                 Cow::Owned(o) => Cow::Owned(o.trim_end_matches(' ').to_string()),
             }),
-            (V::Float(f), Read::Float32) => V::Float(f as f32 as f64),
+            (ExprValue::Float(f), Read::Float32) => ExprValue::Float(f as f32 as f64),
             (v, _) => v,
         },
         Node::Const(v) => match v {
-            V::Text(t) => V::Text(Cow::Borrowed(t.as_ref())),
-            V::Bytes(b) => V::Bytes(Cow::Borrowed(b.as_ref())),
+            ExprValue::Text(t) => ExprValue::Text(Cow::Borrowed(t.as_ref())),
+            ExprValue::Bytes(b) => ExprValue::Bytes(Cow::Borrowed(b.as_ref())),
             other => other.clone(),
         },
         Node::Not(x) => tri(truth(&eval(x, row)?).map(|b| !b)),
@@ -61,103 +61,105 @@ pub(super) fn eval<'a>(n: &'a Node, row: &'a [Value]) -> R<'a> {
         Node::Or(a, b) => junction(a, b, true, row)?,
         Node::Cmp(op, a, b, _) => {
             let (l, r) = (eval(a, row)?, eval(b, row)?);
-            if matches!(l, V::Null) || matches!(r, V::Null) {
-                return Ok(V::Null);
+            if matches!(l, ExprValue::Null) || matches!(r, ExprValue::Null) {
+                return Ok(ExprValue::Null);
             }
             match compare(&l, &r) {
-                Some(o) => V::Bool(op.holds(o)),
+                Some(o) => ExprValue::Bool(op.holds(o)),
                 None => return Err(EvalError(format!("cannot compare {l:?} with {r:?}"))),
             }
         }
-        Node::IsNull(x, neg) => V::Bool(matches!(eval(x, row)?, V::Null) != *neg),
-        Node::IsBool(x, want, neg) => V::Bool((truth(&eval(x, row)?) == Some(*want)) != *neg),
+        Node::IsNull(x, neg) => ExprValue::Bool(matches!(eval(x, row)?, ExprValue::Null) != *neg),
+        Node::IsBool(x, want, neg) => ExprValue::Bool((truth(&eval(x, row)?) == Some(*want)) != *neg),
         Node::Distinct(a, b, neg) => {
             let (l, r) = (eval(a, row)?, eval(b, row)?);
             let same = match (&l, &r) {
-                (V::Null, V::Null) => true,
-                (V::Null, _) | (_, V::Null) => false,
+                (ExprValue::Null, ExprValue::Null) => true,
+                (ExprValue::Null, _) | (_, ExprValue::Null) => false,
                 _ => compare(&l, &r) == Some(Ordering::Equal),
             };
-            V::Bool(same == *neg)
+            ExprValue::Bool(same == *neg)
         }
         Node::In(x, items, neg) => {
             let v = eval(x, row)?;
-            if matches!(v, V::Null) {
-                return Ok(V::Null);
+            if matches!(v, ExprValue::Null) {
+                return Ok(ExprValue::Null);
             }
             let mut saw_null = false;
             for it in items {
                 let w = eval(it, row)?;
-                if matches!(w, V::Null) {
+                if matches!(w, ExprValue::Null) {
                     saw_null = true;
                 } else if compare(&v, &w) == Some(Ordering::Equal) {
-                    return Ok(V::Bool(!neg));
+                    return Ok(ExprValue::Bool(!neg));
                 }
             }
             if saw_null {
-                V::Null
+                ExprValue::Null
             } else {
-                V::Bool(*neg)
+                ExprValue::Bool(*neg)
             }
         }
         Node::Like { expr, pattern, escape, ci, negated } => {
-            let (V::Text(s), V::Text(p)) = (eval(expr, row)?, eval(pattern, row)?) else {
-                return Ok(V::Null);
+            let (ExprValue::Text(s), ExprValue::Text(p)) = (eval(expr, row)?, eval(pattern, row)?) else {
+                return Ok(ExprValue::Null);
             };
             let m = if *ci { like(&s.to_lowercase(), &p.to_lowercase(), *escape) } else { like(&s, &p, *escape) };
-            V::Bool(m != *negated)
+            ExprValue::Bool(m != *negated)
         }
         Node::Arith(op, a, b, ty) => {
             let (l, r) = (eval(a, row)?, eval(b, row)?);
-            if matches!(l, V::Null) || matches!(r, V::Null) {
-                return Ok(V::Null);
+            if matches!(l, ExprValue::Null) || matches!(r, ExprValue::Null) {
+                return Ok(ExprValue::Null);
             }
             arith(*op, &l, &r, *ty)?
         }
         Node::Neg(x) => match eval(x, row)? {
-            V::Int(i) => V::Int(i.checked_neg().ok_or_else(|| EvalError("integer out of range".into()))?),
-            V::Num(d) => V::Num(-d),
-            V::Float(f) => V::Float(-f),
-            _ => V::Null,
+            ExprValue::Int(i) => {
+                ExprValue::Int(i.checked_neg().ok_or_else(|| EvalError("integer out of range".into()))?)
+            }
+            ExprValue::Num(d) => ExprValue::Num(-d),
+            ExprValue::Float(f) => ExprValue::Float(-f),
+            _ => ExprValue::Null,
         },
         Node::Concat(a, b) => {
             let (l, r) = (eval(a, row)?, eval(b, row)?);
             match (l, r) {
-                (V::Text(x), V::Text(y)) => V::Text(Cow::Owned(format!("{x}{y}"))),
-                _ => V::Null,
+                (ExprValue::Text(x), ExprValue::Text(y)) => ExprValue::Text(Cow::Owned(format!("{x}{y}"))),
+                _ => ExprValue::Null,
             }
         }
         Node::Func(f, x) => {
             let v = eval(x, row)?;
             match (f, v) {
-                (_, V::Null) => V::Null,
-                (Func::Lower, V::Text(s)) => V::Text(Cow::Owned(s.to_lowercase())),
-                (Func::Upper, V::Text(s)) => V::Text(Cow::Owned(s.to_uppercase())),
-                (Func::Length, V::Text(s)) => V::Int(s.chars().count() as i64),
-                (Func::Trim(side), V::Text(s)) => {
+                (_, ExprValue::Null) => ExprValue::Null,
+                (Func::Lower, ExprValue::Text(s)) => ExprValue::Text(Cow::Owned(s.to_lowercase())),
+                (Func::Upper, ExprValue::Text(s)) => ExprValue::Text(Cow::Owned(s.to_uppercase())),
+                (Func::Length, ExprValue::Text(s)) => ExprValue::Int(s.chars().count() as i64),
+                (Func::Trim(side), ExprValue::Text(s)) => {
                     let t = match side {
                         TrimSide::Both => s.trim_matches(' '),
                         TrimSide::Leading => s.trim_start_matches(' '),
                         TrimSide::Trailing => s.trim_end_matches(' '),
                     };
-                    V::Text(Cow::Owned(t.to_string()))
+                    ExprValue::Text(Cow::Owned(t.to_string()))
                 }
-                (Func::Abs, V::Int(i)) => {
-                    V::Int(i.checked_abs().ok_or_else(|| EvalError("integer out of range".into()))?)
+                (Func::Abs, ExprValue::Int(i)) => {
+                    ExprValue::Int(i.checked_abs().ok_or_else(|| EvalError("integer out of range".into()))?)
                 }
-                (Func::Abs, V::Num(d)) => V::Num(d.abs()),
-                (Func::Abs, V::Float(f)) => V::Float(f.abs()),
+                (Func::Abs, ExprValue::Num(d)) => ExprValue::Num(d.abs()),
+                (Func::Abs, ExprValue::Float(f)) => ExprValue::Float(f.abs()),
                 (f, v) => return Err(EvalError(format!("{f:?} cannot take {v:?}"))),
             }
         }
         Node::Coalesce(items) => {
             for it in items {
                 let v = eval(it, row)?;
-                if !matches!(v, V::Null) {
+                if !matches!(v, ExprValue::Null) {
                     return Ok(v);
                 }
             }
-            V::Null
+            ExprValue::Null
         }
         Node::Cast(x, from, to) => cast(eval(x, row)?, *from, *to).map_err(EvalError)?,
     })
@@ -165,26 +167,28 @@ pub(super) fn eval<'a>(n: &'a Node, row: &'a [Value]) -> R<'a> {
 
 /// `a AND b` (`decisive` false) or `a OR b` (`decisive` true), three-valued,
 /// without evaluating `b` once `a` decides.
-pub(super) fn junction<'a>(a: &'a Node, b: &'a Node, decisive: bool, row: &'a [Value]) -> R<'a> {
+pub(super) fn junction<'a>(a: &'a Node, b: &'a Node, decisive: bool, row: &'a [Value]) -> EvalResult<'a> {
     let l = truth(&eval(a, row)?);
     if l == Some(decisive) {
-        return Ok(V::Bool(decisive));
+        return Ok(ExprValue::Bool(decisive));
     }
     let r = truth(&eval(b, row)?);
     Ok(match (l, r) {
-        (_, Some(x)) if x == decisive => V::Bool(decisive),
-        (Some(_), Some(_)) => V::Bool(!decisive),
-        _ => V::Null,
+        (_, Some(x)) if x == decisive => ExprValue::Bool(decisive),
+        (Some(_), Some(_)) => ExprValue::Bool(!decisive),
+        _ => ExprValue::Null,
     })
 }
 
-pub(super) fn arith<'a>(op: ArOp, l: &V, r: &V, ty: Ty) -> R<'a> {
+pub(super) fn arith<'a>(op: ArOp, l: &ExprValue, r: &ExprValue, ty: ExprType) -> EvalResult<'a> {
     let overflow = || EvalError("numeric value out of range".into());
     let div0 = || EvalError("division by zero".into());
     Ok(match ty {
-        Ty::Int => {
-            let (V::Int(a), V::Int(b)) = (l, r) else { return Err(EvalError("integer operands expected".into())) };
-            V::Int(match op {
+        ExprType::Int => {
+            let (ExprValue::Int(a), ExprValue::Int(b)) = (l, r) else {
+                return Err(EvalError("integer operands expected".into()));
+            };
+            ExprValue::Int(match op {
                 ArOp::Add => a.checked_add(*b).ok_or_else(overflow)?,
                 ArOp::Sub => a.checked_sub(*b).ok_or_else(overflow)?,
                 ArOp::Mul => a.checked_mul(*b).ok_or_else(overflow)?,
@@ -194,12 +198,12 @@ pub(super) fn arith<'a>(op: ArOp, l: &V, r: &V, ty: Ty) -> R<'a> {
                 ArOp::Mod => a.checked_rem(*b).ok_or_else(overflow)?,
             })
         }
-        Ty::Num if l.as_dec().is_some() && r.as_dec().is_some() => {
+        ExprType::Num if l.as_dec().is_some() && r.as_dec().is_some() => {
             let (a, b) = (l.as_dec().unwrap_or_default(), r.as_dec().unwrap_or_default());
             if matches!(op, ArOp::Div | ArOp::Mod) && b.is_zero() {
                 return Err(div0());
             }
-            V::Num(
+            ExprValue::Num(
                 match op {
                     ArOp::Add => a.checked_add(b),
                     ArOp::Sub => a.checked_sub(b),
@@ -214,10 +218,10 @@ pub(super) fn arith<'a>(op: ArOp, l: &V, r: &V, ty: Ty) -> R<'a> {
             let (Some(a), Some(b)) = (l.as_f64(), r.as_f64()) else {
                 return Err(EvalError("numeric operands expected".into()));
             };
-            if ty != Ty::Float && matches!(op, ArOp::Div | ArOp::Mod) && b == 0.0 {
+            if ty != ExprType::Float && matches!(op, ArOp::Div | ArOp::Mod) && b == 0.0 {
                 return Err(div0());
             }
-            V::Float(match op {
+            ExprValue::Float(match op {
                 ArOp::Add => a + b,
                 ArOp::Sub => a - b,
                 ArOp::Mul => a * b,

@@ -44,7 +44,7 @@ use sluice_core::datetime::{parse_date, parse_time, parse_timestamp};
 pub use compile::{compile, Compiled, Tri};
 pub use eval::{like, EvalError};
 pub use parse::{parse, Parsed};
-pub use types::{Ty, V};
+pub use types::{ExprType, ExprValue};
 
 use compile::*;
 use render::*;

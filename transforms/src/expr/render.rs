@@ -9,22 +9,22 @@ pub(super) fn render(n: &Node, schema: &TableSchema) -> String {
     match n {
         Node::Col(i, _) => quote_ident(&schema.columns[*i].name),
         Node::Const(v) => match v {
-            V::Null => "NULL".into(),
-            V::Bool(b) => (if *b { "true" } else { "false" }).into(),
-            V::Int(i) => format!("({i})::bigint"),
-            V::Num(d) => format!("{}::numeric", quote_literal(&d.to_string())),
-            V::Float(f) => {
+            ExprValue::Null => "NULL".into(),
+            ExprValue::Bool(b) => (if *b { "true" } else { "false" }).into(),
+            ExprValue::Int(i) => format!("({i})::bigint"),
+            ExprValue::Num(d) => format!("{}::numeric", quote_literal(&d.to_string())),
+            ExprValue::Float(f) => {
                 let mut s = String::new();
                 crate::text::float_text(*f, &mut s);
                 format!("{}::float8", quote_literal(&s))
             }
-            V::Text(t) => quote_literal(t),
-            V::Bytes(_) | V::Date(_) | V::Time(_) | V::Ts(_) | V::TsTz(_) => {
+            ExprValue::Text(t) => quote_literal(t),
+            ExprValue::Bytes(_) | ExprValue::Date(_) | ExprValue::Time(_) | ExprValue::Ts(_) | ExprValue::TsTz(_) => {
                 let ty = match v {
-                    V::Bytes(_) => "bytea",
-                    V::Date(_) => "date",
-                    V::Time(_) => "time",
-                    V::Ts(_) => "timestamp",
+                    ExprValue::Bytes(_) => "bytea",
+                    ExprValue::Date(_) => "date",
+                    ExprValue::Time(_) => "time",
+                    ExprValue::Ts(_) => "timestamp",
                     _ => "timestamptz",
                 };
                 format!("{}::{ty}", quote_literal(&v.text().unwrap_or_default()))
@@ -34,7 +34,7 @@ pub(super) fn render(n: &Node, schema: &TableSchema) -> String {
         Node::And(a, b) => format!("({} AND {})", r(a), r(b)),
         Node::Or(a, b) => format!("({} OR {})", r(a), r(b)),
         Node::Cmp(op, a, b, ty) => {
-            let c = if *ty == Ty::Text && !matches!(op, CmpOp::Eq | CmpOp::Ne) { " COLLATE \"C\"" } else { "" };
+            let c = if *ty == ExprType::Text && !matches!(op, CmpOp::Eq | CmpOp::Ne) { " COLLATE \"C\"" } else { "" };
             format!("({}{c} {} {}{c})", r(a), op.sql(), r(b))
         }
         Node::IsNull(x, neg) => format!("({} IS {}NULL)", r(x), if *neg { "NOT " } else { "" }),

@@ -5,7 +5,7 @@ use super::*;
 
 /// The logical type of an expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ty {
+pub enum ExprType {
     Bool,
     Int,
     Float,
@@ -25,66 +25,66 @@ pub enum Ty {
     Null,
 }
 
-impl Ty {
+impl ExprType {
     pub(super) fn name(self) -> &'static str {
         match self {
-            Ty::Bool => "boolean",
-            Ty::Int => "integer",
-            Ty::Float => "double precision",
-            Ty::Num => "numeric",
-            Ty::Text => "text",
-            Ty::Bytes => "bytea",
-            Ty::Date => "date",
-            Ty::Time => "time",
-            Ty::Ts => "timestamp",
-            Ty::TsTz => "timestamptz",
-            Ty::Uuid => "uuid",
-            Ty::Json => "json",
-            Ty::Opaque => "array/other",
-            Ty::Null => "null",
+            ExprType::Bool => "boolean",
+            ExprType::Int => "integer",
+            ExprType::Float => "double precision",
+            ExprType::Num => "numeric",
+            ExprType::Text => "text",
+            ExprType::Bytes => "bytea",
+            ExprType::Date => "date",
+            ExprType::Time => "time",
+            ExprType::Ts => "timestamp",
+            ExprType::TsTz => "timestamptz",
+            ExprType::Uuid => "uuid",
+            ExprType::Json => "json",
+            ExprType::Opaque => "array/other",
+            ExprType::Null => "null",
         }
     }
     pub(super) fn numeric(self) -> bool {
-        matches!(self, Ty::Int | Ty::Float | Ty::Num)
+        matches!(self, ExprType::Int | ExprType::Float | ExprType::Num)
     }
-    pub(super) fn of(c: &ColumnType) -> Ty {
+    pub(super) fn of(c: &ColumnType) -> ExprType {
         match c {
-            ColumnType::Bool => Ty::Bool,
-            ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt32 => Ty::Int,
-            ColumnType::UInt64 | ColumnType::Numeric { .. } => Ty::Num,
-            ColumnType::Float32 | ColumnType::Float64 => Ty::Float,
-            ColumnType::Text | ColumnType::Other => Ty::Text,
-            ColumnType::Bytes => Ty::Bytes,
-            ColumnType::Date => Ty::Date,
-            ColumnType::Time => Ty::Time,
-            ColumnType::Timestamp => Ty::Ts,
-            ColumnType::TimestampTz => Ty::TsTz,
-            ColumnType::Uuid => Ty::Uuid,
-            ColumnType::Json => Ty::Json,
-            ColumnType::Array(_) => Ty::Opaque,
+            ColumnType::Bool => ExprType::Bool,
+            ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt32 => ExprType::Int,
+            ColumnType::UInt64 | ColumnType::Numeric { .. } => ExprType::Num,
+            ColumnType::Float32 | ColumnType::Float64 => ExprType::Float,
+            ColumnType::Text | ColumnType::Other => ExprType::Text,
+            ColumnType::Bytes => ExprType::Bytes,
+            ColumnType::Date => ExprType::Date,
+            ColumnType::Time => ExprType::Time,
+            ColumnType::Timestamp => ExprType::Ts,
+            ColumnType::TimestampTz => ExprType::TsTz,
+            ColumnType::Uuid => ExprType::Uuid,
+            ColumnType::Json => ExprType::Json,
+            ColumnType::Array(_) => ExprType::Opaque,
         }
     }
     pub(super) fn pg(self) -> &'static str {
         match self {
-            Ty::Bool => "boolean",
-            Ty::Int => "bigint",
-            Ty::Float => "float8",
-            Ty::Num => "numeric",
-            Ty::Text | Ty::Opaque | Ty::Null => "text",
-            Ty::Bytes => "bytea",
-            Ty::Date => "date",
-            Ty::Time => "time",
-            Ty::Ts => "timestamp",
-            Ty::TsTz => "timestamptz",
-            Ty::Uuid => "uuid",
-            Ty::Json => "jsonb",
+            ExprType::Bool => "boolean",
+            ExprType::Int => "bigint",
+            ExprType::Float => "float8",
+            ExprType::Num => "numeric",
+            ExprType::Text | ExprType::Opaque | ExprType::Null => "text",
+            ExprType::Bytes => "bytea",
+            ExprType::Date => "date",
+            ExprType::Time => "time",
+            ExprType::Ts => "timestamp",
+            ExprType::TsTz => "timestamptz",
+            ExprType::Uuid => "uuid",
+            ExprType::Json => "jsonb",
         }
     }
 }
 
 /// An evaluated value.
 #[derive(Debug, Clone, PartialEq)]
-pub enum V<'a> {
+pub enum ExprValue<'a> {
     Null,
     Bool(bool),
     Int(i64),
@@ -98,54 +98,54 @@ pub enum V<'a> {
     TsTz(i64),
 }
 
-impl V<'_> {
-    pub(super) fn into_owned(self) -> V<'static> {
+impl ExprValue<'_> {
+    pub(super) fn into_owned(self) -> ExprValue<'static> {
         match self {
-            V::Text(t) => V::Text(Cow::Owned(t.into_owned())),
-            V::Bytes(b) => V::Bytes(Cow::Owned(b.into_owned())),
-            V::Null => V::Null,
-            V::Bool(b) => V::Bool(b),
-            V::Int(i) => V::Int(i),
-            V::Float(f) => V::Float(f),
-            V::Num(n) => V::Num(n),
-            V::Date(d) => V::Date(d),
-            V::Time(t) => V::Time(t),
-            V::Ts(t) => V::Ts(t),
-            V::TsTz(t) => V::TsTz(t),
+            ExprValue::Text(t) => ExprValue::Text(Cow::Owned(t.into_owned())),
+            ExprValue::Bytes(b) => ExprValue::Bytes(Cow::Owned(b.into_owned())),
+            ExprValue::Null => ExprValue::Null,
+            ExprValue::Bool(b) => ExprValue::Bool(b),
+            ExprValue::Int(i) => ExprValue::Int(i),
+            ExprValue::Float(f) => ExprValue::Float(f),
+            ExprValue::Num(n) => ExprValue::Num(n),
+            ExprValue::Date(d) => ExprValue::Date(d),
+            ExprValue::Time(t) => ExprValue::Time(t),
+            ExprValue::Ts(t) => ExprValue::Ts(t),
+            ExprValue::TsTz(t) => ExprValue::TsTz(t),
         }
     }
     pub(super) fn as_f64(&self) -> Option<f64> {
         match self {
-            V::Int(i) => Some(*i as f64),
-            V::Float(f) => Some(*f),
-            V::Num(n) => n.to_f64(),
+            ExprValue::Int(i) => Some(*i as f64),
+            ExprValue::Float(f) => Some(*f),
+            ExprValue::Num(n) => n.to_f64(),
             _ => None,
         }
     }
     pub(super) fn as_dec(&self) -> Option<Decimal> {
         match self {
-            V::Int(i) => Some(Decimal::from(*i)),
-            V::Num(n) => Some(*n),
+            ExprValue::Int(i) => Some(Decimal::from(*i)),
+            ExprValue::Num(n) => Some(*n),
             _ => None,
         }
     }
     pub(super) fn text(&self) -> Option<String> {
         Some(match self {
-            V::Null => return None,
-            V::Bool(b) => (if *b { "true" } else { "false" }).to_string(),
-            V::Int(i) => i.to_string(),
-            V::Float(f) => {
+            ExprValue::Null => return None,
+            ExprValue::Bool(b) => (if *b { "true" } else { "false" }).to_string(),
+            ExprValue::Int(i) => i.to_string(),
+            ExprValue::Float(f) => {
                 let mut s = String::new();
                 crate::text::float_text(*f, &mut s);
                 s
             }
-            V::Num(n) => n.to_string(),
-            V::Text(t) => t.to_string(),
-            V::Bytes(b) => text_form(&Value::Bytes(b.to_vec()))?,
-            V::Date(d) => text_form(&Value::Date(*d))?,
-            V::Time(t) => text_form(&Value::Time(*t))?,
-            V::Ts(t) => text_form(&Value::Timestamp(*t))?,
-            V::TsTz(t) => text_form(&Value::TimestampTz(*t))?,
+            ExprValue::Num(n) => n.to_string(),
+            ExprValue::Text(t) => t.to_string(),
+            ExprValue::Bytes(b) => text_form(&Value::Bytes(b.to_vec()))?,
+            ExprValue::Date(d) => text_form(&Value::Date(*d))?,
+            ExprValue::Time(t) => text_form(&Value::Time(*t))?,
+            ExprValue::Ts(t) => text_form(&Value::Timestamp(*t))?,
+            ExprValue::TsTz(t) => text_form(&Value::TimestampTz(*t))?,
         })
     }
 }
@@ -167,28 +167,45 @@ pub(super) fn parse_decimal(s: &str) -> Option<Decimal> {
 }
 
 /// Convert a value between types (`CAST`). Errors describe the value.
-pub(super) fn cast<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, String> {
-    if matches!(v, V::Null) || from == to {
+pub(super) fn cast<'a>(v: ExprValue<'a>, from: ExprType, to: ExprType) -> Result<ExprValue<'a>, String> {
+    if matches!(v, ExprValue::Null) || from == to {
         return Ok(v);
     }
-    let bad =
-        |v: &V| format!("{} is not a valid {}", v.text().map(|t| format!("{t:?}")).unwrap_or_default(), to.name());
+    let bad = |v: &ExprValue| {
+        format!("{} is not a valid {}", v.text().map(|t| format!("{t:?}")).unwrap_or_default(), to.name())
+    };
     Ok(match (v, to) {
-        (v, Ty::Text) => V::Text(Cow::Owned(v.text().unwrap_or_default())),
-        (V::Text(s), Ty::Int) => V::Int(s.trim().parse().map_err(|_| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Num) => V::Num(parse_decimal(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Float) => V::Float(parse_float(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Bool) => V::Bool(parse_bool(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Date) => V::Date(parse_date(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Time) => V::Time(parse_time(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Ts) => V::Ts(parse_timestamp(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::TsTz) => V::TsTz(parse_timestamp(&s).ok_or_else(|| bad(&V::Text(s.clone())))?),
-        (V::Text(s), Ty::Uuid) => {
+        (v, ExprType::Text) => ExprValue::Text(Cow::Owned(v.text().unwrap_or_default())),
+        (ExprValue::Text(s), ExprType::Int) => {
+            ExprValue::Int(s.trim().parse().map_err(|_| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Num) => {
+            ExprValue::Num(parse_decimal(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Float) => {
+            ExprValue::Float(parse_float(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Bool) => {
+            ExprValue::Bool(parse_bool(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Date) => {
+            ExprValue::Date(parse_date(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Time) => {
+            ExprValue::Time(parse_time(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Ts) => {
+            ExprValue::Ts(parse_timestamp(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::TsTz) => {
+            ExprValue::TsTz(parse_timestamp(&s).ok_or_else(|| bad(&ExprValue::Text(s.clone())))?)
+        }
+        (ExprValue::Text(s), ExprType::Uuid) => {
             let hex: String = s.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
             if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(&V::Text(s)));
+                return Err(bad(&ExprValue::Text(s)));
             }
-            V::Text(Cow::Owned(format!(
+            ExprValue::Text(Cow::Owned(format!(
                 "{}-{}-{}-{}-{}",
                 &hex[0..8],
                 &hex[8..12],
@@ -197,44 +214,44 @@ pub(super) fn cast<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, String> {
                 &hex[20..]
             )))
         }
-        (V::Text(s), Ty::Bytes) => {
-            let h = s.strip_prefix("\\x").ok_or_else(|| bad(&V::Text(s.clone())))?;
+        (ExprValue::Text(s), ExprType::Bytes) => {
+            let h = s.strip_prefix("\\x").ok_or_else(|| bad(&ExprValue::Text(s.clone())))?;
             if h.len() % 2 != 0 || !h.is_ascii() {
-                return Err(bad(&V::Text(s)));
+                return Err(bad(&ExprValue::Text(s)));
             }
             let mut out = Vec::with_capacity(h.len() / 2);
             for i in (0..h.len()).step_by(2) {
-                out.push(u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| bad(&V::Text(s.clone())))?);
+                out.push(u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| bad(&ExprValue::Text(s.clone())))?);
             }
-            V::Bytes(Cow::Owned(out))
+            ExprValue::Bytes(Cow::Owned(out))
         }
-        (V::Int(i), Ty::Num) => V::Num(Decimal::from(i)),
-        (V::Int(i), Ty::Float) => V::Float(i as f64),
-        (V::Int(i), Ty::Bool) => V::Bool(i != 0),
-        (V::Bool(b), Ty::Int) => V::Int(b as i64),
-        (V::Num(n), Ty::Int) => V::Int(
+        (ExprValue::Int(i), ExprType::Num) => ExprValue::Num(Decimal::from(i)),
+        (ExprValue::Int(i), ExprType::Float) => ExprValue::Float(i as f64),
+        (ExprValue::Int(i), ExprType::Bool) => ExprValue::Bool(i != 0),
+        (ExprValue::Bool(b), ExprType::Int) => ExprValue::Int(b as i64),
+        (ExprValue::Num(n), ExprType::Int) => ExprValue::Int(
             n.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
                 .to_i64()
                 .ok_or_else(|| format!("{n} is out of range for integer"))?,
         ),
-        (V::Num(n), Ty::Float) => V::Float(n.to_f64().unwrap_or(f64::NAN)),
-        (V::Float(f), Ty::Int) => {
+        (ExprValue::Num(n), ExprType::Float) => ExprValue::Float(n.to_f64().unwrap_or(f64::NAN)),
+        (ExprValue::Float(f), ExprType::Int) => {
             let r = f.round_ties_even();
             if !r.is_finite() || r < i64::MIN as f64 || r >= i64::MAX as f64 {
                 return Err(format!("{f} is out of range for integer"));
             }
-            V::Int(r as i64)
+            ExprValue::Int(r as i64)
         }
-        (V::Float(f), Ty::Num) => V::Num(
+        (ExprValue::Float(f), ExprType::Num) => ExprValue::Num(
             <Decimal as rust_decimal::prelude::FromPrimitive>::from_f64(f)
                 .ok_or_else(|| format!("{f} cannot be a numeric"))?,
         ),
-        (V::Date(d), Ty::Ts) => V::Ts(date_micros(d)),
-        (V::Date(d), Ty::TsTz) => V::TsTz(date_micros(d)),
-        (V::Ts(t) | V::TsTz(t), Ty::Date) => V::Date(micros_date(t)),
-        (V::Ts(t), Ty::TsTz) => V::TsTz(t),
-        (V::TsTz(t), Ty::Ts) => V::Ts(t),
-        (V::Ts(t) | V::TsTz(t), Ty::Time) => V::Time(t.rem_euclid(86_400_000_000)),
+        (ExprValue::Date(d), ExprType::Ts) => ExprValue::Ts(date_micros(d)),
+        (ExprValue::Date(d), ExprType::TsTz) => ExprValue::TsTz(date_micros(d)),
+        (ExprValue::Ts(t) | ExprValue::TsTz(t), ExprType::Date) => ExprValue::Date(micros_date(t)),
+        (ExprValue::Ts(t), ExprType::TsTz) => ExprValue::TsTz(t),
+        (ExprValue::TsTz(t), ExprType::Ts) => ExprValue::Ts(t),
+        (ExprValue::Ts(t) | ExprValue::TsTz(t), ExprType::Time) => ExprValue::Time(t.rem_euclid(86_400_000_000)),
         (v, _) => {
             return Err(format!(
                 "cannot convert {} to {}",
@@ -271,26 +288,26 @@ pub(super) fn micros_date(t: i64) -> i32 {
 }
 
 /// A column value as an expression value (`None`: not sent by the source).
-pub(super) fn column_value(v: &Value) -> Option<V<'_>> {
+pub(super) fn column_value(v: &Value) -> Option<ExprValue<'_>> {
     Some(match v {
         Value::Unchanged => return None,
-        Value::Null => V::Null,
-        Value::Bool(b) => V::Bool(*b),
-        Value::Int(i) => V::Int(*i),
-        Value::UInt(u) => V::Num(Decimal::from(*u)),
-        Value::Float(f) => V::Float(*f),
+        Value::Null => ExprValue::Null,
+        Value::Bool(b) => ExprValue::Bool(*b),
+        Value::Int(i) => ExprValue::Int(*i),
+        Value::UInt(u) => ExprValue::Num(Decimal::from(*u)),
+        Value::Float(f) => ExprValue::Float(*f),
         // NaN, infinities and numerics beyond 28 digits compare as floats.
         Value::Numeric(n) => match parse_decimal(n) {
-            Some(d) => V::Num(d),
-            None => V::Float(parse_float(n).unwrap_or(f64::NAN)),
+            Some(d) => ExprValue::Num(d),
+            None => ExprValue::Float(parse_float(n).unwrap_or(f64::NAN)),
         },
-        Value::Text(s) | Value::Uuid(s) | Value::Json(s) => V::Text(Cow::Borrowed(s)),
-        Value::Bytes(b) => V::Bytes(Cow::Borrowed(b)),
-        Value::Date(d) => V::Date(*d),
-        Value::Time(t) => V::Time(*t),
-        Value::Timestamp(t) => V::Ts(*t),
-        Value::TimestampTz(t) => V::TsTz(*t),
-        Value::Array(_) => V::Text(Cow::Owned(text_form(v).unwrap_or_default())),
+        Value::Text(s) | Value::Uuid(s) | Value::Json(s) => ExprValue::Text(Cow::Borrowed(s)),
+        Value::Bytes(b) => ExprValue::Bytes(Cow::Borrowed(b)),
+        Value::Date(d) => ExprValue::Date(*d),
+        Value::Time(t) => ExprValue::Time(*t),
+        Value::Timestamp(t) => ExprValue::Ts(*t),
+        Value::TimestampTz(t) => ExprValue::TsTz(*t),
+        Value::Array(_) => ExprValue::Text(Cow::Owned(text_form(v).unwrap_or_default())),
     })
 }
 
@@ -305,18 +322,21 @@ pub(super) fn cmp_f64(a: f64, b: f64) -> Ordering {
 }
 
 /// Compare two non-NULL values of one comparison type.
-pub(super) fn compare(a: &V, b: &V) -> Option<Ordering> {
+pub(super) fn compare(a: &ExprValue, b: &ExprValue) -> Option<Ordering> {
     Some(match (a, b) {
-        (V::Int(x), V::Int(y)) => x.cmp(y),
-        (V::Num(x), V::Num(y)) => x.cmp(y),
-        (V::Int(_) | V::Num(_), V::Int(_) | V::Num(_)) => a.as_dec()?.cmp(&b.as_dec()?),
-        (V::Float(_) | V::Int(_) | V::Num(_), V::Float(_) | V::Int(_) | V::Num(_)) => cmp_f64(a.as_f64()?, b.as_f64()?),
-        (V::Text(x), V::Text(y)) => x.as_ref().cmp(y.as_ref()),
-        (V::Bool(x), V::Bool(y)) => x.cmp(y),
-        (V::Bytes(x), V::Bytes(y)) => x.as_ref().cmp(y.as_ref()),
-        (V::Date(x), V::Date(y)) => x.cmp(y),
-        (V::Time(x), V::Time(y)) => x.cmp(y),
-        (V::Ts(x) | V::TsTz(x), V::Ts(y) | V::TsTz(y)) => x.cmp(y),
+        (ExprValue::Int(x), ExprValue::Int(y)) => x.cmp(y),
+        (ExprValue::Num(x), ExprValue::Num(y)) => x.cmp(y),
+        (ExprValue::Int(_) | ExprValue::Num(_), ExprValue::Int(_) | ExprValue::Num(_)) => a.as_dec()?.cmp(&b.as_dec()?),
+        (
+            ExprValue::Float(_) | ExprValue::Int(_) | ExprValue::Num(_),
+            ExprValue::Float(_) | ExprValue::Int(_) | ExprValue::Num(_),
+        ) => cmp_f64(a.as_f64()?, b.as_f64()?),
+        (ExprValue::Text(x), ExprValue::Text(y)) => x.as_ref().cmp(y.as_ref()),
+        (ExprValue::Bool(x), ExprValue::Bool(y)) => x.cmp(y),
+        (ExprValue::Bytes(x), ExprValue::Bytes(y)) => x.as_ref().cmp(y.as_ref()),
+        (ExprValue::Date(x), ExprValue::Date(y)) => x.cmp(y),
+        (ExprValue::Time(x), ExprValue::Time(y)) => x.cmp(y),
+        (ExprValue::Ts(x) | ExprValue::TsTz(x), ExprValue::Ts(y) | ExprValue::TsTz(y)) => x.cmp(y),
         _ => return None,
     })
 }
