@@ -85,17 +85,17 @@ pub(crate) async fn table_schemas(cfg: &PipelineConfig) -> Result<Vec<Arc<TableS
         SourceConfig::Postgres(pg) => {
             let info = sluice_source_postgres::conn_info(pg)?;
             let client = sluice_client_postgres::connect_sql(&info).await?;
-            let tables = sluice_source_postgres::catalog::included_tables(&client, &cfg.tables).await?;
-            let domains = sluice_source_postgres::catalog::domains(&client).await?;
+            let tables = sluice_source_postgres::included_tables(&client, &cfg.tables).await?;
+            let domains = sluice_source_postgres::domains(&client).await?;
             let ids: Vec<TableId> = tables.into_iter().map(|t| t.id).collect();
             sluice_source_postgres::table_schemas(&client, &info.dbname, &ids, &domains).await
         }
         SourceConfig::Mysql(my) => {
             let mut conn = sluice_source_mysql::conn_info(my)?.connect().await?;
-            let tables = sluice_source_mysql::catalog::included_tables(&mut conn, &cfg.tables).await?;
+            let tables = sluice_source_mysql::included_tables(&mut conn, &cfg.tables).await?;
             let mut out = Vec::with_capacity(tables.len());
             for t in tables {
-                if let Some((schema, _)) = sluice_source_mysql::catalog::table_schema(&mut conn, &t.id).await? {
+                if let Some((schema, _)) = sluice_source_mysql::table_schema(&mut conn, &t.id).await? {
                     out.push(Arc::new(schema));
                 }
             }

@@ -85,8 +85,8 @@ async fn pushdown_findings(cfg: &PipelineConfig) -> Result<Vec<String>, SourceEr
     let pg = sluice_source_postgres::pg_config(cfg)?;
     let info = sluice_source_postgres::conn_info(pg)?;
     let client = sluice_client_postgres::connect_sql(&info).await?;
-    let tables = sluice_source_postgres::catalog::included_tables(&client, &cfg.tables).await?;
-    let domains = sluice_source_postgres::catalog::domains(&client).await?;
+    let tables = sluice_source_postgres::included_tables(&client, &cfg.tables).await?;
+    let domains = sluice_source_postgres::domains(&client).await?;
     let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
     let planned = sluice_source_postgres::plan_pushdown(
         &client,

@@ -29,15 +29,46 @@
 //! the source from the checkpoint, with backoff. A purged binlog, missing
 //! privileges and wrong server settings are fatal with a message saying what
 //! to do.
+//!
+//! # Public surface
+//! The crate's public API, for the `sluice` binary: [`MysqlSource`]; [`my_config`] and
+//! [`conn_info`]; the catalog reads re-exported below
+//! ([`included_tables`], [`table_schema`]); [`verify`] (reading rows the way
+//! the snapshot does); [`preflight`] (`sluice check`, the start-up check) and
+//! [`admin`] (`sluice status`, `sluice teardown`). Every other module is
+//! internal to the crate.
 
 pub mod admin;
-pub mod catalog;
-pub mod charset;
-pub mod decoding;
-pub mod position;
+pub(crate) mod catalog;
+pub(crate) mod charset;
+pub(crate) mod decoding;
+pub(crate) mod position;
 pub mod preflight;
-pub mod snapshot;
-pub mod stream;
+pub(crate) mod snapshot;
+pub(crate) mod stream;
+
+/// Catalog reads for the binary (`sluice verify`, the schemas of the
+/// included tables): the tables `tables.include`/`exclude` select, and one
+/// table's schema with the per-column read facts ([`SnapColumn`]) the
+/// snapshot uses.
+pub use catalog::{included_tables, table_schema, SnapColumn, TableInfo};
+
+pub mod verify {
+    //! For `sluice verify`: read a table's rows with the same conversion the
+    //! snapshot uses.
+    //!
+    //! Select a table's columns with [`select_list`] (text in a legacy
+    //! character set arrives as its bytes), then turn each binary-protocol
+    //! value into a [`Value`](sluice_core::Value) with [`convert`], given the
+    //! column's [`SnapColumn`](crate::SnapColumn) from
+    //! [`table_schema`](crate::table_schema): the values are then exactly what
+    //! the snapshot delivers for the same stored data. [`widen_f32`] widens a
+    //! FLOAT as the snapshot and the stream do, for values read some other way
+    //! (the text of a Postgres `real`).
+
+    pub use crate::decoding::widen_f32;
+    pub use crate::snapshot::{convert, select_list, ConvertError};
+}
 
 #[cfg(test)]
 mod payload_tests;

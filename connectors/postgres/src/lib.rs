@@ -23,22 +23,40 @@
 //! # Replication
 //! Streaming starts at the checkpoint position; transactions committing
 //! before it are dropped whole (the server may resend them when a
-//! confirmation did not reach it). See [`stream`] and [`decoding`].
+//! confirmation did not reach it). See the `stream` and `decoding` modules.
 //!
 //! # Error handling
 //! Connection losses and server restarts are transient: the runtime restarts
 //! the source from the checkpoint. A slot that is missing or has moved past
 //! the checkpoint, missing privileges and bad settings are fatal with a
 //! message saying what to do.
+//!
+//! # Public surface
+//! The crate's public API, for the `sluice` binary: [`PostgresSource`];
+//! [`pg_config`], [`conn_info`], [`table_schemas`] and [`plan_pushdown`];
+//! the catalog reads re-exported below ([`included_tables`], [`domains`],
+//! [`table_schema`]); [`preflight`] (`sluice check`, the start-up check) and
+//! [`admin`] (`sluice status`, `sluice teardown`). Every other module is
+//! internal to the crate.
 
 pub mod admin;
-pub mod catalog;
-pub mod decoding;
+pub(crate) mod catalog;
+pub(crate) mod decoding;
 pub mod preflight;
-pub mod rows;
-pub mod snapshot;
-pub mod spool;
-pub mod stream;
+pub(crate) mod rows;
+pub(crate) mod snapshot;
+pub(crate) mod spool;
+pub(crate) mod stream;
+
+/// Catalog reads for the binary (`sluice check`, `sluice verify`, the
+/// schemas of the included tables): the tables `tables.include`/`exclude`
+/// select, and the domain map every schema read needs.
+pub use catalog::{domains, included_tables, Domains, TableInfo};
+
+/// For `sluice verify`: one table's current schema, read exactly as the
+/// snapshot and the stream read it (key flags as pgoutput sets them), so
+/// the comparison parses values as the pipeline types them.
+pub use catalog::table_schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;

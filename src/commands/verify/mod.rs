@@ -10,247 +10,38 @@
 //! each bucket keeps a row count and an order-independent sum of row hashes,
 //! so engines that sort keys differently still agree. Buckets that differ
 //! are read again to name the differing keys.
+//!
+//! This module is the command: connections, the tables and their key
+//! ranges, the workers that compare ranges in parallel, and the report.
+//! [`hash`] holds the comparison itself (canonical values, bucket
+//! summaries, diffs), [`postgres`] and [`mysql`] read rows from each engine.
+//!
+//! Invariants:
+//! - Source rows go through the pipeline's transforms before they are
+//!   summarized; the replica holds their output (`Table::out`).
+//! - Both sides of a range are summarized with the same bucket count and
+//!   the same key filter, then compared bucket by bucket; only ranges with
+//!   differing buckets are read a second time.
+//! - Key ranges cover the whole key space (the first and last are open), so
+//!   replica rows outside the source's key span are compared too.
+//! - The exit status is the report's: `Ok(true)` only when every table is
+//!   present in the target and every range matches.
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+mod hash;
+mod mysql;
+mod postgres;
 
 use anyhow::{anyhow, Context};
-use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use sluice_core::config::{DbSinkConfig, PipelineConfig, SinkConfig, SourceConfig};
 use sluice_core::schema::quote_ident;
-use sluice_core::{ColumnType, TableSchema, Value};
+use sluice_core::{ColumnType, TableSchema};
 use sluice_schemas::target::{pg_type, Conv};
 
-/// One side's summary of a table.
-struct Summary {
-    rows: u64,
-    buckets: Vec<(u64, u64)>,
-}
-
-/// For a second pass: key → row hash, only for the selected buckets.
-type Detail = BTreeMap<String, u64>;
-
-fn bucket_count(estimate: u64) -> usize {
-    ((estimate / 5_000) as usize).clamp(16, 4096)
-}
-
-/// Canonical value: the pipeline's JSON encoding, with JSON documents
-/// normalized and MySQL TINYINT(1) as a boolean. Against a MySQL target
-/// (`mysql`), arrays (stored as JSON) compare as JSON documents and
-/// unconstrained numerics (stored as DECIMAL(65,30)) without trailing zeros.
-fn canonical(v: Value, conv: Conv, ty: &ColumnType, mysql: bool, out: &mut Vec<u8>, scratch: &mut String) {
-    let normalize = |j: String| match serde_json::from_str::<serde_json::Value>(&j) {
-        Ok(p) => Value::Json(p.to_string()),
-        Err(_) => Value::Json(j),
-    };
-    let v = match (v, conv) {
-        (Value::Int(i), Conv::IntToBool) => Value::Bool(i != 0),
-        (Value::Int(i), _) if *ty == ColumnType::Bool => Value::Bool(i != 0),
-        (Value::Json(j), _) => normalize(j),
-        (v @ Value::Array(_), _) if mysql => {
-            let mut b = Vec::new();
-            sluice_schemas::json::write_value(&mut b, &v, scratch);
-            normalize(String::from_utf8_lossy(&b).into_owned())
-        }
-        (Value::Text(t), _) if mysql && matches!(ty, ColumnType::Array(_)) => normalize(t),
-        (Value::Numeric(n), _) if mysql && matches!(ty, ColumnType::Numeric { precision: None, .. }) => {
-            match n.split_once('.') {
-                Some((i, f)) if f.bytes().all(|b| b.is_ascii_digit()) => {
-                    let f = f.trim_end_matches('0');
-                    Value::Numeric(if f.is_empty() { i.to_string() } else { format!("{i}.{f}") })
-                }
-                _ => Value::Numeric(n),
-            }
-        }
-        (v, _) => v,
-    };
-    sluice_schemas::json::write_value(out, &v, scratch);
-    out.push(0x1f);
-}
-
-fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    b.hash(&mut h);
-    h.finish()
-}
-
-struct Accum {
-    summary: Summary,
-    detail: Option<(Vec<bool>, Detail)>,
-    key_idx: Vec<usize>,
-    convs: Vec<Conv>,
-    types: Vec<ColumnType>,
-    mysql_target: bool,
-    row: Vec<u8>,
-    key: Vec<u8>,
-    scratch: String,
-    /// The pipeline's transforms, for source rows (the target holds their output).
-    plan: Option<std::sync::Arc<sluice_transforms::Plan>>,
-}
-
-impl Accum {
-    fn new(buckets: usize, schema: &TableSchema, mysql_target: bool, detail: Option<Vec<bool>>) -> Accum {
-        Accum {
-            summary: Summary { rows: 0, buckets: vec![(0, 0); buckets] },
-            detail: detail.map(|d| (d, BTreeMap::new())),
-            key_idx: key_of(schema),
-            convs: schema.columns.iter().map(|c| pg_type(c).1).collect(),
-            types: schema.columns.iter().map(|c| c.ty.clone()).collect(),
-            mysql_target,
-            row: Vec::new(),
-            key: Vec::new(),
-            scratch: String::new(),
-            plan: None,
-        }
-    }
-
-    fn add(&mut self, values: Vec<Value>) {
-        let values = match &self.plan {
-            None => values,
-            Some(p) => match p.row(values) {
-                Some(v) => v,
-                None => return,
-            },
-        };
-        self.row.clear();
-        self.key.clear();
-        let all_key = self.key_idx.is_empty();
-        for (i, (v, (conv, ty))) in values.into_iter().zip(self.convs.iter().zip(&self.types)).enumerate() {
-            let start = self.row.len();
-            canonical(v, *conv, ty, self.mysql_target, &mut self.row, &mut self.scratch);
-            if all_key || self.key_idx.contains(&i) {
-                let piece = self.row[start..].to_vec();
-                self.key.extend_from_slice(&piece);
-            }
-        }
-        let rh = hash_bytes(&self.row);
-        let kh = hash_bytes(&self.key);
-        let b = (kh % self.summary.buckets.len() as u64) as usize;
-        let e = &mut self.summary.buckets[b];
-        e.0 += 1;
-        e.1 = e.1.wrapping_add(rh);
-        self.summary.rows += 1;
-        if let Some((sel, d)) = &mut self.detail {
-            if sel[b] {
-                let mut k = String::from_utf8_lossy(&self.key).replace('\u{1f}', ", ");
-                k.truncate(k.trim_end_matches(", ").len());
-                // Keyless tables: identical rows are one key with a count.
-                let mut n = 0;
-                while d.contains_key(&format!("{k}#{n}")) {
-                    n += 1;
-                }
-                d.insert(if all_key { format!("{k}#{n}") } else { k }, rh);
-            }
-        }
-    }
-}
-
-fn key_of(schema: &TableSchema) -> Vec<usize> {
-    if matches!(schema.replica_identity, sluice_core::ReplicaIdentity::Full | sluice_core::ReplicaIdentity::Nothing) {
-        return Vec::new();
-    }
-    schema.key_columns().map(|(i, _)| i).collect()
-}
-
-/// Read the replica table (Postgres) through COPY text, parsing each value
-/// as the source column's type.
-async fn read_pg_target(
-    client: &tokio_postgres::Client,
-    target: &str,
-    schema: &TableSchema,
-    range: &KeyRange,
-    acc: &mut Accum,
-) -> anyhow::Result<()> {
-    let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-    let filter = range.filter(&quote_ident);
-    let stream = client
-        .copy_out(&format!("COPY (SELECT {cols} FROM {target}{filter}) TO STDOUT"))
-        .await
-        .with_context(|| format!("reading {target}"))?;
-    futures_util::pin_mut!(stream);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("reading {target}"))?;
-        let mut fields = Vec::new();
-        for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            sluice_schemas::postgres::split_copy_line(line, &mut fields).map_err(|e| anyhow!("{target}: {e}"))?;
-            let mut values = Vec::with_capacity(fields.len());
-            for (f, c) in fields.iter().zip(&schema.columns) {
-                values.push(match f {
-                    None => Value::Null,
-                    Some(s) => target_value(&c.ty, pg_type(c).1, c.type_id == 0, s)
-                        .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
-                });
-            }
-            acc.add(values);
-        }
-    }
-    Ok(())
-}
-
-/// A replica's text value as the source type.
-fn target_value(ty: &ColumnType, conv: Conv, mysql: bool, s: &str) -> Result<Value, String> {
-    if conv == Conv::IntToBool {
-        return Ok(Value::Int(if s == "t" { 1 } else { 0 }));
-    }
-    if mysql && *ty == ColumnType::Time {
-        return parse_interval_time(s).ok_or_else(|| format!("bad interval {s:?}"));
-    }
-    if *ty == ColumnType::Float32 {
-        return s
-            .parse::<f32>()
-            .map(|f| Value::Float(sluice_source_mysql::decoding::widen_f32(f)))
-            .map_err(|e| e.to_string());
-    }
-    sluice_schemas::postgres::parse_text(ty, s).map_err(|e| e.to_string())
-}
-
-/// `[-]H+:MM:SS[.ffffff]` (a MySQL TIME stored as a Postgres interval).
-fn parse_interval_time(s: &str) -> Option<Value> {
-    let (neg, rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    let mut it = rest.split(':');
-    let h: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let sec = it.next()?;
-    let (sec, frac) = sec.split_once('.').unwrap_or((sec, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut us = 0i64;
-    if !frac.is_empty() {
-        let f = format!("{frac:0<6}");
-        us = f.get(..6)?.parse().ok()?;
-    }
-    let t = ((h * 60 + m) * 60 + sec) * 1_000_000 + us;
-    Some(Value::Time(if neg { -t } else { t }))
-}
-
-async fn read_my_source(
-    conn: &mut mysql_async::Conn,
-    schema: &TableSchema,
-    snap: &[sluice_source_mysql::catalog::SnapColumn],
-    range: &KeyRange,
-    acc: &mut Accum,
-) -> anyhow::Result<()> {
-    let q = sluice_client_mysql::quote_ident;
-    // Text in legacy character sets is read as bytes and decoded as the snapshot does.
-    let cols = sluice_source_mysql::snapshot::select_list(schema, snap);
-    let sql = format!("SELECT {cols} FROM {}.{}{}", q(&schema.id.schema), q(&schema.id.name), range.filter(&q));
-    let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {}", schema.id))?;
-    while let Some(row) = result.next().await.with_context(|| format!("reading {}", schema.id))? {
-        let mut values = Vec::with_capacity(schema.columns.len());
-        for ((v, c), s) in row.unwrap().into_iter().zip(&schema.columns).zip(snap) {
-            values
-                .push(sluice_source_mysql::snapshot::convert(v, &c.ty, s).map_err(|e| anyhow!("{}: {e}", schema.id))?);
-        }
-        acc.add(values);
-    }
-    Ok(())
-}
+use hash::{bucket_count, diff_details, differing_buckets, key_of, Accum};
 
 enum SourceConn {
-    Pg(Box<(tokio_postgres::Client, String, sluice_source_postgres::catalog::Domains)>),
+    Pg(Box<(tokio_postgres::Client, String, sluice_source_postgres::Domains)>),
     My(mysql_async::Conn),
 }
 
@@ -260,7 +51,7 @@ struct Table {
     /// The replica's table: `schema` through the pipeline's transforms.
     out: TableSchema,
     plan: Option<std::sync::Arc<sluice_transforms::Plan>>,
-    snap: Vec<sluice_source_mysql::catalog::SnapColumn>,
+    snap: Vec<sluice_source_mysql::SnapColumn>,
     estimate: u64,
 }
 
@@ -280,15 +71,15 @@ async fn source_tables(cfg: &PipelineConfig, src: &mut SourceConn) -> anyhow::Re
     match src {
         SourceConn::Pg(pg) => {
             let (client, db, domains) = &**pg;
-            for t in sluice_source_postgres::catalog::included_tables(client, &cfg.tables).await? {
-                let schema = sluice_source_postgres::catalog::table_schema(client, db, &t.id, domains).await?;
+            for t in sluice_source_postgres::included_tables(client, &cfg.tables).await? {
+                let schema = sluice_source_postgres::table_schema(client, db, &t.id, domains).await?;
                 let (schema, o, p) = plan(schema)?;
                 out.push(Table { schema, out: o, plan: p, snap: Vec::new(), estimate: t.estimated_rows });
             }
         }
         SourceConn::My(conn) => {
-            for t in sluice_source_mysql::catalog::included_tables(conn, &cfg.tables).await? {
-                if let Some((schema, snap)) = sluice_source_mysql::catalog::table_schema(conn, &t.id).await? {
+            for t in sluice_source_mysql::included_tables(conn, &cfg.tables).await? {
+                if let Some((schema, snap)) = sluice_source_mysql::table_schema(conn, &t.id).await? {
                     let (schema, o, p) = plan(schema)?;
                     out.push(Table { schema, out: o, plan: p, snap, estimate: t.estimated_rows });
                 }
@@ -344,8 +135,8 @@ async fn summarize_source(
     let mut acc = Accum::new(buckets, &t.out, mysql_target, detail);
     acc.plan = t.plan.clone();
     match src {
-        SourceConn::Pg(pg) => read_pg_target(&pg.0, &t.schema.id.quoted(), &t.schema, range, &mut acc).await?,
-        SourceConn::My(conn) => read_my_source(conn, &t.schema, &t.snap, range, &mut acc).await?,
+        SourceConn::Pg(pg) => postgres::read_table(&pg.0, &t.schema.id.quoted(), &t.schema, range, &mut acc).await?,
+        SourceConn::My(conn) => mysql::read_source(conn, &t.schema, &t.snap, range, &mut acc).await?,
     }
     Ok(acc)
 }
@@ -354,45 +145,6 @@ async fn summarize_source(
 enum TargetConn {
     Pg(tokio_postgres::Client),
     My(mysql_async::Conn),
-}
-
-/// Read the replica table (MySQL) through the binary protocol, each value
-/// as the source column's type.
-async fn read_my_target(
-    conn: &mut mysql_async::Conn,
-    target: &str,
-    t: &Table,
-    range: &KeyRange,
-    acc: &mut Accum,
-) -> anyhow::Result<()> {
-    let q = sluice_client_mysql::quote_ident;
-    let schema = &t.out;
-    let cols = schema.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
-    let sql = format!("SELECT {cols} FROM {target}{}", range.filter(&q));
-    let mut result = conn.exec_iter(sql, ()).await.with_context(|| format!("reading {target}"))?;
-    // Per-column read facts of the source column of the same name (once per
-    // table); the target's text is read as the server converts it.
-    let snaps: Vec<sluice_source_mysql::catalog::SnapColumn> = schema
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let j = if t.plan.is_none() { Some(i) } else { t.schema.column_index(&c.name) };
-            let snap = j.and_then(|j| t.snap.get(j)).cloned().unwrap_or_default();
-            sluice_source_mysql::catalog::SnapColumn { charset: None, ..snap }
-        })
-        .collect();
-    while let Some(row) = result.next().await.with_context(|| format!("reading {target}"))? {
-        let mut values = Vec::with_capacity(schema.columns.len());
-        for ((v, c), snap) in row.unwrap().into_iter().zip(&schema.columns).zip(&snaps) {
-            values.push(
-                sluice_source_mysql::snapshot::convert(v, &c.ty, snap)
-                    .map_err(|e| anyhow!("{target}, column {}: {e}", c.name))?,
-            );
-        }
-        acc.add(values);
-    }
-    Ok(())
 }
 
 /// The replica's name for a table, quoted for its engine.
@@ -436,8 +188,8 @@ async fn summarize_target(
     let name = target_name(target, db, t);
     let mut acc = Accum::new(buckets, &t.out, matches!(target, TargetConn::My(_)), detail);
     match target {
-        TargetConn::Pg(client) => read_pg_target(client, &name, &t.out, range, &mut acc).await?,
-        TargetConn::My(conn) => read_my_target(conn, &name, t, range, &mut acc).await?,
+        TargetConn::Pg(client) => postgres::read_table(client, &name, &t.out, range, &mut acc).await?,
+        TargetConn::My(conn) => mysql::read_target(conn, &name, t, range, &mut acc).await?,
     }
     Ok(acc)
 }
@@ -448,7 +200,7 @@ async fn connect_source(cfg: &PipelineConfig) -> anyhow::Result<SourceConn> {
             let info = sluice_source_postgres::conn_info(pg)?;
             let client = sluice_client_postgres::connect_sql(&info).await.context("connecting to the source")?;
             client.batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3").await?;
-            let domains = sluice_source_postgres::catalog::domains(&client).await?;
+            let domains = sluice_source_postgres::domains(&client).await?;
             SourceConn::Pg(Box::new((client, info.dbname.clone(), domains)))
         }
         SourceConfig::Mysql(my) => {
@@ -563,7 +315,7 @@ async fn compare(
     )?;
     out.source_rows += s.summary.rows;
     out.target_rows += d.summary.rows;
-    let differing: Vec<bool> = s.summary.buckets.iter().zip(&d.summary.buckets).map(|(a, b)| a != b).collect();
+    let differing = differing_buckets(&s.summary, &d.summary);
     if !differing.iter().any(|x| *x) {
         return Ok(());
     }
@@ -573,18 +325,7 @@ async fn compare(
         summarize_target(target, db, t, range, buckets, Some(differing))
     )?;
     let (sd, dd) = (s2.detail.expect("detail").1, d2.detail.expect("detail").1);
-    for (k, h) in &sd {
-        match dd.get(k) {
-            None => out.problems.push(format!("missing in target: {k}")),
-            Some(x) if x != h => out.problems.push(format!("differs: {k}")),
-            _ => {}
-        }
-    }
-    for k in dd.keys() {
-        if !sd.contains_key(k) {
-            out.problems.push(format!("extra in target: {k}"));
-        }
-    }
+    diff_details(&sd, &dd, &mut out.problems);
     Ok(())
 }
 
@@ -698,16 +439,4 @@ pub async fn run(cfg: &PipelineConfig, chunk_rows: u64, parallel: usize) -> anyh
         println!("{failed} of {} tables differ", tables.len());
     }
     Ok(failed == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_times() {
-        assert_eq!(parse_interval_time("-838:59:59.99"), Some(Value::Time(-(3_020_399 * 1_000_000 + 990_000))));
-        assert_eq!(parse_interval_time("00:00:01"), Some(Value::Time(1_000_000)));
-        assert_eq!(parse_interval_time("x"), None);
-    }
 }
