@@ -15,6 +15,8 @@ pub(crate) mod mysql_types;
 pub(crate) mod pg_sink;
 mod pipelines;
 mod promises;
+mod replica_options;
+mod sink_options;
 mod stream;
 mod streaming;
 pub(crate) mod tls;
