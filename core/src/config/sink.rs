@@ -79,7 +79,7 @@ pub struct KafkaSinkConfig {
     pub replication_factor: i32,
     /// librdkafka producer settings, passed through (`compression.type: zstd`, `linger.ms: 20`, ...).
     #[serde(default)]
-    pub producer: std::collections::BTreeMap<String, serde_yaml::Value>,
+    pub producer: std::collections::BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub tls: Option<KafkaTlsConfig>,
     #[serde(default)]
@@ -328,7 +328,7 @@ fn validate_kafka(k: &KafkaSinkConfig, errs: &mut Vec<String>) {
     }
     for (key, v) in &k.producer {
         let text =
-            matches!(v, serde_yaml::Value::String(_) | serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_));
+            matches!(v, serde_json::Value::String(_) | serde_json::Value::Number(_) | serde_json::Value::Bool(_));
         if !text {
             errs.push(format!("sink.producer.{key}: must be a string, number or boolean"));
         }
@@ -388,11 +388,11 @@ pub fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
 }
 
 /// A producer setting from the YAML file as the text librdkafka takes.
-pub fn yaml_scalar_text(v: &serde_yaml::Value) -> String {
+pub fn yaml_scalar_text(v: &serde_json::Value) -> String {
     match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Bool(b) => b.to_string(),
         _ => String::new(),
     }
 }

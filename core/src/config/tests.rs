@@ -160,3 +160,34 @@ fn unset_variables_are_errors() {
     assert!(e[1].contains("line 2") && e[1].contains("ALSO_NOT_SET_Y"));
     assert_eq!(substitute_env("$${X} ${Y:-d}", |_| None).unwrap(), "${X} d");
 }
+
+/// What the YAML reader makes of syntax errors and of plain scalars that
+/// YAML 1.1 would have turned into booleans or octal numbers.
+#[test]
+fn yaml_reading() {
+    let errors = |text: &str| parse_pipeline_text_with(text, "f.yaml", |_| None).unwrap_err().errors;
+    assert_eq!(errors("version: 1\nname: [unclosed\n"), ["YAML syntax: unclosed bracket '[' at line 2, column 7"]);
+    assert_eq!(errors("version: 1\nversion: 2\n"), ["YAML syntax: duplicate mapping key: version at line 2, column 1"]);
+    assert_eq!(
+        errors("version: 1\nname: x\n\tsource: y\n")[0],
+        "YAML syntax: while scanning a plain scalar, found a tab at line 2, column 7"
+    );
+    assert_eq!(errors(""), ["the file is empty"]);
+    assert_eq!(errors("# nothing\n\n"), ["the file is empty"]);
+    assert_eq!(errors("- a\n"), ["the top level must be a mapping of keys (version, name, source, ...)"]);
+    let e = errors("version: yes\n");
+    assert!(e.contains(&"version: invalid type: string \"yes\", expected u32".to_string()), "{e:?}");
+    // Aliases are expanded; text that looks like YAML 1.1 booleans or
+    // octal numbers stays text.
+    let text = GOOD
+        .replace("name: orders\n", "name: on\n")
+        .replace("localhost:5432/db\n", "localhost:5432/db\n  slot: 0755\n");
+    let pw = |_: &str| Some("pw".to_string());
+    let cfg = parse_pipeline_text_with(&format!("x-url: &u postgres://h/db\n{text}"), "f.yaml", pw);
+    assert!(cfg.as_ref().unwrap_err().errors[0].starts_with("unknown key `x-url` (line 1)"), "{cfg:?}");
+    let cfg = parse_pipeline_text_with(&format!("{text}checkpoint:\n  path: *p\nx: &p /tmp/cp\n"), "f.yaml", pw);
+    assert!(cfg.is_err(), "an alias before its anchor is an error: {cfg:?}");
+    let cfg = parse_pipeline_text_with(&text, "f.yaml", pw).unwrap();
+    assert_eq!(cfg.slot_name(), "0755");
+    assert_eq!(cfg.name, "on");
+}

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use serde_json::Value as Json;
+
 use super::*;
 
 /// Replace `${VAR}` (and `${VAR:-default}`) with environment values; `$$`
@@ -60,6 +62,33 @@ pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Re
     }
 }
 
+/// A YAML mapping, as parsed.
+type Mapping = serde_json::Map<String, Json>;
+
+/// The YAML document as a tree of plain data (mappings with text keys,
+/// sequences and scalars: all a pipeline file holds), parsed by
+/// `serde-saphyr` (panic-free, with limits on aliases and nesting). Sections
+/// are then read from the tree one by one, so that one bad section does not
+/// hide the others. A syntax error names its line and column.
+fn parse_yaml(text: &str) -> Result<Json, String> {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(Json::Null);
+    }
+    let mut options = serde_saphyr::Options::default();
+    // As YAML 1.2 (and serde_yaml before) read plain scalars: `yes`, `on`,
+    // `0755` and `1_000` stay text.
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
+    // One line per problem: the message names the line and column.
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options::<Json>(text, options).map_err(|e| {
+        // The parser's advice on duplicate keys is for programmers.
+        let msg = e.to_string().replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        format!("YAML syntax: {msg}")
+    })
+}
+
 /// Find the line of `key:` below the top-level `section:` (for messages).
 fn locate_key(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     let mut in_section = section.is_none();
@@ -82,18 +111,16 @@ fn locate_key(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     None
 }
 
-fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_yaml::Error) -> String {
+fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_json::Error) -> String {
     let mut msg = e.to_string();
-    // serde_yaml only knows locations when parsing text; add the line of an
-    // unknown key ourselves when we parsed a section from a Value.
-    if e.location().is_none() {
-        if let Some(start) = msg.find("unknown field `") {
-            let rest = &msg[start + 15..];
-            if let Some(end) = rest.find('`') {
-                let key = rest[..end].to_string();
-                if let Some(line) = locate_key(text, section, &key) {
-                    msg = format!("{msg} (line {line})");
-                }
+    // A section is read from the parsed tree, which has no locations: add
+    // the line of an unknown key from the text.
+    if let Some(start) = msg.find("unknown field `") {
+        let rest = &msg[start + 15..];
+        if let Some(end) = rest.find('`') {
+            let key = rest[..end].to_string();
+            if let Some(line) = locate_key(text, section, &key) {
+                msg = format!("{msg} (line {line})");
             }
         }
     }
@@ -104,12 +131,12 @@ fn describe_serde_error(text: &str, section: Option<&str>, e: &serde_yaml::Error
 }
 
 /// The `transforms:` list, item by item (each error names its item).
-fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<String>) -> Vec<TransformConfig> {
+fn parse_transforms(map: &Mapping, text: &str, errors: &mut Vec<String>) -> Vec<TransformConfig> {
     const KINDS: &str = "filter, columns, mask, rename, ops";
     let Some(v) = map.get("transforms") else { return Vec::new() };
     let items = match v {
-        serde_yaml::Value::Null => return Vec::new(),
-        serde_yaml::Value::Sequence(s) => s,
+        Json::Null => return Vec::new(),
+        Json::Array(s) => s,
         _ => {
             errors.push(format!("transforms: must be a list of steps (- filter: ..., - mask: ...; kinds: {KINDS})"));
             return Vec::new();
@@ -118,9 +145,9 @@ fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<Stri
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let (kind, body) = match item {
-            serde_yaml::Value::Mapping(m) if m.len() == 1 => {
+            Json::Object(m) if m.len() == 1 => {
                 let (k, v) = m.iter().next().expect("one entry");
-                (k.as_str().unwrap_or(""), v.clone())
+                (k.as_str(), v.clone())
             }
             _ => {
                 errors.push(format!("transforms[{i}]: each step is a one-key mapping naming its kind ({KINDS})"));
@@ -131,10 +158,10 @@ fn parse_transforms(map: &serde_yaml::Mapping, text: &str, errors: &mut Vec<Stri
             errors.push(format!("transforms[{i}]: unknown kind `{kind}`; expected one of {KINDS}"));
             continue;
         }
-        fn body_of<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, serde_yaml::Error> {
+        fn body_of<T: serde::de::DeserializeOwned>(v: Json) -> Result<T, serde_json::Error> {
             // `- ops:` with nothing under it is an empty mapping, not null.
-            let v = if v.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { v };
-            serde_yaml::from_value(v)
+            let v = if v.is_null() { Json::Object(Default::default()) } else { v };
+            serde_json::from_value(v)
         }
         let parsed = match kind {
             "filter" => body_of(body).map(TransformConfig::Filter),
@@ -168,18 +195,17 @@ pub fn parse_pipeline_text_with(
 ) -> Result<PipelineConfig, ConfigError> {
     let err = |errors: Vec<String>| ConfigError { file: file.to_string(), errors };
     let substituted = substitute_env(text, lookup).map_err(err)?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&substituted).map_err(|e| err(vec![format!("YAML syntax: {e}")]))?;
+    let doc = parse_yaml(&substituted).map_err(|e| err(vec![e]))?;
     let map = match doc {
-        serde_yaml::Value::Mapping(m) => m,
-        serde_yaml::Value::Null => return Err(err(vec!["the file is empty".into()])),
+        Json::Object(m) => m,
+        Json::Null => return Err(err(vec!["the file is empty".into()])),
         _ => return Err(err(vec!["the top level must be a mapping of keys (version, name, source, ...)".into()])),
     };
     // Section by section, so that one bad section doesn't hide the others.
     let mut errors = Vec::new();
     const KNOWN: [&str; 8] = ["version", "name", "source", "tables", "snapshot", "sink", "checkpoint", "transforms"];
-    for k in map.keys() {
-        let key = k.as_str().unwrap_or("?");
+    for key in map.keys() {
+        let key = key.as_str();
         if !KNOWN.contains(&key) {
             let line = locate_key(&substituted, None, key).map(|l| format!(" (line {l})")).unwrap_or_default();
             errors.push(format!("unknown key `{key}`{line}; expected one of {}", KNOWN.join(", ")));
@@ -191,13 +217,13 @@ pub fn parse_pipeline_text_with(
         }
     }
     fn section<T: serde::de::DeserializeOwned>(
-        map: &serde_yaml::Mapping,
+        map: &Mapping,
         key: &str,
         text: &str,
         errors: &mut Vec<String>,
     ) -> Option<T> {
         let v = map.get(key)?;
-        match serde_yaml::from_value::<T>(v.clone()) {
+        match serde_json::from_value::<T>(v.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
                 errors.push(describe_serde_error(text, Some(key), &e));

@@ -25,7 +25,7 @@ fn config(brokers: &str, extra: &str) -> KafkaSinkConfig {
     let yaml = format!(
         "brokers: \"{brokers}\"\ntopic: \"t.{{schema}}.{{table}}\"\ncreate_topics: false\nproducer:\n  message.timeout.ms: 3000\n{extra}"
     );
-    serde_yaml::from_str(&yaml).expect("valid sink config")
+    serde_saphyr::from_str(&yaml).expect("valid sink config")
 }
 
 fn table() -> Arc<TableSchema> {
