@@ -152,7 +152,7 @@ fn init_logging(quiet: bool) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(progress::stderr_is_tty())
         .with_target(false)
         .try_init();
