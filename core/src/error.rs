@@ -18,6 +18,19 @@ pub enum ErrorKind {
     Config,
 }
 
+impl ErrorKind {
+    /// A per-table error as fatal: for callers whose transaction the error
+    /// aborted (a replica sink's target transaction holds other tables'
+    /// changes too), so that one table's changes cannot be dropped alone.
+    pub fn or_fatal_for_table(self) -> ErrorKind {
+        if self == ErrorKind::Table {
+            ErrorKind::Fatal
+        } else {
+            self
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 #[error("{message}")]
 pub struct SourceError {

@@ -145,6 +145,12 @@ pub fn classify(e: &mysql_async::Error) -> ErrorKind {
             // Server shutdown, lost connection, too many connections, lock wait
             // timeout, deadlock, query interrupted.
             1040 | 1053 | 1077 | 1152 | 1159 | 1161 | 1205 | 1213 | 1317 | 2006 | 2013 => ErrorKind::Transient,
+            // About one row's data: NULL into NOT NULL, duplicate key, value
+            // out of range or too long, wrong value for the column, foreign
+            // key, check constraint (MySQL 3819, MariaDB 4025), bad JSON.
+            1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 1690 | 3140 | 3819 | 4025 => {
+                ErrorKind::Table
+            }
             _ => ErrorKind::Fatal,
         },
         _ => ErrorKind::Fatal,
@@ -195,6 +201,10 @@ mod tests {
         }
         for code in [1044, 1045, 1049, 1142, 1143, 1227, 1370, 1064, 1146, 1236] {
             assert_eq!(classify(&server(code)), ErrorKind::Fatal, "{code}");
+        }
+        for code in [1048, 1062, 1264, 1265, 1292, 1366, 1406, 1451, 1452, 1690, 3140, 3819, 4025] {
+            assert_eq!(classify(&server(code)), ErrorKind::Table, "{code}");
+            assert_eq!(classify(&server(code)).or_fatal_for_table(), ErrorKind::Fatal, "{code}");
         }
         let io =
             mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));

@@ -10,7 +10,7 @@
 //! - Per-table ([`ErrorKind::Table`]) means the error is about the data of
 //!   one row (SQLSTATE classes 22 and 23). A caller that cannot drop just
 //!   that table's changes (a replica's target transaction is aborted by the
-//!   error) treats it as fatal; see [`ClassifiedExt::or_fatal_for_table`].
+//!   error) treats it as fatal; see [`ErrorKind::or_fatal_for_table`].
 
 use sluice_core::error::{ClientError, ErrorKind};
 
@@ -88,23 +88,6 @@ pub fn sql_error(context: &str, e: tokio_postgres::Error) -> ClientError {
             ClientError::new(kind, m)
         }
         None => ClientError::new(kind, context.to_string()).with_source(e),
-    }
-}
-
-/// Helpers for callers that need a coarser classification.
-pub trait ClassifiedExt {
-    /// A per-table error as fatal: for callers whose transaction the error
-    /// aborted, so that one table's changes cannot be dropped on their own.
-    fn or_fatal_for_table(self) -> ErrorKind;
-}
-
-impl ClassifiedExt for ErrorKind {
-    fn or_fatal_for_table(self) -> ErrorKind {
-        if self == ErrorKind::Table {
-            ErrorKind::Fatal
-        } else {
-            self
-        }
     }
 }
 

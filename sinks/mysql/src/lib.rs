@@ -88,7 +88,9 @@ pub struct MysqlSink {
 }
 
 fn sql_err(what: impl std::fmt::Display, e: mysql_async::Error) -> SinkError {
-    SinkError::new(classify(&e), format!("mysql sink: {what}: {e}"))
+    // A data error aborted the target transaction, which holds other
+    // tables' changes too: it stops the pipeline (see the README).
+    SinkError::new(classify(&e).or_fatal_for_table(), format!("mysql sink: {what}: {e}"))
 }
 
 fn not_connected() -> SinkError {

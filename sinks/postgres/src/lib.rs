@@ -56,7 +56,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_client_postgres::error::ClassifiedExt;
 use sluice_client_postgres::{connect_sql, ConnInfo};
 use sluice_core::config::DbSinkConfig;
 use sluice_core::error::{ErrorKind, SinkError};
