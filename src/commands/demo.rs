@@ -122,6 +122,7 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
     let (_never_tx, never) = watch::channel(false);
     let summary = run_config(&cfg, true, never, stats.clone()).await?;
     prog.abort();
+    let _ = prog.await;
     progress::clear_line();
     let elapsed = started.elapsed().as_secs_f64();
 

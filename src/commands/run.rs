@@ -93,6 +93,8 @@ pub(crate) async fn cmd_run(path: &Path, until_caught_up: bool) -> Result<u8, Fa
     let started = std::time::Instant::now();
     let res = run_config(&cfg, until_caught_up, shutdown, stats.clone()).await;
     prog.abort();
+    // The bars are gone once the task is: nothing redraws over the summary.
+    let _ = prog.await;
     progress::clear_line();
     let summary = res?;
     let secs = started.elapsed().as_secs_f64();

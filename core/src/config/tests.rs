@@ -189,5 +189,17 @@ fn yaml_reading() {
     assert!(cfg.is_err(), "an alias before its anchor is an error: {cfg:?}");
     let cfg = parse_pipeline_text_with(&text, "f.yaml", pw).unwrap();
     assert_eq!(cfg.slot_name(), "0755");
+    // Keys with nothing under them are empty, not errors.
+    let text = GOOD.replace("  exclude: [\"shop.audit_*\"]\n", "  exclude:\n")
+        + "snapshot:\ncheckpoint:\n  # path: ./state\ntransforms:\n  - rename:\n      to: \"x_{table}\"\n      columns:\n";
+    let empty = parse_pipeline_text_with(&text, "f.yaml", pw).unwrap();
+    assert!(empty.tables.exclude.is_empty() && empty.snapshot.parallelism == 4 && empty.checkpoint.path.is_none());
+    assert_eq!(empty.transforms.len(), 1);
+    // Unknown keys are reported in file order.
+    let e = errors("zeta: 1\nalpha: 2\n");
+    assert!(
+        e[0].starts_with("unknown key `zeta` (line 1)") && e[1].starts_with("unknown key `alpha` (line 2)"),
+        "{e:?}"
+    );
     assert_eq!(cfg.name, "on");
 }

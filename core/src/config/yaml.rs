@@ -65,6 +65,101 @@ pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Re
 /// A YAML mapping, as parsed.
 type Mapping = serde_json::Map<String, Json>;
 
+/// Read `T` from a parsed node, taking a null where a list, mapping or
+/// struct is expected as an empty one (`exclude:` or `snapshot:` with
+/// nothing under it), at any depth, as YAML readers do.
+fn from_node<T: serde::de::DeserializeOwned>(v: Json) -> Result<T, serde_json::Error> {
+    T::deserialize(Node(v))
+}
+
+/// A parsed YAML node (see [`from_node`]).
+struct Node(Json);
+
+impl<'de> serde::de::IntoDeserializer<'de, serde_json::Error> for Node {
+    type Deserializer = Node;
+    fn into_deserializer(self) -> Node {
+        self
+    }
+}
+
+impl Node {
+    fn empty_seq<'de, V: serde::de::Visitor<'de>>(v: V) -> Result<V::Value, serde_json::Error> {
+        v.visit_seq(serde::de::value::SeqDeserializer::new(std::iter::empty::<Node>()))
+    }
+    fn empty_map<'de, V: serde::de::Visitor<'de>>(v: V) -> Result<V::Value, serde_json::Error> {
+        v.visit_map(serde::de::value::MapDeserializer::new(std::iter::empty::<(String, Node)>()))
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for Node {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Json::Array(items) => v.visit_seq(serde::de::value::SeqDeserializer::new(items.into_iter().map(Node))),
+            Json::Object(map) => {
+                v.visit_map(serde::de::value::MapDeserializer::new(map.into_iter().map(|(k, x)| (k, Node(x)))))
+            }
+            other => serde::Deserializer::deserialize_any(other, v),
+        }
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Json::Null => v.visit_none(),
+            other => v.visit_some(Node(other)),
+        }
+    }
+
+    fn deserialize_seq<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Json::Null => Self::empty_seq(v),
+            other => Node(other).deserialize_any(v),
+        }
+    }
+
+    fn deserialize_map<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Json::Null => Self::empty_map(v),
+            other => Node(other).deserialize_any(v),
+        }
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.deserialize_map(v)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        v.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Json::String(s) => v.visit_enum(serde::de::IntoDeserializer::<serde_json::Error>::into_deserializer(s)),
+            other => serde::Deserializer::deserialize_enum(other, name, variants, v),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct tuple tuple_struct identifier ignored_any
+    }
+}
+
 /// The YAML document as a tree of plain data (mappings with text keys,
 /// sequences and scalars: all a pipeline file holds), parsed by
 /// `serde-saphyr` (panic-free, with limits on aliases and nesting). Sections
@@ -161,7 +256,7 @@ fn parse_transforms(map: &Mapping, text: &str, errors: &mut Vec<String>) -> Vec<
         fn body_of<T: serde::de::DeserializeOwned>(v: Json) -> Result<T, serde_json::Error> {
             // `- ops:` with nothing under it is an empty mapping, not null.
             let v = if v.is_null() { Json::Object(Default::default()) } else { v };
-            serde_json::from_value(v)
+            from_node(v)
         }
         let parsed = match kind {
             "filter" => body_of(body).map(TransformConfig::Filter),
@@ -204,12 +299,17 @@ pub fn parse_pipeline_text_with(
     // Section by section, so that one bad section doesn't hide the others.
     let mut errors = Vec::new();
     const KNOWN: [&str; 8] = ["version", "name", "source", "tables", "snapshot", "sink", "checkpoint", "transforms"];
-    for key in map.keys() {
-        let key = key.as_str();
-        if !KNOWN.contains(&key) {
-            let line = locate_key(&substituted, None, key).map(|l| format!(" (line {l})")).unwrap_or_default();
-            errors.push(format!("unknown key `{key}`{line}; expected one of {}", KNOWN.join(", ")));
-        }
+    // In file order (the parsed mapping is sorted by key).
+    let mut unknown: Vec<(Option<usize>, &str)> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !KNOWN.contains(k))
+        .map(|k| (locate_key(&substituted, None, k), k))
+        .collect();
+    unknown.sort();
+    for (line, key) in unknown {
+        let line = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        errors.push(format!("unknown key `{key}`{line}; expected one of {}", KNOWN.join(", ")));
     }
     for required in ["version", "name", "source", "tables", "sink"] {
         if !map.contains_key(required) {
@@ -223,7 +323,7 @@ pub fn parse_pipeline_text_with(
         errors: &mut Vec<String>,
     ) -> Option<T> {
         let v = map.get(key)?;
-        match serde_json::from_value::<T>(v.clone()) {
+        match from_node::<T>(v.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
                 errors.push(describe_serde_error(text, Some(key), &e));

@@ -88,8 +88,9 @@ pub struct MysqlSink {
 }
 
 fn sql_err(what: impl std::fmt::Display, e: mysql_async::Error) -> SinkError {
-    // A data error aborted the target transaction, which holds other
-    // tables' changes too: it stops the pipeline (see the README).
+    // A data error the server reports stops the pipeline, not one table (see
+    // the README): the target transaction holds other tables' changes too,
+    // and skipping the statement's rows would lose them silently.
     SinkError::new(classify(&e).or_fatal_for_table(), format!("mysql sink: {what}: {e}"))
 }
 
