@@ -13,27 +13,15 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
-use crate::event::EventPosition;
-use crate::schema::{Column, ColumnType, ReplicaIdentity, TableSchema};
+use crate::event::{ChangeEvent, EventPosition, Op};
+use crate::schema::{Column, ColumnType, TableSchema};
+use crate::testing::key;
 use crate::transform::NoTransforms;
 use crate::value::{Row, Value};
 
 fn table(name: &str) -> Arc<TableSchema> {
-    Arc::new(TableSchema {
-        database: "db".into(),
-        id: TableId::new("public", name),
-        columns: vec![Column {
-            name: "id".into(),
-            ty: ColumnType::Int64,
-            source_type: "bigint".into(),
-            type_id: 20,
-            type_modifier: -1,
-            key: true,
-            nullable: false,
-        }],
-        replica_identity: ReplicaIdentity::Default,
-        version: 1,
-    })
+    let id = Column { source_type: "bigint".into(), type_id: 20, ..key("id", ColumnType::Int64) };
+    Arc::new(crate::testing::table("public", name, vec![id]))
 }
 
 fn insert(t: &Arc<TableSchema>, id: i64, lsn: u64, snapshot: bool) -> SourceMessage {
