@@ -44,6 +44,7 @@ pub(crate) mod catalog;
 pub(crate) mod decoding;
 pub mod preflight;
 pub(crate) mod rows;
+pub(crate) mod slot;
 pub(crate) mod snapshot;
 pub(crate) mod spool;
 pub(crate) mod stream;
@@ -125,22 +126,6 @@ impl TableFilter for Filter {
     }
 }
 
-fn parse_created_slot(rows: &[Vec<Option<String>>]) -> Result<(u64, String), SourceError> {
-    let row = rows.first().ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT returned no row"))?;
-    let lsn = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .and_then(|s| sluice_core::event::parse_lsn(&s))
-        .ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
-    let snap = row
-        .get(2)
-        .cloned()
-        .flatten()
-        .ok_or_else(|| SourceError::fatal("CREATE_REPLICATION_SLOT exported no snapshot"))?;
-    Ok((lsn, snap))
-}
-
 /// The current schemas of `tables`, as the snapshot reads them.
 pub async fn table_schemas(
     client: &tokio_postgres::Client,
@@ -192,152 +177,22 @@ async fn run_source(
     let tables = catalog::included_tables(&client, &cfg.tables).await?;
     let domains = catalog::domains(&client).await?;
     let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
-    // Partitioned tables: Postgres checks a root's row filter against every
-    // partition's own replica identity, which the root's does not tell.
-    let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
-    let pushdown = plan_pushdown(&client, cfg, planner, &info.dbname, &plain, &domains).await?;
-    if let Err(e) = catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &pushdown).await {
-        if pushdown.is_empty() || !matches!(e.kind, ErrorKind::Fatal | ErrorKind::Table) {
-            return Err(e);
-        }
-        // Postgres refused a pushed-down filter or column list: Sluice
-        // applies every transform itself anyway, so go on without them.
-        tracing::warn!(error = %e, "the publication's column lists and row filters were refused; filtering in Sluice only");
-        catalog::ensure_publication(&client, &pub_name, &cfg.name, &ids, &Pushdowns::new()).await?;
-    }
+    publish(&client, cfg, planner, &info.dbname, &tables, &domains).await?;
     let target = if ctx.until_caught_up { Some(catalog::current_wal_insert_lsn(&client).await?) } else { None };
 
-    if ctx.tx.send(vec![SourceMessage::Tables { included: ids.clone() }]).await.is_err() {
+    if ctx.tx.send(vec![SourceMessage::Tables { included: ids }]).await.is_err() {
         return Ok(());
     }
     let cp = ctx.checkpoint.clone();
     let mut repl = ReplicationConn::connect(&info).await?;
-    let slot = catalog::slot_info(&client, &slot_name).await?;
-    let mut base;
-    let mut created: Option<(u64, String)> = None;
-    // Where the stream must resume: the checkpoint, or before its first
-    // stream checkpoint, the consistent point of the tables already copied.
-    let resume_at = cp.position.as_ref().map(|p| p.lsn()).or_else(|| {
-        cp.tables
-            .values()
-            .filter(|t| t.snapshot == SnapshotState::Done)
-            .filter_map(|t| t.snapshot_position.as_ref().map(|p| p.lsn()))
-            .min()
-    });
-    match &slot {
-        None => {
-            if let Some(at) = resume_at {
-                return Err(SourceError::fatal(format!(
-                    "replication slot {slot_name} no longer exists, but the checkpoint is at {}: changes since then are lost. \
-                     Run `sluice teardown` and start again (the snapshot is taken anew)",
-                    format_lsn(at)
-                )));
-            }
-            tracing::info!(slot = %slot_name, "creating replication slot (waits for transactions running now to finish)");
-            let rows = repl
-                .simple_query(&format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                    quote_ident(&slot_name)
-                ))
-                .await?;
-            let (lsn, snap) = parse_created_slot(&rows)?;
-            tracing::info!(slot = %slot_name, consistent_point = %format_lsn(lsn), "created replication slot");
-            base = lsn;
-            created = Some((lsn, snap));
-        }
-        Some(s) => {
-            if s.plugin.as_deref() != Some("pgoutput") {
-                return Err(SourceError::new(
-                    ErrorKind::Config,
-                    format!("replication slot {slot_name} exists but uses plugin {:?}, not pgoutput; choose another source.slot", s.plugin),
-                ));
-            }
-            if s.database.as_deref() != Some(info.dbname.as_str()) {
-                return Err(SourceError::new(
-                    ErrorKind::Config,
-                    format!("replication slot {slot_name} belongs to database {:?}, not {:?}", s.database, info.dbname),
-                ));
-            }
-            if s.wal_status.as_deref() == Some("lost") {
-                return Err(SourceError::fatal(format!(
-                    "replication slot {slot_name} has lost required WAL (max_slot_wal_keep_size); run `sluice teardown` and start again"
-                )));
-            }
-            if let Some(pid) = s.active_pid {
-                return Err(SourceError::transient(format!(
-                    "replication slot {slot_name} is in use by server process {pid} (another Sluice running, or a connection not yet closed)"
-                )));
-            }
-            let confirmed = s.confirmed_flush.unwrap_or(0);
-            if let Some(at) = resume_at {
-                if confirmed > at {
-                    return Err(SourceError::fatal(format!(
-                        "replication slot {slot_name} has been advanced to {} past the checkpoint at {} by another consumer: \
-                         changes in between are lost. Run `sluice teardown` and start again",
-                        format_lsn(confirmed),
-                        format_lsn(at)
-                    )));
-                }
-            }
-            base = confirmed;
-        }
-    }
+    let existing = catalog::slot_info(&client, &slot_name).await?;
+    let (mut base, created) = slot::open(&mut repl, existing.as_ref(), &slot_name, &info.dbname, &cp).await?;
     if let Some(p) = &cp.position {
         base = base.max(p.lsn());
     }
     // What the server may be told is durable: its own slot position or the checkpoint's.
     let durable = base;
-
-    // Which tables need a copy, and from which LSN each table's stream starts.
-    let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
-    let mut jobs = Vec::new();
-    for t in &tables {
-        let state = cp.table_state(&t.id);
-        match state {
-            Some(s) if s.snapshot == SnapshotState::Done => {
-                snapshot_lsn.insert(t.id.clone(), s.snapshot_position.as_ref().map(|p| p.lsn()).unwrap_or(0));
-            }
-            _ if cfg.snapshot.mode == SnapshotMode::Never => {}
-            _ => jobs.push(t.clone()),
-        }
-    }
-    if !jobs.is_empty() {
-        let mut schemas = Vec::new();
-        // The temporary slot (if any) must outlive the copy.
-        let mut temp_conn = None;
-        let (lsn, snap) = match created.take() {
-            Some(c) => c,
-            None => {
-                let mut c = ReplicationConn::connect(&info).await?;
-                let name = format!("sluice_tmp_{}_{}", std::process::id(), rand_suffix());
-                let rows = c
-                    .simple_query(&format!(
-                        "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-                        quote_ident(&name)
-                    ))
-                    .await?;
-                let r = parse_created_slot(&rows)?;
-                tracing::info!(tables = jobs.len(), consistent_point = %format_lsn(r.0), "snapshot through a temporary slot");
-                temp_conn = Some(c);
-                r
-            }
-        };
-        let ids: Vec<TableId> = jobs.iter().map(|t| t.id.clone()).collect();
-        for (t, schema) in jobs.iter().zip(table_schemas(&client, &info.dbname, &ids, &domains).await?) {
-            schemas.push(snapshot::SnapshotJob {
-                schema,
-                estimated_rows: t.estimated_rows,
-                partitioned: t.partitioned,
-            });
-        }
-        snapshot::copy_tables(&info, &snap, lsn, schemas, cfg.snapshot.parallelism, ctx.raw_snapshot, &ctx.tx).await?;
-        for t in &jobs {
-            snapshot_lsn.insert(t.id.clone(), lsn);
-        }
-        if let Some(c) = temp_conn {
-            c.terminate().await;
-        }
-    }
+    let snapshot_lsn = copy_pending(cfg, &info, &client, &tables, &domains, created, ctx).await?;
     // Transactions committing before every table's snapshot point are in the
     // copies: the stream need not go back further than the lowest of them.
     if cfg.snapshot.mode == SnapshotMode::Initial && !tables.is_empty() {
@@ -364,7 +219,83 @@ async fn run_source(
     stream::run_stream(&mut repl, &mut decoder, ctx, base, durable, target).await
 }
 
-fn rand_suffix() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    t.subsec_nanos() % 1_000_000
+/// Create the publication of the included tables, or bring it in line,
+/// with what the transform stage can push down into it.
+async fn publish(
+    client: &tokio_postgres::Client,
+    cfg: &PipelineConfig,
+    planner: Option<&dyn PushdownPlanner>,
+    database: &str,
+    tables: &[TableInfo],
+    domains: &Domains,
+) -> Result<(), SourceError> {
+    let pub_name = cfg.publication_name();
+    let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
+    // Partitioned tables: Postgres checks a root's row filter against every
+    // partition's own replica identity, which the root's does not tell.
+    let plain: Vec<TableId> = tables.iter().filter(|t| !t.partitioned).map(|t| t.id.clone()).collect();
+    let pushdown = plan_pushdown(client, cfg, planner, database, &plain, domains).await?;
+    match catalog::ensure_publication(client, &pub_name, &cfg.name, &ids, &pushdown).await {
+        Err(e) if !pushdown.is_empty() && matches!(e.kind, ErrorKind::Fatal | ErrorKind::Table) => {
+            // Postgres refused a pushed-down filter or column list: Sluice
+            // applies every transform itself anyway, so go on without them.
+            tracing::warn!(error = %e, "the publication's column lists and row filters were refused; filtering in Sluice only");
+            catalog::ensure_publication(client, &pub_name, &cfg.name, &ids, &Pushdowns::new()).await
+        }
+        other => other,
+    }
+}
+
+/// Copy the tables whose snapshot is not done (unless `snapshot.mode` is
+/// `never`), in the snapshot of the slot created now or of a temporary
+/// one. Returns the LSN from which each table's stream starts.
+async fn copy_pending(
+    cfg: &PipelineConfig,
+    info: &ConnInfo,
+    client: &tokio_postgres::Client,
+    tables: &[TableInfo],
+    domains: &Domains,
+    created: Option<slot::Created>,
+    ctx: &SourceContext,
+) -> Result<HashMap<TableId, u64>, SourceError> {
+    let mut snapshot_lsn: HashMap<TableId, u64> = HashMap::new();
+    let mut jobs = Vec::new();
+    for t in tables {
+        match ctx.checkpoint.table_state(&t.id) {
+            Some(s) if s.snapshot == SnapshotState::Done => {
+                snapshot_lsn.insert(t.id.clone(), s.snapshot_position.as_ref().map(|p| p.lsn()).unwrap_or(0));
+            }
+            _ if cfg.snapshot.mode == SnapshotMode::Never => {}
+            _ => jobs.push(t),
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(snapshot_lsn);
+    }
+    // The temporary slot (if any) must outlive the copy.
+    let (temp_conn, (lsn, snap)) = match created {
+        Some(c) => (None, c),
+        None => {
+            let (conn, c) = slot::temporary(info, jobs.len()).await?;
+            (Some(conn), c)
+        }
+    };
+    let ids: Vec<TableId> = jobs.iter().map(|t| t.id.clone()).collect();
+    let schemas = jobs
+        .iter()
+        .zip(table_schemas(client, &info.dbname, &ids, domains).await?)
+        .map(|(t, schema)| snapshot::SnapshotJob {
+            schema,
+            estimated_rows: t.estimated_rows,
+            partitioned: t.partitioned,
+        })
+        .collect();
+    snapshot::copy_tables(info, &snap, lsn, schemas, cfg.snapshot.parallelism, ctx.raw_snapshot, &ctx.tx).await?;
+    for id in ids {
+        snapshot_lsn.insert(id, lsn);
+    }
+    if let Some(c) = temp_conn {
+        c.terminate().await;
+    }
+    Ok(snapshot_lsn)
 }
