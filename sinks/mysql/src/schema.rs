@@ -83,11 +83,47 @@ impl MysqlSink {
         self.flush_batch().await?;
         let db = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
         let name = format!("{}.{}", quote_ident(&db), quote_ident(&schema.id.name));
-        let mut cols = Vec::with_capacity(schema.columns.len());
+        let cols = self.column_types(schema)?;
+        // Under REPLICA IDENTITY FULL every column is "identity": such tables
+        // are matched by their whole old row, like tables without a key.
+        let key: Vec<usize> = if matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing) {
+            Vec::new()
+        } else {
+            schema.key_columns().map(|(i, _)| i).collect()
+        };
+        let mut have = self.target_columns(&db, &schema.id.name).await?;
+        if have.is_empty() {
+            if !self.cfg.create_tables {
+                return Err(Self::table_err(
+                    &schema.id,
+                    format!("target table {name} does not exist (create it, or set sink.create_tables: true)"),
+                ));
+            }
+            self.create_table(&db, &name, schema, &cols, &key).await?;
+            have = self.target_columns(&db, &schema.id.name).await?;
+        }
+        match self.targets.get(&schema.id) {
+            // A table that predates this run: its columns must have the types the source's map to.
+            None => check_types(schema, &cols, &have, &name)?,
+            Some(old) => {
+                let keep = self.cfg.keep_dropped_columns;
+                follow_change(old, schema, &cols, &have, &name, keep, &mut self.drops)?
+            }
+        }
+        self.empty_readded(&name, schema).await?;
+        self.add_columns(&name, schema, &cols, &have).await?;
+        let guard = self.unique_indexes(&db, schema, &key).await?;
+        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), cols, key, guard });
+        Ok(())
+    }
+
+    /// The target type of each column (warning once per table about lossy mappings).
+    fn column_types(&self, schema: &TableSchema) -> Result<Vec<MyColumn>, SinkError> {
         // Under REPLICA IDENTITY FULL every column is "identity" but none is
-        // a key in the target (see below): type them as plain columns, or
-        // long text would be cut to the size an index allows.
+        // a key in the target: type them as plain columns, or long text
+        // would be cut to the size an index allows.
         let full = matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing);
+        let mut cols = Vec::with_capacity(schema.columns.len());
         for c in &schema.columns {
             let plain;
             let c = if full && c.key {
@@ -104,133 +140,91 @@ impl MysqlSink {
             }
             cols.push(m);
         }
-        // Under REPLICA IDENTITY FULL every column is "identity": such tables
-        // are matched by their whole old row, like tables without a key.
-        let key: Vec<usize> = if matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing) {
-            Vec::new()
-        } else {
-            schema.key_columns().map(|(i, _)| i).collect()
-        };
-        let decl = |c: &sluice_core::Column, m: &MyColumn, key: bool| {
-            format!("{} {}{}", quote_ident(&c.name), m.ty, if key { " NOT NULL" } else { " NULL" })
-        };
-        let mut have = self.target_columns(&db, &schema.id.name).await?;
-        if have.is_empty() {
-            if !self.cfg.create_tables {
-                return Err(Self::table_err(
-                    &schema.id,
-                    format!("target table {name} does not exist (create it, or set sink.create_tables: true)"),
-                ));
-            }
-            let coll = self.collation();
-            let mut defs: Vec<String> =
-                schema.columns.iter().enumerate().map(|(i, c)| decl(c, &cols[i], key.contains(&i))).collect();
-            if !key.is_empty() {
-                let k: Vec<String> = key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
-                defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
-            }
-            self.ddl(&format!(
-                "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {coll}",
-                quote_ident(&db)
-            ))
+        Ok(cols)
+    }
+
+    /// The database (if missing) and the table, with the key as primary key,
+    /// in the binary no-pad collation.
+    async fn create_table(
+        &mut self,
+        db: &str,
+        name: &str,
+        schema: &TableSchema,
+        cols: &[MyColumn],
+        key: &[usize],
+    ) -> Result<(), SinkError> {
+        let coll = self.collation();
+        let mut defs: Vec<String> =
+            schema.columns.iter().enumerate().map(|(i, c)| decl(c, &cols[i], key.contains(&i))).collect();
+        if !key.is_empty() {
+            let k: Vec<String> = key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
+            defs.push(format!("PRIMARY KEY ({})", k.join(", ")));
+        }
+        self.ddl(&format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {coll}", quote_ident(db)))
             .await?;
-            self.ddl(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}",
-                defs.join(", ")
-            ))
-            .await?;
-            tracing::info!(table = %schema.id, "created target table {name}");
-            have = self.target_columns(&db, &schema.id.name).await?;
-        }
-        if !self.targets.contains_key(&schema.id) {
-            // A table that predates this run: its columns must have the types the source's map to.
-            for (c, m) in schema.columns.iter().zip(&cols) {
-                if let Some(have) = have.get(&c.name) {
-                    if !same_base_type(have, &m.ty) {
-                        return Err(Self::table_err(
-                            &schema.id,
-                            format!(
-                                "column {} changed type: it is {have} in the target table {name} but {} from the \
-                                 source; Sluice does not follow type changes: alter the target column and copy the \
-                                 table again",
-                                c.name, m.ty
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(old) = self.targets.get(&schema.id) {
-            // Schema change mid-stream: a type the mapping cannot follow stops the table.
-            for (c, m) in schema.columns.iter().zip(&cols) {
-                if let Some(j) = old.schema.column_index(&c.name) {
-                    // Logical types: the binlog and the catalog spell the same
-                    // column differently (`bigint` / `bigint(20)`).
-                    if old.schema.columns[j].ty != c.ty {
-                        return Err(Self::table_err(
-                            &schema.id,
-                            format!(
-                                "column {} changed type from {} to {}; Sluice does not follow type changes: alter \
-                                 the target column and restart",
-                                c.name, old.cols[j].ty, m.ty
-                            ),
-                        ));
-                    }
-                }
-            }
-            for o in &old.schema.columns {
-                if schema.column_index(&o.name).is_none()
-                    && have.contains_key(&o.name)
-                    && !self.cfg.keep_dropped_columns
-                {
-                    self.drops.push((name.clone(), o.name.clone()));
-                }
-            }
-        }
-        // A column dropped and added back before its drop ran: empty it, as
-        // a new column is (in this transaction), instead of dropping it.
+        self.ddl(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}",
+            defs.join(", ")
+        ))
+        .await?;
+        tracing::info!(table = %schema.id, "created target table {name}");
+        Ok(())
+    }
+
+    /// A column dropped and added back before its drop ran: empty it, as a
+    /// new column is (in this transaction), instead of dropping it.
+    async fn empty_readded(&mut self, name: &str, schema: &TableSchema) -> Result<(), SinkError> {
         let readded: Vec<String> = self
             .drops
             .iter()
-            .filter(|(n, c)| *n == name && schema.column_index(c).is_some())
+            .filter(|(n, c)| n == name && schema.column_index(c).is_some())
             .map(|(_, c)| c.clone())
             .collect();
-        if !readded.is_empty() {
-            self.drops.retain(|(n, c)| *n != name || !readded.contains(c));
-            let sets: Vec<String> = readded.iter().map(|c| format!("{} = NULL", quote_ident(c))).collect();
-            let sql = format!("UPDATE {name} SET {}", sets.join(", "));
-            self.begin().await?;
-            self.touched.insert(schema.id.clone());
-            self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))?;
+        if readded.is_empty() {
+            return Ok(());
         }
-        // Columns the source has and the target lacks (a table that predates
-        // this run, or ADD COLUMN); columns only the target has are kept.
+        self.drops.retain(|(n, c)| n != name || !readded.contains(c));
+        let sets: Vec<String> = readded.iter().map(|c| format!("{} = NULL", quote_ident(c))).collect();
+        let sql = format!("UPDATE {name} SET {}", sets.join(", "));
+        self.begin().await?;
+        self.touched.insert(schema.id.clone());
+        self.conn()?.query_drop(&sql).await.map_err(|e| sql_err(&sql, e))
+    }
+
+    /// Columns the source has and the target lacks (a table that predates
+    /// this run, or ADD COLUMN); columns only the target has are kept.
+    async fn add_columns(
+        &mut self,
+        name: &str,
+        schema: &TableSchema,
+        cols: &[MyColumn],
+        have: &HashMap<String, String>,
+    ) -> Result<(), SinkError> {
         let add: Vec<String> = schema
             .columns
             .iter()
-            .zip(&cols)
+            .zip(cols)
             .filter(|(c, _)| !have.contains_key(&c.name))
             .map(|(c, m)| format!("ADD COLUMN {}", decl(c, m, false)))
             .collect();
-        if !add.is_empty() {
-            let sql = format!("ALTER TABLE {name} {}", add.join(", "));
-            if self.touched.contains(&schema.id) {
-                // The open transaction holds this table: it must end first,
-                // and it cannot commit mid-source-transaction. Replay instead.
-                self.conn()?.query_drop("ROLLBACK").await.map_err(|e| sql_err("ROLLBACK", e))?;
-                self.in_tx = false;
-                self.ddl(&sql).await?;
-                tracing::info!(table = %schema.id, "target table altered: {}; replaying from the checkpoint", add.join(", "));
-                return Err(SinkError::new(
-                    ErrorKind::Transient,
-                    format!("mysql sink: {}: columns added mid-transaction; replaying from the checkpoint", schema.id),
-                ));
-            }
-            self.ddl(&sql).await?;
-            tracing::info!(table = %schema.id, "target table altered: {}", add.join(", "));
+        if add.is_empty() {
+            return Ok(());
         }
-        let guard = self.unique_indexes(&db, schema, &key).await?;
-        self.targets.insert(schema.id.clone(), Target { name, schema: schema.clone(), cols, key, guard });
+        let sql = format!("ALTER TABLE {name} {}", add.join(", "));
+        if self.touched.contains(&schema.id) {
+            // The open transaction holds this table: it must end first,
+            // and it cannot commit mid-source-transaction. Replay instead.
+            self.conn()?.query_drop("ROLLBACK").await.map_err(|e| sql_err("ROLLBACK", e))?;
+            self.in_tx = false;
+            self.ddl(&sql).await?;
+            tracing::info!(table = %schema.id, "target table altered: {}; replaying from the checkpoint", add.join(", "));
+            return Err(SinkError::new(
+                ErrorKind::Transient,
+                format!("mysql sink: {}: columns added mid-transaction; replaying from the checkpoint", schema.id),
+            ));
+        }
+        self.ddl(&sql).await?;
+        tracing::info!(table = %schema.id, "target table altered: {}", add.join(", "));
         Ok(())
     }
 
@@ -282,4 +276,71 @@ impl MysqlSink {
         }
         Ok(())
     }
+}
+
+/// A column's definition in `CREATE TABLE` / `ADD COLUMN`.
+fn decl(c: &sluice_core::Column, m: &MyColumn, key: bool) -> String {
+    format!("{} {}{}", quote_ident(&c.name), m.ty, if key { " NOT NULL" } else { " NULL" })
+}
+
+/// A table met for the first time in this run: the columns it has must have
+/// the base types the source's map to.
+fn check_types(
+    schema: &TableSchema,
+    cols: &[MyColumn],
+    have: &HashMap<String, String>,
+    name: &str,
+) -> Result<(), SinkError> {
+    for (c, m) in schema.columns.iter().zip(cols) {
+        if let Some(have) = have.get(&c.name) {
+            if !same_base_type(have, &m.ty) {
+                return Err(MysqlSink::table_err(
+                    &schema.id,
+                    format!(
+                        "column {} changed type: it is {have} in the target table {name} but {} from the \
+                         source; Sluice does not follow type changes: alter the target column and copy the \
+                         table again",
+                        c.name, m.ty
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A schema change mid-stream: a type the mapping cannot follow stops the
+/// table; dropped columns are queued in `drops` (they are dropped after the
+/// next commit).
+fn follow_change(
+    old: &Target,
+    schema: &TableSchema,
+    cols: &[MyColumn],
+    have: &HashMap<String, String>,
+    name: &str,
+    keep_dropped: bool,
+    drops: &mut Vec<(String, String)>,
+) -> Result<(), SinkError> {
+    for (c, m) in schema.columns.iter().zip(cols) {
+        if let Some(j) = old.schema.column_index(&c.name) {
+            // Logical types: the binlog and the catalog spell the same
+            // column differently (`bigint` / `bigint(20)`).
+            if old.schema.columns[j].ty != c.ty {
+                return Err(MysqlSink::table_err(
+                    &schema.id,
+                    format!(
+                        "column {} changed type from {} to {}; Sluice does not follow type changes: alter \
+                         the target column and restart",
+                        c.name, old.cols[j].ty, m.ty
+                    ),
+                ));
+            }
+        }
+    }
+    for o in &old.schema.columns {
+        if schema.column_index(&o.name).is_none() && have.contains_key(&o.name) && !keep_dropped {
+            drops.push((name.to_string(), o.name.clone()));
+        }
+    }
+    Ok(())
 }

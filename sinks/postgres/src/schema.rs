@@ -30,13 +30,7 @@ impl PostgresSink {
         self.begin().await?;
         let tschema = self.cfg.schema.clone().unwrap_or_else(|| schema.id.schema.clone());
         let name = format!("{}.{}", quote_ident(&tschema), quote_ident(&schema.id.name));
-        let mut types = Vec::new();
-        let mut convs = Vec::new();
-        for c in &schema.columns {
-            let (t, conv) = pg_type(c);
-            types.push(t);
-            convs.push(conv);
-        }
+        let (types, convs): (Vec<String>, Vec<Conv>) = schema.columns.iter().map(pg_type).unzip();
         // Under REPLICA IDENTITY FULL every column is "identity": such tables
         // are matched by their whole old row, like tables without a key.
         let key: Vec<usize> = if matches!(schema.replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing) {
@@ -45,121 +39,19 @@ impl PostgresSink {
             schema.key_columns().map(|(i, _)| i).collect()
         };
         let client = self.client().await?;
-        let mut same_types = false;
-        match self.targets.get(&schema.id) {
+        let table = TargetTable { schema, tschema: &tschema, name: &name, types: &types };
+        let same_types = match self.targets.get(&schema.id) {
             None => {
                 if self.cfg.create_tables {
-                    let cols: Vec<String> = schema
-                        .columns
-                        .iter()
-                        .zip(&types)
-                        .map(|(c, t)| format!("{} {t}", quote_ident(&c.name)))
-                        .collect();
-                    let pk = if key.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            ", PRIMARY KEY ({})",
-                            key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect::<Vec<_>>().join(", ")
-                        )
-                    };
-                    let ddl = format!(
-                        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {name} ({}{pk})",
-                        quote_ident(&tschema),
-                        cols.join(", ")
-                    );
-                    client.batch_execute(&ddl).await.map_err(|e| sql_err(format!("creating {name}"), e))?;
+                    table.create(&client, &key).await?;
                 }
-                // The table may predate this run: add the columns the source
-                // has gained since (columns the target has beyond the source's
-                // are kept: they may be the user's).
-                // Each target column's type, and the type the source's column
-                // maps to (both as OIDs, so spellings do not matter).
-                let rows = client
-                    .query(
-                        "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod), \
-                           (SELECT to_regtype(w.t)::oid::int8 FROM unnest($3::text[], $4::text[]) AS w(n, t) WHERE w.n = a.attname) \
-                         FROM pg_attribute a WHERE a.attrelid = to_regclass($1 || '.' || $2) AND a.attnum > 0 AND NOT a.attisdropped",
-                        &[
-                            &quote_ident(&tschema),
-                            &quote_ident(&schema.id.name),
-                            &schema.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-                            &types,
-                        ],
-                    )
-                    .await
-                    .map_err(|e| sql_err(format!("reading the columns of {name}"), e))?;
-                for r in &rows {
-                    let (col, have, have_name, want) =
-                        (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2), r.get::<_, Option<i64>>(3));
-                    if want.is_some_and(|w| w != have) {
-                        let want_name = &types[schema.column_index(&col).expect("source column")];
-                        return Err(SinkError::new(
-                            ErrorKind::Table,
-                            format!(
-                                "postgres sink: {}: column {col} changed type: it is {have_name} in the target table \
-                                 {name} but {want_name} from the source; Sluice does not follow type changes: alter \
-                                 the target column and copy the table again",
-                                schema.id
-                            ),
-                        ));
-                    }
-                }
-                if rows.is_empty() {
-                    return Err(SinkError::new(
-                        ErrorKind::Table,
-                        format!("postgres sink: target table {name} does not exist (create it, or set sink.create_tables: true)"),
-                    ));
-                }
-                same_types = schema.columns.iter().all(|c| {
-                    rows.iter().any(|r| r.get::<_, String>(0) == c.name && r.get::<_, i64>(1) == c.type_id as i64)
-                });
-                let have: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-                let add: Vec<String> = schema
-                    .columns
-                    .iter()
-                    .zip(&types)
-                    .filter(|(c, _)| !have.contains(&c.name))
-                    .map(|(c, t)| format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name)))
-                    .collect();
-                if !add.is_empty() {
-                    let sql = format!("ALTER TABLE {name} {}", add.join(", "));
-                    client.batch_execute(&sql).await.map_err(|e| sql_err(format!("altering {name}"), e))?;
-                    tracing::info!(table = %schema.id, "target table altered: {}", add.join(", "));
-                }
+                table.reconcile(&client).await?
             }
             Some(old) => {
-                // Schema change mid-stream: follow ADD and DROP COLUMN.
-
-                let mut ddl = Vec::new();
-                for (c, t) in schema.columns.iter().zip(&types) {
-                    match old.schema.columns.iter().position(|o| o.name == c.name) {
-                        None => ddl.push(format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name))),
-                        Some(j) if old.types[j] != *t => {
-                            return Err(SinkError::new(
-                                ErrorKind::Table,
-                                format!(
-                                    "postgres sink: {}: column {} changed type from {} to {t}; Sluice does not follow \
-                                     type changes: alter the target column and restart",
-                                    schema.id, c.name, old.types[j]
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for o in &old.schema.columns {
-                    if schema.column_index(&o.name).is_none() && !self.cfg.keep_dropped_columns {
-                        ddl.push(format!("DROP COLUMN IF EXISTS {}", quote_ident(&o.name)));
-                    }
-                }
-                if !ddl.is_empty() {
-                    let sql = format!("ALTER TABLE {name} {}", ddl.join(", "));
-                    client.batch_execute(&sql).await.map_err(|e| sql_err(format!("altering {name}"), e))?;
-                    tracing::info!(table = %schema.id, "target table altered: {}", ddl.join(", "));
-                }
+                table.follow(&client, old, self.cfg.keep_dropped_columns).await?;
+                false
             }
-        }
+        };
         let bin = schema
             .columns
             .iter()
@@ -214,6 +106,138 @@ impl PostgresSink {
             ));
         }
         self.targets.get_mut(id).expect("target").arbiter = true;
+        Ok(())
+    }
+}
+
+/// A source table as the target should hold it: its target schema, quoted
+/// name and the target type of each column.
+struct TargetTable<'a> {
+    schema: &'a TableSchema,
+    tschema: &'a str,
+    name: &'a str,
+    types: &'a [String],
+}
+
+impl TargetTable<'_> {
+    /// `CREATE TABLE IF NOT EXISTS`, with the key as primary key.
+    async fn create(&self, client: &Client, key: &[usize]) -> Result<(), SinkError> {
+        let (schema, name) = (self.schema, self.name);
+        let cols: Vec<String> =
+            schema.columns.iter().zip(self.types).map(|(c, t)| format!("{} {t}", quote_ident(&c.name))).collect();
+        let pk = if key.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = key.iter().map(|&i| quote_ident(&schema.columns[i].name)).collect();
+            format!(", PRIMARY KEY ({})", names.join(", "))
+        };
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {name} ({}{pk})",
+            quote_ident(self.tschema),
+            cols.join(", ")
+        );
+        client.batch_execute(&ddl).await.map_err(|e| sql_err(format!("creating {name}"), e))
+    }
+
+    /// A table met for the first time in this run, which may predate it:
+    /// refuse columns whose type differs, add the columns the source has
+    /// gained since (columns the target has beyond the source's are kept:
+    /// they may be the user's). Returns whether every column has the very
+    /// type (OID) of its source column.
+    async fn reconcile(&self, client: &Client) -> Result<bool, SinkError> {
+        let (schema, name) = (self.schema, self.name);
+        // Each target column's type, and the type the source's column maps
+        // to (both as OIDs, so spellings do not matter).
+        let rows = client
+            .query(
+                "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, a.atttypmod), \
+                   (SELECT to_regtype(w.t)::oid::int8 FROM unnest($3::text[], $4::text[]) AS w(n, t) WHERE w.n = a.attname) \
+                 FROM pg_attribute a WHERE a.attrelid = to_regclass($1 || '.' || $2) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[
+                    &quote_ident(self.tschema),
+                    &quote_ident(&schema.id.name),
+                    &schema.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                    &self.types,
+                ],
+            )
+            .await
+            .map_err(|e| sql_err(format!("reading the columns of {name}"), e))?;
+        for r in &rows {
+            let (col, have, have_name, want) =
+                (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2), r.get::<_, Option<i64>>(3));
+            if want.is_some_and(|w| w != have) {
+                let want_name = &self.types[schema.column_index(&col).expect("source column")];
+                return Err(SinkError::new(
+                    ErrorKind::Table,
+                    format!(
+                        "postgres sink: {}: column {col} changed type: it is {have_name} in the target table \
+                         {name} but {want_name} from the source; Sluice does not follow type changes: alter \
+                         the target column and copy the table again",
+                        schema.id
+                    ),
+                ));
+            }
+        }
+        if rows.is_empty() {
+            return Err(SinkError::new(
+                ErrorKind::Table,
+                format!(
+                    "postgres sink: target table {name} does not exist (create it, or set sink.create_tables: true)"
+                ),
+            ));
+        }
+        let same_types = schema
+            .columns
+            .iter()
+            .all(|c| rows.iter().any(|r| r.get::<_, String>(0) == c.name && r.get::<_, i64>(1) == c.type_id as i64));
+        let have: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        let add: Vec<String> = schema
+            .columns
+            .iter()
+            .zip(self.types)
+            .filter(|(c, _)| !have.contains(&c.name))
+            .map(|(c, t)| format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name)))
+            .collect();
+        self.alter(client, &add).await?;
+        Ok(same_types)
+    }
+
+    /// A schema change mid-stream: follow ADD and DROP COLUMN.
+    async fn follow(&self, client: &Client, old: &Target, keep_dropped: bool) -> Result<(), SinkError> {
+        let schema = self.schema;
+        let mut ddl = Vec::new();
+        for (c, t) in schema.columns.iter().zip(self.types) {
+            match old.schema.columns.iter().position(|o| o.name == c.name) {
+                None => ddl.push(format!("ADD COLUMN IF NOT EXISTS {} {t}", quote_ident(&c.name))),
+                Some(j) if old.types[j] != *t => {
+                    return Err(SinkError::new(
+                        ErrorKind::Table,
+                        format!(
+                            "postgres sink: {}: column {} changed type from {} to {t}; Sluice does not follow \
+                             type changes: alter the target column and restart",
+                            schema.id, c.name, old.types[j]
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for o in &old.schema.columns {
+            if schema.column_index(&o.name).is_none() && !keep_dropped {
+                ddl.push(format!("DROP COLUMN IF EXISTS {}", quote_ident(&o.name)));
+            }
+        }
+        self.alter(client, &ddl).await
+    }
+
+    async fn alter(&self, client: &Client, changes: &[String]) -> Result<(), SinkError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let name = self.name;
+        let sql = format!("ALTER TABLE {name} {}", changes.join(", "));
+        client.batch_execute(&sql).await.map_err(|e| sql_err(format!("altering {name}"), e))?;
+        tracing::info!(table = %self.schema.id, "target table altered: {}", changes.join(", "));
         Ok(())
     }
 }
