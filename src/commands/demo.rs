@@ -59,66 +59,26 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
     let pipeline_file = dir.join("pipeline.yaml");
     std::fs::write(&pipeline_file, &yaml).context("writing pipeline.yaml")?;
     let cfg = parse_pipeline_text(&yaml, &pipeline_file.display().to_string())?;
-
-    // Ongoing writes: small transactions of inserts, updates and deletes.
-    let stop_writes = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let stop = stop_writes.clone();
-        let writes = writes.clone();
-        let (w, wconn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.context("connecting the writer")?;
-        tokio::spawn(wconn);
-        tokio::spawn(async move {
-            let mut i: i64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let sql = format!(
-                    "BEGIN;
-                     INSERT INTO shop.orders (customer_id, product_id, quantity, amount, status)
-                       SELECT 1 + (random() * 19999)::int, 1 + (random() * 499)::int, q, q * 9.99, 'new' FROM generate_series(1, 20) q;
-                     UPDATE shop.orders SET status = 'paid' WHERE id = (SELECT max(id) - {} FROM shop.orders);
-                     UPDATE shop.customers SET email = 'changed{i}@example.com' WHERE id = {};
-                     DELETE FROM shop.orders WHERE id = (SELECT min(id) FROM shop.orders);
-                     COMMIT;",
-                    i % 50,
-                    1 + i % 20000
-                );
-                match w.batch_execute(&sql).await {
-                    Ok(()) => {
-                        writes.fetch_add(23, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("demo writer: {e}");
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let writer = Writer::start(&url).await?;
 
     println!("  running pipeline `demo` into {} for {seconds}s (Ctrl-C stops early)", dir.join("data").display());
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let prog = progress::spawn(stats.clone());
-    let timer = {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            let _ = stop_tx.send(true);
-        })
-    };
+    let timer = tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
     let first = run_config(&cfg, false, stop_rx, stats.clone()).await;
     timer.abort();
-    stop_writes.store(true, Ordering::Relaxed);
-    let _ = writer.await;
+    let writes = writer.stop().await;
     first?;
     progress::clear_line();
-    println!("  stopped the writes ({} row changes written); catching up ...", writes.load(Ordering::Relaxed));
+    println!("  stopped the writes ({writes} row changes written); catching up ...");
     let (_never_tx, never) = watch::channel(false);
     let summary = run_config(&cfg, true, never, stats.clone()).await?;
     prog.abort();
@@ -126,8 +86,69 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
     progress::clear_line();
     let elapsed = started.elapsed().as_secs_f64();
 
-    // Replay the delivered changes and compare with what the source holds.
     let data = dir.join("data");
+    let (verified, counts) = verify(&client, &data).await;
+    drop(client);
+    drop(cluster);
+    print_summary(&stats, &data, elapsed, &counts, summary.caught_up, verified);
+    println!("pipeline file: {} (the server is gone; point source.url at your own database)", pipeline_file.display());
+    Ok(if verified { 0 } else { 1 })
+}
+
+/// Ongoing writes: small transactions of inserts, updates and deletes.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    /// Row changes written so far.
+    writes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    async fn start(url: &str) -> Result<Writer, Failure> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let (w, wconn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting the writer")?;
+        tokio::spawn(wconn);
+        let task = tokio::spawn({
+            let (stop, writes) = (stop.clone(), writes.clone());
+            async move {
+                let mut i: i64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let sql = format!(
+                        "BEGIN;
+                         INSERT INTO shop.orders (customer_id, product_id, quantity, amount, status)
+                           SELECT 1 + (random() * 19999)::int, 1 + (random() * 499)::int, q, q * 9.99, 'new' FROM generate_series(1, 20) q;
+                         UPDATE shop.orders SET status = 'paid' WHERE id = (SELECT max(id) - {} FROM shop.orders);
+                         UPDATE shop.customers SET email = 'changed{i}@example.com' WHERE id = {};
+                         DELETE FROM shop.orders WHERE id = (SELECT min(id) FROM shop.orders);
+                         COMMIT;",
+                        i % 50,
+                        1 + i % 20000
+                    );
+                    if let Err(e) = w.batch_execute(&sql).await {
+                        eprintln!("demo writer: {e}");
+                        break;
+                    }
+                    writes.fetch_add(23, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Ok(Writer { stop, writes, task })
+    }
+
+    /// Stop writing; the number of row changes written.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// Replay the delivered changes and compare with what the source holds:
+/// whether every table matches, and each table's row count at the source.
+async fn verify(client: &tokio_postgres::Client, data: &std::path::Path) -> (bool, Vec<(&'static str, usize)>) {
     let mut counts = Vec::new();
     let mut verified = true;
     for t in ["customers", "products", "orders"] {
@@ -138,8 +159,7 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
             .unwrap_or_default();
         let source: std::collections::BTreeSet<i64> = ids.into_iter().collect();
         let result = replay_ids(&data.join(format!("shop.{t}")));
-        let ok = matches!(&result, Ok(out) if *out == source);
-        if !ok {
+        if !matches!(&result, Ok(out) if *out == source) {
             verified = false;
             let why = match &result {
                 Ok(out) => format!("output has {} rows, source {}", out.len(), source.len()),
@@ -149,12 +169,20 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
         }
         counts.push((t, source.len()));
     }
-    drop(client);
-    drop(cluster);
+    (verified, counts)
+}
 
+fn print_summary(
+    stats: &Stats,
+    data: &std::path::Path,
+    elapsed: f64,
+    counts: &[(&str, usize)],
+    caught_up: bool,
+    verified: bool,
+) {
     let mut files = 0;
     let mut tables = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&data) {
+    if let Ok(rd) = std::fs::read_dir(data) {
         for e in rd.flatten() {
             let n = std::fs::read_dir(e.path())
                 .map(|r| r.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".parquet")).count())
@@ -164,25 +192,21 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
         }
     }
     tables.sort();
-    let events = stats.events.load(Ordering::Relaxed);
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (inserts, updates, deletes) = (load(&stats.inserts), load(&stats.updates), load(&stats.deletes));
     println!();
     println!("summary");
     println!("  tables      {}", tables.iter().map(|(t, n)| format!("{t} ({n} files)")).collect::<Vec<_>>().join(", "));
     println!(
-        "  rows        {} snapshot + {} changes (c {} / u {} / d {}) in {} transactions",
-        stats.snapshot_rows.load(Ordering::Relaxed),
-        stats.inserts.load(Ordering::Relaxed)
-            + stats.updates.load(Ordering::Relaxed)
-            + stats.deletes.load(Ordering::Relaxed),
-        stats.inserts.load(Ordering::Relaxed),
-        stats.updates.load(Ordering::Relaxed),
-        stats.deletes.load(Ordering::Relaxed),
-        stats.transactions.load(Ordering::Relaxed)
+        "  rows        {} snapshot + {} changes (c {inserts} / u {updates} / d {deletes}) in {} transactions",
+        load(&stats.snapshot_rows),
+        inserts + updates + deletes,
+        load(&stats.transactions)
     );
     println!("  files       {files} Parquet files");
-    println!("  throughput  {:.0} rows/s over {elapsed:.1}s", events as f64 / elapsed.max(0.001));
+    println!("  throughput  {:.0} rows/s over {elapsed:.1}s", load(&stats.events) as f64 / elapsed.max(0.001));
     println!("  source now  {}", counts.iter().map(|(t, n)| format!("{t} {n} rows")).collect::<Vec<_>>().join(", "));
-    println!("  caught up   {}", if summary.caught_up { "yes" } else { "no" });
+    println!("  caught up   {}", if caught_up { "yes" } else { "no" });
     println!(
         "  verified    {}",
         if verified {
@@ -198,8 +222,6 @@ pub async fn run(seconds: u64, dir: Option<PathBuf>) -> Result<u8, Failure> {
     println!("read it with, e.g.:");
     println!("  duckdb -c \"SELECT __op, count(*) FROM '{}/shop.orders/*.parquet' GROUP BY 1\"", data.display());
     println!("  python3 -c \"import pandas; print(pandas.read_parquet('{}/shop.orders'))\"", data.display());
-    println!("pipeline file: {} (the server is gone; point source.url at your own database)", pipeline_file.display());
-    Ok(if verified { 0 } else { 1 })
 }
 
 /// Replay a table's Parquet files by primary key `id`: the set of live ids.
