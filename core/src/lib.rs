@@ -26,6 +26,8 @@ pub mod runtime;
 pub mod schema;
 pub mod sink;
 pub mod source;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod transform;
 pub mod value;
 pub mod whole_rows;

@@ -300,19 +300,8 @@ fn write_mysql_source_head(out: &mut Vec<u8>, ev: &ChangeEvent, m: &MysqlOrigin,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Column, ColumnType, ReplicaIdentity, TableId};
-
-    fn col(name: &str, ty: ColumnType) -> Column {
-        Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 0,
-            type_modifier: -1,
-            key: false,
-            nullable: true,
-        }
-    }
+    use sluice_core::testing::{self, col};
+    use sluice_core::ColumnType;
 
     #[test]
     fn strings_escape_like_serde() {
@@ -335,20 +324,15 @@ mod tests {
 
     #[test]
     fn event_json_parses_back() {
-        let schema = std::sync::Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("s", "t\"q"),
-            columns: vec![
-                col("a", ColumnType::Int64),
-                col("b\n", ColumnType::Text),
-                col("c", ColumnType::Float64),
-                col("d", ColumnType::Bytes),
-                col("e", ColumnType::Json),
-                col("f", ColumnType::Text),
-            ],
-            replica_identity: ReplicaIdentity::Default,
-            version: 0,
-        });
+        let columns = vec![
+            col("a", ColumnType::Int64),
+            col("b\n", ColumnType::Text),
+            col("c", ColumnType::Float64),
+            col("d", ColumnType::Bytes),
+            col("e", ColumnType::Json),
+            col("f", ColumnType::Text),
+        ];
+        let schema = std::sync::Arc::new(TableSchema { version: 0, ..testing::table("s", "t\"q", columns) });
         let ev = ChangeEvent {
             op: sluice_core::Op::Update,
             table: schema,
@@ -393,10 +377,8 @@ mod tests {
         let table = |name: &str| {
             Arc::new(TableSchema {
                 database: String::new(),
-                id: TableId::new("shop", name),
-                columns: vec![col("id", ColumnType::Int64)],
-                replica_identity: ReplicaIdentity::Default,
                 version: 0,
+                ..testing::table("shop", name, vec![col("id", ColumnType::Int64)])
             })
         };
         let (a, b) = (table("a"), table("b\"x"));

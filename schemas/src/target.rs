@@ -328,17 +328,10 @@ pub fn my_type(col: &Column, mariadb_uuid: bool) -> Result<MyColumn, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::testing;
 
     fn col(ty: ColumnType, source_type: &str, type_id: u32) -> Column {
-        Column {
-            name: "c".into(),
-            ty,
-            source_type: source_type.into(),
-            type_id,
-            type_modifier: -1,
-            key: false,
-            nullable: true,
-        }
+        Column { source_type: source_type.into(), type_id, ..testing::col("c", ty) }
     }
 
     #[test]

@@ -583,34 +583,19 @@ impl Transform for Chain {
 mod tests {
     use super::*;
     use sluice_core::config::{ColumnsConfig, FilterConfig, MaskConfig, OpsConfig, RenameConfig};
+    use sluice_core::testing::{col, table};
     use sluice_core::{Column, ColumnType, ReplicaIdentity, Row, Value};
 
-    fn col(name: &str, ty: ColumnType, key: bool) -> Column {
-        Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 23,
-            type_modifier: -1,
-            key,
-            nullable: true,
-        }
-    }
-
     fn customers(identity: ReplicaIdentity) -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("shop", "customers"),
-            columns: vec![
-                col("id", ColumnType::Int32, true),
-                col("email", ColumnType::Text, false),
-                col("ssn", ColumnType::Text, false),
-                col("status", ColumnType::Text, false),
-                col("n", ColumnType::Int32, false),
-            ],
-            replica_identity: identity,
-            version: 1,
-        })
+        // Every column has type id 23; the key column stays nullable.
+        let columns = vec![
+            Column { type_id: 23, key: true, ..col("id", ColumnType::Int32) },
+            Column { type_id: 23, ..col("email", ColumnType::Text) },
+            Column { type_id: 23, ..col("ssn", ColumnType::Text) },
+            Column { type_id: 23, ..col("status", ColumnType::Text) },
+            Column { type_id: 23, ..col("n", ColumnType::Int32) },
+        ];
+        Arc::new(TableSchema { replica_identity: identity, ..table("shop", "customers", columns) })
     }
 
     fn ev(t: &Arc<TableSchema>, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>) -> ChangeEvent {

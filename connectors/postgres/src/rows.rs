@@ -275,11 +275,8 @@ fn push_literal(sql: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Column, ColumnType, ReplicaIdentity};
-
-    fn col(name: &str, ty: ColumnType, key: bool) -> Column {
-        Column { name: name.into(), ty, source_type: String::new(), type_id: 0, type_modifier: -1, key, nullable: !key }
-    }
+    use sluice_core::testing::{col, key, table};
+    use sluice_core::ColumnType;
 
     #[test]
     fn snapshot_visibility_across_epochs() {
@@ -299,13 +296,8 @@ mod tests {
 
     #[test]
     fn statement_for_one_and_two_key_columns() {
-        let t = TableSchema {
-            database: "d".into(),
-            id: TableId::new("s", "t\"x"),
-            columns: vec![col("id", ColumnType::Int64, true), col("b", ColumnType::Text, false)],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        };
+        let columns = vec![key("id", ColumnType::Int64), col("b", ColumnType::Text)];
+        let t = TableSchema { database: "d".into(), ..table("s", "t\"x", columns) };
         let sql = select_sql(&t, &[0], &[1], &[vec![Value::Int(1)], vec![Value::Int(-2)]]).unwrap();
         assert_eq!(sql, r#"SELECT "id", "b" FROM "s"."t""x" WHERE "id" IN (E'1', E'-2')"#);
         let sql = select_sql(&t, &[0, 1], &[], &[vec![Value::Int(1), Value::Text("it's a \\ path".into())]]).unwrap();

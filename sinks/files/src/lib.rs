@@ -803,11 +803,8 @@ impl Sink for FilesSink {
 mod tests {
     use super::*;
     use sluice_core::config::RollConfig;
-    use sluice_core::{Checkpoint, Column, ColumnType, Op, ReplicaIdentity, Row, Value};
-
-    fn column(name: &str, ty: ColumnType, key: bool) -> Column {
-        Column { name: name.into(), ty, source_type: String::new(), type_id: 0, type_modifier: -1, key, nullable: !key }
-    }
+    use sluice_core::testing::{self, col, key};
+    use sluice_core::{Checkpoint, ColumnType, Op, Row, Value};
 
     /// Lines are encoded straight into each file's buffer, drained at 64 KiB
     /// and pushed to disk every 2 MiB: across all those boundaries (lines of
@@ -820,13 +817,8 @@ mod tests {
         let roll = RollConfig { rows: 30_000, ..RollConfig::default() };
         let mut sink = FilesSink::new(FilesSinkConfig { format: FileFormat::Jsonl, path: dir.clone(), roll });
         sink.open(None).await.expect("open");
-        let table = Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("public", "t"),
-            columns: vec![column("id", ColumnType::Int64, true), column("s", ColumnType::Text, false)],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        });
+        let columns = vec![key("id", ColumnType::Int64), col("s", ColumnType::Text)];
+        let table = Arc::new(testing::table("public", "t", columns));
         // Every 9,999th row is ~1.5 MB: bigger than the buffer (which then shrinks back).
         let events: Vec<ChangeEvent> = (0..40_000i64)
             .map(|i| insert(&table, i, "é\"x".repeat(if i % 9_999 == 5 { 300_000 } else { (i * 7919 % 200) as usize })))
@@ -860,13 +852,8 @@ mod tests {
     }
 
     fn table(i: usize) -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("public", format!("t{i}")),
-            columns: vec![column("id", ColumnType::Int64, true), column("s", ColumnType::Text, false)],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        })
+        let columns = vec![key("id", ColumnType::Int64), col("s", ColumnType::Text)];
+        Arc::new(testing::table("public", &format!("t{i}"), columns))
     }
 
     fn insert(table: &Arc<TableSchema>, id: i64, text: String) -> ChangeEvent {

@@ -483,7 +483,7 @@ pub fn parse(schema: &Json) -> Result<Schema, SinkError> {
 mod tests {
     use super::*;
     use apache_avro::types::Value as Av;
-    use sluice_core::{Column, ReplicaIdentity, TableId};
+    use sluice_core::testing::{col, key, table};
 
     #[test]
     fn decimals_and_names() {
@@ -500,30 +500,19 @@ mod tests {
 
     #[test]
     fn schemas_parse_and_events_encode() {
-        let col = |name: &str, ty: ColumnType, key: bool| Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 0,
-            type_modifier: -1,
-            key,
-            nullable: !key,
-        };
-        let t = Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("public", "t"),
-            columns: vec![
-                col("id", ColumnType::Int64, true),
-                col("n", ColumnType::Numeric { precision: Some(10), scale: Some(2) }, false),
-                col("ts", ColumnType::TimestampTz, false),
-                col("u", ColumnType::Uuid, false),
-                col("j", ColumnType::Json, false),
-                col("a", ColumnType::Array(Box::new(ColumnType::Int32)), false),
-                col("big", ColumnType::Text, false),
+        let t = Arc::new(table(
+            "public",
+            "t",
+            vec![
+                key("id", ColumnType::Int64),
+                col("n", ColumnType::Numeric { precision: Some(10), scale: Some(2) }),
+                col("ts", ColumnType::TimestampTz),
+                col("u", ColumnType::Uuid),
+                col("j", ColumnType::Json),
+                col("a", ColumnType::Array(Box::new(ColumnType::Int32))),
+                col("big", ColumnType::Text),
             ],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        });
+        ));
         let vs = parse(&value_schema(&t, "sluice.public.t", false)).unwrap();
         let ks = parse(&key_schema(&t, "sluice.public.t").unwrap()).unwrap();
         let ev = ChangeEvent {

@@ -345,7 +345,8 @@ pub fn envelope_schema(table: &TableSchema, topic: &str, mysql: bool) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Column, ReplicaIdentity};
+    use sluice_core::testing::{self, col, key};
+    use sluice_core::Column;
 
     #[test]
     fn murmur2_matches_the_java_client() {
@@ -364,22 +365,11 @@ mod tests {
     }
 
     fn table() -> Arc<TableSchema> {
-        let col = |name: &str, ty: ColumnType, key: bool| Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 23,
-            type_modifier: -1,
-            key,
-            nullable: !key,
-        };
-        Arc::new(TableSchema {
-            database: "db".into(),
-            id: TableId::new("My Schema", "t"),
-            columns: vec![col("id", ColumnType::Int32, true), col("doc", ColumnType::Json, false)],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        })
+        let columns = vec![
+            Column { type_id: 23, ..key("id", ColumnType::Int32) },
+            Column { type_id: 23, ..col("doc", ColumnType::Json) },
+        ];
+        Arc::new(testing::table("My Schema", "t", columns))
     }
 
     fn event(op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>) -> ChangeEvent {

@@ -16,9 +16,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice_core::config::KafkaSinkConfig;
-use sluice_core::{
-    ChangeEvent, Checkpoint, Column, ColumnType, ErrorKind, Op, ReplicaIdentity, Row, Sink, TableId, TableSchema, Value,
-};
+use sluice_core::testing::{self, col, key};
+use sluice_core::{ChangeEvent, Checkpoint, ColumnType, ErrorKind, Op, Row, Sink, TableSchema, Value};
 use sluice_sink_kafka::KafkaSink;
 
 fn config(brokers: &str, extra: &str) -> KafkaSinkConfig {
@@ -29,22 +28,7 @@ fn config(brokers: &str, extra: &str) -> KafkaSinkConfig {
 }
 
 fn table() -> Arc<TableSchema> {
-    let col = |name: &str, ty: ColumnType, key: bool| Column {
-        name: name.into(),
-        ty,
-        source_type: String::new(),
-        type_id: 0,
-        type_modifier: -1,
-        key,
-        nullable: !key,
-    };
-    Arc::new(TableSchema {
-        database: "db".into(),
-        id: TableId::new("s", "items"),
-        columns: vec![col("id", ColumnType::Int64, true), col("v", ColumnType::Text, false)],
-        replica_identity: ReplicaIdentity::Default,
-        version: 1,
-    })
+    Arc::new(testing::table("s", "items", vec![key("id", ColumnType::Int64), col("v", ColumnType::Text)]))
 }
 
 /// Transaction `tx` (commit position 1000 + tx) inserting row `id`.

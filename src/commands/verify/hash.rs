@@ -183,7 +183,7 @@ pub(super) fn diff_details(source: &Detail, target: &Detail, problems: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Column, ReplicaIdentity, TableId};
+    use sluice_core::testing::{self, col, key};
 
     fn encode(v: Value, conv: Conv, ty: &ColumnType, mysql: bool) -> Vec<u8> {
         let mut out = Vec::new();
@@ -193,22 +193,8 @@ mod tests {
 
     /// `id bigint` (the key), `name text`.
     fn table() -> TableSchema {
-        let col = |name: &str, ty: ColumnType, key: bool| Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 0,
-            type_modifier: -1,
-            key,
-            nullable: !key,
-        };
-        TableSchema {
-            database: "db".into(),
-            id: TableId::new("s", "t"),
-            columns: vec![col("id", ColumnType::Int64, true), col("name", ColumnType::Text, false)],
-            replica_identity: ReplicaIdentity::Default,
-            version: 0,
-        }
+        let columns = vec![key("id", ColumnType::Int64), col("name", ColumnType::Text)];
+        TableSchema { version: 0, ..testing::table("s", "t", columns) }
     }
 
     fn rows(names: [&str; 3]) -> Vec<Vec<Value>> {

@@ -53,25 +53,19 @@ use types::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Column, ReplicaIdentity, TableId};
+    use sluice_core::testing;
+    use sluice_core::Column;
 
+    /// Type id 23 on every column; `id` is the key (and stays nullable).
     fn col(name: &str, ty: ColumnType) -> Column {
-        Column {
-            name: name.into(),
-            ty,
-            source_type: String::new(),
-            type_id: 23,
-            type_modifier: -1,
-            key: name == "id",
-            nullable: true,
-        }
+        Column { type_id: 23, key: name == "id", ..testing::col(name, ty) }
     }
 
     fn schema() -> TableSchema {
-        TableSchema {
-            database: "db".into(),
-            id: TableId::new("shop", "orders"),
-            columns: vec![
+        testing::table(
+            "shop",
+            "orders",
+            vec![
                 col("id", ColumnType::Int64),
                 col("status", ColumnType::Text),
                 col("amount", ColumnType::Numeric { precision: Some(10), scale: Some(2) }),
@@ -80,9 +74,7 @@ mod tests {
                 col("score", ColumnType::Float64),
                 col("doc", ColumnType::Json),
             ],
-            replica_identity: ReplicaIdentity::Default,
-            version: 1,
-        }
+        )
     }
 
     fn row(id: i64, status: Option<&str>, amount: &str, created: i64) -> Vec<Value> {

@@ -118,30 +118,18 @@ mod tests {
 
     use crate::charset::Charset;
     use crate::decoding::Kind;
-    use sluice_core::{Column, ColumnType, ReplicaIdentity, TableId, TableSchema};
+    use sluice_core::testing::{col, table};
+    use sluice_core::{Column, ColumnType, TableSchema};
 
     fn plan_of(kinds: Vec<Kind>) -> TablePlan {
+        // c0 is the key (and stays nullable).
         let columns = kinds
             .iter()
             .enumerate()
-            .map(|(i, _)| Column {
-                name: format!("c{i}"),
-                ty: ColumnType::Other,
-                source_type: String::new(),
-                type_id: 0,
-                type_modifier: -1,
-                key: i == 0,
-                nullable: true,
-            })
+            .map(|(i, _)| Column { key: i == 0, ..col(&format!("c{i}"), ColumnType::Other) })
             .collect();
         TablePlan {
-            schema: Arc::new(TableSchema {
-                database: "d".into(),
-                id: TableId::new("d", "t"),
-                columns,
-                replica_identity: ReplicaIdentity::Default,
-                version: 0,
-            }),
+            schema: Arc::new(TableSchema { database: "d".into(), version: 0, ..table("d", "t", columns) }),
             kinds,
         }
     }
