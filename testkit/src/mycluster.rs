@@ -182,6 +182,22 @@ impl MyCluster {
         self.launch()
     }
 
+    /// Freeze the server (SIGSTOP) for `pause`, then let it go on (SIGCONT):
+    /// its connections stay open but say nothing, not even heartbeats.
+    pub fn freeze(&self, pause: Duration) -> Result<(), String> {
+        let pid = self.child.as_ref().ok_or("mariadbd is not running")?.id() as i32;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            return Err(format!("SIGSTOP to mariadbd: {}", std::io::Error::last_os_error()));
+        }
+        std::thread::sleep(pause);
+        // SAFETY: as above.
+        if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
+            return Err(format!("SIGCONT to mariadbd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     fn halt(&mut self, crash: bool) {
         if let Some(mut ch) = self.child.take() {
             if !crash {

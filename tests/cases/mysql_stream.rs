@@ -273,6 +273,60 @@ async fn mysql_server_restart_mid_stream() {
     assert_same("hist", &replay(&out["shop.hist"], &["id"]).unwrap(), &env.rows(hist_sql(), &["id"]));
 }
 
+/// A connection that goes silent (the server frozen: no event, not even a
+/// heartbeat) is dropped after 11 s, and the run reconnects by itself from
+/// the checkpoint: every change before and after arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_silent_connection_reconnects() {
+    let env = MyEnv::new("mysilent");
+    env.sql(SETUP);
+    let p = env.pipeline("msl", &["shop.*"], &env.files_sink("msl", "jsonl"), "");
+    let log = env.dir.join("msl.log");
+    let mut run = tokio::process::Command::new(SLUICE)
+        .args(["run", p.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let cp_file = env.dir.join("state-msl").join("checkpoint.json");
+    let caught_up = |end: (u64, u64)| {
+        let cp_file = cp_file.clone();
+        async move {
+            let pos = checkpoint_pos(&cp_file).unwrap_or((0, 0));
+            if pos >= end {
+                Ok(())
+            } else {
+                Err(format!("{pos:?} < {end:?}"))
+            }
+        }
+    };
+    workload(env.url(), 11, 20).await;
+    let end = master_pos(&env);
+    wait_until(Duration::from_secs(60), Duration::from_millis(200), "first changes delivered", || caught_up(end)).await;
+    let frozen = tokio::task::block_in_place(|| env.my.freeze(Duration::from_secs(15)));
+    frozen.unwrap();
+    workload(env.url(), 12, 20).await;
+    let end = master_pos(&env);
+    wait_until(Duration::from_secs(120), Duration::from_millis(200), "changes after the silence delivered", || {
+        caught_up(end)
+    })
+    .await;
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(run.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(60), run.wait()).await.expect("graceful stop").unwrap();
+    assert!(status.success(), "sluice run exited with {status:?} after SIGTERM");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("no event or heartbeat from"), "the silence was not detected:\n{log}");
+    assert!(log.contains("restarting from the checkpoint"), "no reconnect logged:\n{log}");
+    // No catch-up run: the running pipeline delivered everything itself.
+    let out = read_jsonl(&env.out("msl"));
+    check_versions(&out["shop.acct"]);
+    assert_same("acct", &replay(&out["shop.acct"], &["id"]).unwrap(), &env.rows(acct_sql(), &["id"]));
+    assert_same("hist", &replay(&out["shop.hist"], &["id"]).unwrap(), &env.rows(hist_sql(), &["id"]));
+}
+
 /// Resuming after the binlog holding the checkpoint was purged fails with
 /// the clear error, and a teardown + new run re-snapshots correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
