@@ -59,6 +59,14 @@ pub trait Sink: Send {
     /// now (what it staged until that checkpoint named it); it then reports
     /// [`Sink::wrote_after_checkpoint`].
     fn checkpointed(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// True when a table's stream changes may be written only after a
+    /// checkpoint has recorded that its copy is complete (the Kafka sink
+    /// produces a copy once the checkpoint names it, and the table's changes
+    /// must follow it). The runtime then checkpoints at the first boundary
+    /// after a copy completes, before it takes the source's next batch.
+    fn checkpoint_after_copy(&self) -> bool {
+        false
+    }
     /// True when `checkpointed` wrote data that no flush has covered yet.
     /// Before a run ends the runtime flushes again while this holds (at
     /// most three times; whatever is left, the next run replays from the

@@ -123,7 +123,7 @@ impl Driver {
     ) -> Result<Option<Ending>, PipelineError> {
         let advanced = self.position != f.cp.position;
         let elapsed = f.last_flush.elapsed();
-        let due = (self.tables_done && elapsed >= opts.checkpoint_interval)
+        let due = (self.tables_done && (elapsed >= opts.checkpoint_interval || f.sink.checkpoint_after_copy()))
             || self.caught_up
             || self.stopping
             || f.sink.wants_flush()

@@ -147,6 +147,11 @@ struct SinkLog {
     /// A transactional sink: the checkpoint stored with the data.
     stored: Option<Checkpoint>,
     transactional: bool,
+    /// Flush only when the runtime must (like the Kafka sink: no flush per
+    /// boundary), and ask for a checkpoint after every copy.
+    lazy: bool,
+    /// Writes (`w table id`) and flushes (`f`), in order.
+    trace: Vec<String>,
 }
 
 struct RecordingSink {
@@ -171,24 +176,33 @@ impl Sink for RecordingSink {
         for ev in events {
             let Some(Value::Int(id)) = ev.after.as_ref().map(|r| r.values[0].clone()) else { panic!("{ev:?}") };
             self.pending.push((ev.table.id.name.clone(), id, ev.commit_position.lsn()));
+            self.log.lock().unwrap().trace.push(format!("w {} {id}", ev.table.id.name));
         }
         Ok(())
     }
 
     /// Flush at every transaction boundary: many checkpoints, many places to fail.
     fn wants_flush(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() && !self.log.lock().unwrap().lazy
     }
     fn has_unflushed(&self) -> bool {
         !self.pending.is_empty()
     }
     fn max_flush_delay(&self) -> Duration {
-        Duration::from_millis(10)
+        if self.log.lock().unwrap().lazy {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(10)
+        }
+    }
+    fn checkpoint_after_copy(&self) -> bool {
+        self.log.lock().unwrap().lazy
     }
 
     async fn flush(&mut self, hold: &HashSet<TableId>, next: &Checkpoint) -> Result<serde_json::Value, SinkError> {
         let mut log = self.log.lock().unwrap();
         log.flushes += 1;
+        log.trace.push("f".into());
         let mut held: Vec<String> = hold.iter().map(|t| t.name.clone()).collect();
         held.sort();
         log.holds.push(held);
@@ -260,7 +274,8 @@ impl Harness {
     async fn run(&self, script: &[Step]) -> Result<RunSummary, PipelineError> {
         let mut opts = RuntimeOptions::new("p");
         opts.until_caught_up = true;
-        opts.checkpoint_interval = Duration::from_millis(20);
+        opts.checkpoint_interval =
+            if self.sink.lock().unwrap().lazy { Duration::from_secs(3600) } else { Duration::from_millis(20) };
         opts.max_backoff = Duration::from_millis(10);
         let (_stop, shutdown) = watch::channel(false);
         let mut store = self.store.clone();
@@ -435,4 +450,20 @@ fn idle_progress_never_moves_back_and_commits_always_move() {
     assert_eq!(committed(Some(pg(500)), pg(450)), pg(500));
     // A MySQL source resumed by GTID on another server numbers its files anew.
     assert_eq!(committed(Some(my("binlog.000090", 100)), my("binlog.000001", 900)), my("binlog.000001", 900));
+}
+
+/// A sink that produces a copy only once a checkpoint names it (Kafka) gets
+/// that checkpoint before the table's first stream change, however soon the
+/// change follows the copy.
+#[tokio::test]
+async fn a_checkpoint_follows_each_copy_when_the_sink_asks_for_it() {
+    let a = table("a");
+    let script = vec![Step::Snapshot(a.clone(), 50, vec![1, 2]), Step::Tx(a, 100, vec![3])];
+    let h = Harness::new();
+    h.sink.lock().unwrap().lazy = true;
+    h.run(&script).await.unwrap();
+    assert_eq!(h.durable(), expected(&script));
+    let trace = h.sink.lock().unwrap().trace.clone();
+    let first_change = trace.iter().position(|t| t == "w a 3").expect("the change was written");
+    assert!(trace[..first_change].iter().any(|t| t == "f"), "no checkpoint between the copy and the change: {trace:?}");
 }

@@ -695,6 +695,12 @@ impl Sink for KafkaSink {
         Duration::from_secs(1)
     }
 
+    /// A copy is produced from its spool once a checkpoint names the spool;
+    /// the table's stream changes must come after it in the topic.
+    fn checkpoint_after_copy(&self) -> bool {
+        true
+    }
+
     /// Finished snapshot spools are produced in `checkpointed`.
     fn wrote_after_checkpoint(&self) -> bool {
         self.since_flush > 0
